@@ -1,0 +1,1 @@
+"""Alembic migrations of the spool schema, installed as ``sqreen.migrations``."""

@@ -1,0 +1,30 @@
+"""sqreen-spool: ``sqreen.track()`` backed by a durable local SQLite spool.
+
+The public API is what ``__all__`` lists; every other module is internal.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import ConfigError, InvalidEvent, SchemaTooNew, SpoolError, SqreenError
+from .health import HealthReport
+from .spooler import Spooler, configure, track
+
+try:
+    __version__ = version("sqreen-spool")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ConfigError",
+    "HealthReport",
+    "InvalidEvent",
+    "SchemaTooNew",
+    "SpoolError",
+    "Spooler",
+    "SqreenError",
+    "__version__",
+    "configure",
+    "track",
+]

@@ -1,0 +1,120 @@
+"""Settings: keyword arguments first, then environment variables, then defaults.
+
+Every setting ``name`` is read from ``SQREEN_SPOOL_<NAME>`` (or ``SQREEN_<NAME>`` for the ones
+shared with the Sqreen agent, such as ``url``), durations in seconds and sizes in bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DURABILITY_LEVELS = ("process", "power")
+
+DEFAULT_DURABILITY = "process"
+DEFAULT_LOCK_TIMEOUT = 5.0
+DEFAULT_STRICT = False
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def default_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """The per-user spool file: ``$XDG_STATE_HOME/sqreen/spool.db`` (``~/.local/state`` if unset)."""
+    state_home = environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(state_home) / "sqreen" / "spool.db"
+
+
+def parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def parse_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise TypeError("expected a number of seconds")
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError("expected a finite number of seconds >= 0")
+    return seconds
+
+
+def parse_bytes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError("expected a whole number of bytes")
+    size = int(value)
+    if size <= 0:
+        raise ValueError("expected a number of bytes > 0")
+    return size
+
+
+def parse_path(value: object) -> Path:
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError("expected a file path")
+    return Path(value).expanduser()
+
+
+def parse_durability(value: object) -> str:
+    lowered = str(value).strip().lower()
+    if lowered not in DURABILITY_LEVELS:
+        raise ValueError(f"expected one of {', '.join(DURABILITY_LEVELS)}")
+    return lowered
+
+
+def _setting(env: str, parse: Callable[[object], Any], default: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one spool. Build it with :meth:`resolve`."""
+
+    path: Path = _setting("SQREEN_SPOOL_PATH", parse_path, None)
+    durability: str = _setting("SQREEN_SPOOL_DURABILITY", parse_durability, DEFAULT_DURABILITY)
+    lock_timeout: float = _setting("SQREEN_SPOOL_LOCK_TIMEOUT", parse_seconds, DEFAULT_LOCK_TIMEOUT)
+    strict: bool = _setting("SQREEN_SPOOL_STRICT", parse_bool, DEFAULT_STRICT)
+    shutdown_timeout: float = _setting(
+        "SQREEN_SHUTDOWN_TIMEOUT", parse_seconds, DEFAULT_SHUTDOWN_TIMEOUT
+    )
+
+    @classmethod
+    def resolve(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ
+    ) -> Settings:
+        """Combine keyword ``overrides`` (``None`` means unset), the environment and defaults."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+            )
+        values: dict[str, Any] = {}
+        for name, field in fields.items():
+            parse: Callable[[object], Any] = field.metadata["parse"]
+            if name in overrides:
+                raw, source = overrides[name], f"argument {name!r}"
+            elif field.metadata["env"] in environ:
+                raw, source = environ[field.metadata["env"]], field.metadata["env"]
+            else:
+                continue
+            try:
+                values[name] = parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{source}: invalid value {raw!r}: {exc}") from None
+        if "path" not in values:
+            values["path"] = default_path(environ)
+        return cls(**values)
+

@@ -1,0 +1,36 @@
+"""Exceptions raised by sqreen-spool.
+
+The tree::
+
+    SqreenError
+    ├── InvalidEvent (ValueError)   the caller passed something track() cannot record
+    ├── ConfigError (ValueError)    a setting or environment variable is malformed
+    └── SpoolError                  the spool cannot store events (raised only with strict=True,
+        │                           and by explicit maintenance calls such as migrate)
+        └── SchemaTooNew            the spool was written by a newer sqreen-spool
+
+Storage failures never raise out of ``track()`` unless the spooler is strict: they are logged,
+counted and reported by ``track()`` returning ``False``.
+"""
+
+from __future__ import annotations
+
+
+class SqreenError(Exception):
+    """Base class of every exception raised on purpose by sqreen-spool."""
+
+
+class InvalidEvent(SqreenError, ValueError):
+    """The event or its options cannot be recorded; the message names the problem."""
+
+
+class ConfigError(SqreenError, ValueError):
+    """A setting (argument or environment variable) is malformed; the message names it."""
+
+
+class SpoolError(SqreenError):
+    """The spool could not store or read events."""
+
+
+class SchemaTooNew(SpoolError):
+    """The spool's schema revision is unknown to this version of sqreen-spool."""

@@ -1,0 +1,151 @@
+"""Validation and encoding of one event: the only work ``track()`` does before its insert.
+
+An event is encoded once, here, into the exact JSON object the collector receives, so that
+delivery concatenates stored bytes instead of decoding and re-encoding them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from .errors import InvalidEvent
+
+MAX_NAME_LENGTH = 255
+MAX_PROPERTIES = 16
+MAX_EVENT_BYTES = 64 * 1024
+MAX_DEPTH = 32
+OPTION_KEYS = ("properties", "user_identifiers", "timestamp")
+
+_OPTION_KEY_SET = frozenset(OPTION_KEYS)
+_SCALARS = (str, int, bool, type(None))
+_CONTAINERS = (list, tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated event, ready for the spool."""
+
+    id: str
+    name: str
+    payload: bytes
+
+
+def build(event_name: object, options: object, request: Mapping[str, Any] | None = None) -> Event:
+    """Validate ``track()``'s arguments and encode the event; raise InvalidEvent naming a problem."""
+    if type(event_name) is not str:
+        raise InvalidEvent(f"event_name must be a str, not {type(event_name).__name__}")
+    if not event_name or len(event_name) > MAX_NAME_LENGTH:
+        raise InvalidEvent(
+            f"event_name must have 1 to {MAX_NAME_LENGTH} characters, not {len(event_name)}"
+        )
+    timestamp = properties = identifiers = None
+    if options is not None:
+        if not isinstance(options, Mapping):
+            raise InvalidEvent(f"options must be a dict, not {type(options).__name__}")
+        if not _OPTION_KEY_SET.issuperset(options):
+            raise InvalidEvent(_unknown_keys_message(options))
+        timestamp = options.get("timestamp")
+        properties = options.get("properties")
+        identifiers = options.get("user_identifiers")
+    event_id = str(uuid.uuid4())
+    record: dict[str, Any] = {"id": event_id, "name": event_name, "timestamp": _utc(timestamp)}
+    if properties is not None:
+        _check_properties(properties)
+        if properties:
+            record["properties"] = properties
+    if identifiers is not None:
+        check_identifiers(identifiers, "user_identifiers")
+        if identifiers:
+            record["user_identifiers"] = identifiers
+    if request:
+        record["request"] = request
+    try:
+        payload = orjson.dumps(record)
+    except orjson.JSONEncodeError as exc:  # integers beyond 64 bits, mostly
+        raise InvalidEvent(f"event {event_name!r} cannot be encoded as JSON: {exc}") from None
+    if len(payload) > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            f"event {event_name!r} encodes to {len(payload)} bytes, over the limit of "
+            f"{MAX_EVENT_BYTES}"
+        )
+    return Event(event_id, event_name, payload)
+
+
+def check_identifiers(identifiers: object, what: str) -> None:
+    """Raise InvalidEvent naming ``what`` unless ``identifiers`` is a dict of str to str."""
+    if not isinstance(identifiers, dict):
+        raise InvalidEvent(f"{what} must be a dict of str to str, not {type(identifiers).__name__}")
+    for key, value in identifiers.items():
+        if type(key) is not str or type(value) is not str:
+            raise InvalidEvent(
+                f"{what} must map str to str; {key!r}: {value!r} is "
+                f"{type(key).__name__} to {type(value).__name__}"
+            )
+
+
+def _unknown_keys_message(options: Mapping[Any, Any]) -> str:
+    parts = []
+    for key in options:
+        if key in _OPTION_KEY_SET:
+            continue
+        close = difflib.get_close_matches(str(key), OPTION_KEYS, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown option key(s) {', '.join(parts)}; allowed: {', '.join(OPTION_KEYS)}"
+
+
+def _check_properties(properties: object) -> None:
+    if not isinstance(properties, dict):
+        raise InvalidEvent(f"properties must be a dict, not {type(properties).__name__}")
+    if len(properties) > MAX_PROPERTIES:
+        raise InvalidEvent(
+            f"properties has {len(properties)} entries; at most {MAX_PROPERTIES} are allowed"
+        )
+    _check_json(properties, "properties", 0)
+
+
+def _check_json(value: Any, where: str, depth: int) -> None:
+    """Walk a value and reject what is not plain JSON.
+
+    orjson alone is not enough: it writes NaN as null and encodes datetimes, UUIDs, enums and
+    dataclasses, which would reach the collector as something the caller did not write.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise InvalidEvent(f"{where} is {value!r}, which JSON cannot represent")
+        return
+    if depth >= MAX_DEPTH:
+        raise InvalidEvent(f"{where} is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidEvent(
+                    f"{where} has a key {key!r} of type {type(key).__name__}; keys must be str"
+                )
+            _check_json(item, f"{where}[{key!r}]", depth + 1)
+        return
+    if kind in _CONTAINERS:
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]", depth + 1)
+        return
+    raise InvalidEvent(f"{where} is a {kind.__name__}, which is not a JSON value")
+
+
+def _utc(timestamp: object) -> datetime:
+    if timestamp is None:
+        return datetime.now(timezone.utc)
+    if not isinstance(timestamp, datetime):
+        raise InvalidEvent(f"timestamp must be a datetime, not {type(timestamp).__name__}")
+    if timestamp.tzinfo is None or timestamp.utcoffset() is None:
+        return timestamp.replace(tzinfo=timezone.utc)
+    return timestamp.astimezone(timezone.utc)

@@ -1,0 +1,63 @@
+"""Storage failures of one spooler in this process: counted by kind, logged without flooding."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger("sqreen.spool")
+
+DEFAULT_LOG_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What went wrong with storage since the spooler was created (this process only)."""
+
+    failures: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    @property
+    def total_failures(self) -> int:
+        return sum(self.failures.values())
+
+
+class Health:
+    """Counts failures by kind and logs each kind at most once per ``log_interval`` seconds.
+
+    A full disk fails every ``track()`` call; one log line per call would bury the host's logs
+    and cost more than the failed insert, so repeats are summed into the next line instead.
+    """
+
+    def __init__(self, log_interval: float = DEFAULT_LOG_INTERVAL) -> None:
+        self._log_interval = log_interval
+        self._lock = threading.Lock()
+        self._failures: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._logged_at: dict[str, float] = {}
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+
+    def record(self, kind: str, exc: BaseException, what: str) -> None:
+        """Count one failure of ``kind`` while doing ``what``; log it unless logged recently."""
+        now = time.monotonic()
+        with self._lock:
+            self._failures[kind] += 1
+            self._last_error = f"{kind}: {exc}"
+            self._last_error_at = time.time()
+            logged_at = self._logged_at.get(kind)
+            if logged_at is not None and now - logged_at < self._log_interval:
+                self._unlogged[kind] += 1
+                return
+            self._logged_at[kind] = now
+            repeats = self._unlogged.pop(kind, 0)
+        suffix = f" ({repeats} more since the last report)" if repeats else ""
+        log.error("sqreen spool: %s failed (%s): %s%s", what, kind, exc, suffix)
+
+    def report(self) -> HealthReport:
+        with self._lock:
+            return HealthReport(dict(self._failures), self._last_error, self._last_error_at)

@@ -1,0 +1,34 @@
+"""The spool's tables, as SQLAlchemy Core sees them, and the schema revisions this code knows.
+
+Migrations in ``sqreen.migrations`` create and alter these tables; they do not import this module,
+so an old migration keeps meaning what it meant when it was written.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, Table, Text
+
+# Oldest first; the last one is the revision this code reads and writes.
+REVISIONS = ("0001_events",)
+HEAD = REVISIONS[-1]
+
+# Row states. Integers keep the hot-path insert and the pending index small.
+PENDING = 0
+DELIVERED = 1
+REJECTED = 2
+
+metadata = MetaData()
+
+events = Table(
+    "events",
+    metadata,
+    # The rowid: insertion order, so "oldest first" is an index scan.
+    Column("seq", Integer, primary_key=True),
+    Column("id", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False),
+    # Unix seconds at which the event entered the spool (not its event timestamp).
+    Column("enqueued_at", Float, nullable=False),
+    # The event exactly as the collector receives it (JSON, encoded once by track()).
+    Column("payload", LargeBinary, nullable=False),
+    Column("status", Integer, nullable=False, server_default="0"),
+)

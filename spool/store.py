@@ -1,0 +1,312 @@
+"""The SQLite spool file: opening, pragmas, the hot-path insert, transactions, checkpoints.
+
+Every statement goes through this module. SQLAlchemy owns the engine, the schema and the
+migrations; the per-event insert runs on one pooled DBAPI connection held for the life of the
+process, because Core's statement machinery would cost more than the insert itself.
+
+Transactions are explicit: connections run in the driver's autocommit mode (a lone statement is
+its own transaction) and :meth:`Store.transaction` issues ``BEGIN IMMEDIATE``, so a writer takes
+SQLite's write lock up front and waits it out with the busy timeout instead of failing on a
+read-to-write upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
+
+from . import schema
+from .config import Settings
+from .errors import SchemaTooNew
+from .event import Event
+
+log = logging.getLogger("sqreen.spool")
+
+# Checkpoint after this many commits. Auto-checkpointing is off on every connection: SQLite's own
+# would run inside whichever track() call crossed the threshold and cost it milliseconds.
+CHECKPOINT_EVERY = 500
+# The WAL file is truncated back to this size after a checkpoint resets it.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+_INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
+# SQLite primary result codes (stable C API values; the sqlite3 module names them only from 3.11).
+SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 1, 3, 5, 6, 8
+SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 10, 11, 13, 14, 26
+_CORRUPT_CODES = frozenset({SQLITE_CORRUPT, SQLITE_NOTADB})
+# Connections inherited across fork(): the child must neither use nor close them (closing would
+# let SQLite drop locks and state the parent still relies on), so they are kept here for good.
+_inherited: list[object] = []
+
+
+def sqlite_code(exc: BaseException) -> int | None:
+    """The SQLite result code behind ``exc`` (unwrapping SQLAlchemy), or None."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    return None if code is None else int(code) & 0xFF
+
+
+def classify(exc: BaseException) -> str:
+    """Name the kind of storage failure, for counters and logs."""
+    if isinstance(exc, SchemaTooNew):
+        return "schema_too_new"
+    code = sqlite_code(exc)
+    if code == SQLITE_FULL:
+        return "disk_full"
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        return "lock_timeout"
+    if code in (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM) or isinstance(exc, PermissionError):
+        return "read_only"
+    if code in _CORRUPT_CODES:
+        return "corrupt"
+    if code == SQLITE_IOERR or isinstance(exc, OSError):
+        return "io_error"
+    return "storage_error"
+
+
+class Store:
+    """One spool file, opened lazily, safe across threads and ``fork()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = settings.path
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._engine: Engine | None = None
+        self._writer: PoolProxiedConnection | None = None
+        self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
+        self._since_checkpoint = 0
+        reset = weakref.WeakMethod(self._forget_after_fork)
+        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
+
+    # -- hot path -------------------------------------------------------------------------------
+
+    def insert(self, event: Event) -> bool:
+        """Commit one event; return True when a checkpoint is due. Raises on storage failure."""
+        with self._lock:
+            raw = self._raw
+            if raw is None or self._pid != os.getpid():
+                raw = self._open_writer()
+            try:
+                raw.execute(_INSERT, (event.id, event.name, time.time(), event.payload))
+            except sqlite3.DatabaseError as exc:
+                if sqlite_code(exc) in _CORRUPT_CODES:
+                    self._close_locked()  # the next call reopens, and quarantines the file
+                raise
+            self._since_checkpoint += 1
+            return self._since_checkpoint >= CHECKPOINT_EVERY
+
+    # -- everything else ------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, opening (and migrating) the spool on first use."""
+        with self._lock:
+            if self._engine is None or self._pid != os.getpid():
+                self._open_writer()
+            assert self._engine is not None
+            return self._engine
+
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction on the spool (see :func:`write_transaction`)."""
+        return write_transaction(self.engine)
+
+    def migrate(self) -> tuple[str | None, str | None]:
+        """Apply pending migrations now; return the schema revisions before and after."""
+        prepare_path(self.path)
+        probe = self._create_engine()
+        try:
+            with probe.connect() as conn:
+                before = read_revision(conn)
+        finally:
+            probe.dispose()
+        return before, self.revision()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file without blocking writers."""
+        self._since_checkpoint = 0
+        raw = self.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+        finally:
+            raw.close()
+
+    def revision(self) -> str | None:
+        """The schema revision stored in the spool (opening it if needed)."""
+        with self.engine.connect() as conn:
+            return read_revision(conn)
+
+    def close(self) -> None:
+        """Close every connection this process opened; the next use reopens."""
+        with self._lock:
+            self._close_locked()
+
+    # -- opening --------------------------------------------------------------------------------
+
+    def _open_writer(self) -> Any:
+        if self._pid != os.getpid():
+            self._forget_after_fork()
+        if self._engine is None:
+            self._engine = self._open_engine()
+        if self._writer is None:
+            self._writer = self._engine.raw_connection()
+            self._raw = self._writer.driver_connection
+        return self._raw
+
+    def _open_engine(self) -> Engine:
+        prepare_path(self.path)
+        engine = self._create_engine()
+        try:
+            ensure_schema(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            if sqlite_code(exc) not in _CORRUPT_CODES:
+                raise
+            moved = quarantine(self.path)
+            log.error("spool %s is not a readable SQLite database (%s); moved it to %s and "
+                      "started a fresh spool", self.path, exc.orig, moved)
+            prepare_path(self.path)
+            engine = self._create_engine()
+            ensure_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
+
+    def _create_engine(self) -> Engine:
+        engine = create_engine(
+            URL.create("sqlite", database=str(self.path)),
+            connect_args={"timeout": self.settings.lock_timeout, "check_same_thread": False},
+        )
+        synchronous = _SYNCHRONOUS[self.settings.durability]
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.isolation_level = None  # transactions are explicit, see module doc
+            for pragma in (
+                "journal_mode=WAL",
+                f"synchronous={synchronous}",
+                "wal_autocheckpoint=0",
+                f"journal_size_limit={JOURNAL_SIZE_LIMIT}",
+            ):
+                dbapi_connection.execute(f"PRAGMA {pragma}").close()
+
+        return engine
+
+    def _close_locked(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._engine is not None:
+            self._engine.dispose()
+        self._writer = self._raw = self._engine = None
+
+    def _forget_after_fork(self) -> None:
+        _inherited.append((self._engine, self._writer, self._raw))
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+        self._lock = threading.Lock()
+        self._writer = self._raw = self._engine = None
+        self._pid = os.getpid()
+        self._since_checkpoint = 0
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds SQLite's write lock from its first statement."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def read_revision(conn: Connection) -> str | None:
+    """The spool's schema revision, in one query; None for a spool with no schema yet."""
+    try:
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except DBAPIError as exc:
+        if sqlite_code(exc) != SQLITE_ERROR:  # "no such table" is SQLITE_ERROR
+            raise
+        has_table = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+        ).scalar()
+        if has_table:
+            raise
+        return None
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the spool to the schema this code knows, importing Alembic only if needed."""
+    with engine.connect() as conn:
+        revision = read_revision(conn)
+    if revision == schema.HEAD:
+        return
+    check_known(revision)
+    from .migrate import upgrade  # Alembic costs ~150 ms to import: only when migrating
+
+    upgrade(engine)
+
+
+def check_known(revision: str | None) -> None:
+    """Raise SchemaTooNew for a revision this code does not know."""
+    if revision is not None and revision not in schema.REVISIONS:
+        raise SchemaTooNew(
+            f"the spool's schema revision {revision!r} is newer than this sqreen-spool knows "
+            f"(latest known: {schema.HEAD!r}); upgrade sqreen-spool, or point SQREEN_SPOOL_PATH "
+            "at another file"
+        )
+
+
+def prepare_path(path: Path) -> None:
+    """Create the spool's directory (0700) and file (0600) before SQLite does.
+
+    Only directories this call creates get 0700: an existing parent may be shared (``/tmp``).
+    SQLite gives the -wal and -shm files the mode of the database file.
+    """
+    missing = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged spool (and its WAL) aside to ``<name>.corrupt-<timestamp>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            if suffix == "-wal":
+                os.replace(side, target.with_name(target.name + suffix))
+            else:
+                side.unlink()
+    return target

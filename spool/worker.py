@@ -1,0 +1,73 @@
+"""The spooler's one background thread in each process.
+
+Started lazily, restarted lazily in a child after ``fork()`` (threads do not survive a fork, and
+the locks they held must be replaced), and stopped with a bounded wait so that exit is never held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+log = logging.getLogger("sqreen.spool")
+
+
+class Worker:
+    """Runs ``work()`` each time it is woken, and every ``interval`` seconds if one is given."""
+
+    def __init__(self, name: str, work: Callable[[], None], interval: float | None = None) -> None:
+        self._name = name
+        self._work = work
+        self._interval = interval
+        self._reset()
+        reset = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def wake(self) -> None:
+        """Ask for one run of ``work()`` soon, starting the thread if it is not running."""
+        self.start()
+        self._wakeup.set()
+
+    def start(self) -> None:
+        """Start the thread in this process if it is not running yet."""
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._reset()
+            if self._thread is None and not self._stopping:
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread, waiting at most ``timeout`` seconds; True if it has stopped."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wakeup.set()
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.wait(self._interval)
+            self._wakeup.clear()
+            if self._stopping:
+                return
+            try:
+                self._work()
+            except Exception:  # the worker must outlive any one failure; the work counts it
+                log.exception("sqreen spool: background work failed")
