@@ -42,12 +42,12 @@ class Health:
         self._last_error: str | None = None
         self._last_error_at: float | None = None
 
-    def record(self, kind: str, exc: BaseException, what: str) -> None:
+    def record(self, kind: str, error: str, what: str) -> None:
         """Count one failure of ``kind`` while doing ``what``; log it unless logged recently."""
         now = time.monotonic()
         with self._lock:
             self._failures[kind] += 1
-            self._last_error = f"{kind}: {exc}"
+            self._last_error = f"{kind}: {error}"
             self._last_error_at = time.time()
             logged_at = self._logged_at.get(kind)
             if logged_at is not None and now - logged_at < self._log_interval:
@@ -56,7 +56,7 @@ class Health:
             self._logged_at[kind] = now
             repeats = self._unlogged.pop(kind, 0)
         suffix = f" ({repeats} more since the last report)" if repeats else ""
-        log.error("sqreen spool: %s failed (%s): %s%s", what, kind, exc, suffix)
+        log.error("sqreen spool: %s failed (%s): %s%s", what, kind, error, suffix)
 
     def report(self) -> HealthReport:
         with self._lock:

@@ -14,7 +14,7 @@ from .config import Settings
 from .errors import SpoolError
 from .event import build
 from .health import Health, HealthReport
-from .store import Store, classify
+from .store import Store, classify, describe
 from .worker import Worker
 
 # What storage may raise. Anything else is a bug and propagates.
@@ -71,9 +71,10 @@ class Spooler:
             self._storage_failed(exc, "checkpoint")
 
     def _storage_failed(self, exc: BaseException, what: str) -> None:
-        self._health.record(classify(exc), exc, what)
+        kind, error = classify(exc), describe(exc)
+        self._health.record(kind, error, what)
         if self.settings.strict:
-            raise SpoolError(f"{what} failed ({classify(exc)}): {exc}") from exc
+            raise SpoolError(f"{what} failed ({kind}): {error}") from exc
 
 
 _default: Spooler | None = None

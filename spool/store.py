@@ -61,6 +61,13 @@ def sqlite_code(exc: BaseException) -> int | None:
     return None if code is None else int(code) & 0xFF
 
 
+def describe(exc: BaseException) -> str:
+    """One line for logs and the CLI: the driver's message, without SQLAlchemy's wrapping."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return str(exc) or type(exc).__name__
+
+
 def classify(exc: BaseException) -> str:
     """Name the kind of storage failure, for counters and logs."""
     if isinstance(exc, SchemaTooNew):
@@ -133,6 +140,10 @@ class Store:
         try:
             with probe.connect() as conn:
                 before = read_revision(conn)
+        except DBAPIError as exc:
+            if sqlite_code(exc) not in _CORRUPT_CODES:
+                raise
+            before = None  # opening below moves the damaged file aside
         finally:
             probe.dispose()
         return before, self.revision()

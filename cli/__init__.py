@@ -1,0 +1,1 @@
+"""The ``sqreen-spool`` command line, installed as ``sqreen.cli``."""

@@ -1,0 +1,78 @@
+"""Programs the tests run as real subprocesses (crashed, raced, forked).
+
+Usage: python child.py COMMAND SPOOL_PATH [ARGS...]
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+import time
+
+import sqreen
+
+
+def track_forever(path: str) -> None:
+    """Track events until killed, writing each acknowledged event's number to stdout."""
+    spooler = sqreen.Spooler(path=path)
+    out = sys.stdout.buffer
+    n = 0
+    while True:
+        n += 1
+        tag = f"{os.getpid()}-{n}"
+        if spooler.track("crash.test", {"properties": {"tag": tag, "pad": "x" * (n % 300)}}):
+            out.write(tag.encode() + b"\n")
+            out.flush()
+
+
+def track_threads(path: str, threads: str, per_thread: str) -> None:
+    """Track ``per_thread`` events from each of ``threads`` threads; exit 1 on any failure."""
+    spooler = sqreen.Spooler(path=path)
+    failures: list[str] = []
+
+    def work(t: int) -> None:
+        for i in range(int(per_thread)):
+            tag = f"{os.getpid()}-{t}-{i}"
+            try:
+                if not spooler.track("race", {"properties": {"tag": tag}}):
+                    failures.append(f"{tag}: {spooler.health().last_error}")
+            except Exception as exc:
+                failures.append(f"{tag}: {exc!r}")
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(int(threads))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    spooler.close()
+    if failures:
+        print("\n".join(failures[:5]), file=sys.stderr)
+        sys.exit(1)
+
+
+def hold_lock(path: str, seconds: str) -> None:
+    """Hold SQLite's exclusive lock on the spool for ``seconds``; say 'locked' once held."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    time.sleep(float(seconds))
+    conn.execute("ROLLBACK")
+
+
+def check_imports(path: str) -> None:
+    """Open an existing, current spool and report whether Alembic got imported."""
+    spooler = sqreen.Spooler(path=path)
+    assert spooler.track("import.check")
+    print("alembic imported" if "alembic" in sys.modules else "alembic not imported")
+
+
+if __name__ == "__main__":
+    command, *arguments = sys.argv[1:]
+    {
+        "track_forever": track_forever,
+        "track_threads": track_threads,
+        "hold_lock": hold_lock,
+        "check_imports": check_imports,
+    }[command](*arguments)

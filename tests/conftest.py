@@ -1,0 +1,67 @@
+"""Shared fixtures: real spool files in a temporary directory, read back with plain sqlite3."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import sqreen
+
+CHILD = Path(__file__).with_name("child.py")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's settings or writes the developer's spool."""
+    for name in list(os.environ):
+        if name.startswith("SQREEN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_spooler() -> Iterator[None]:
+    """Each test starts without a default spooler and closes the one it made."""
+    import sqreen.spooler
+
+    yield
+    spooler, sqreen.spooler._default = sqreen.spooler._default, None
+    if spooler is not None:
+        spooler.close()
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> Path:
+    return tmp_path / "spool" / "events.db"
+
+
+@pytest.fixture
+def spooler(spool_path: Path) -> Iterator[sqreen.Spooler]:
+    spooler = sqreen.Spooler(path=spool_path)
+    yield spooler
+    spooler.close()
+
+
+def stored_events(path: Path) -> list[dict[str, Any]]:
+    """Every event in the spool, oldest first, decoded from its stored payload."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT payload FROM events ORDER BY seq").fetchall()
+    return [orjson.loads(payload) for (payload,) in rows]
+
+
+def integrity(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def run_child(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start ``tests/child.py`` with this interpreter (the project's venv)."""
+    return subprocess.Popen([sys.executable, str(CHILD), *args], **kwargs)

@@ -1,0 +1,97 @@
+"""Caller mistakes raise InvalidEvent naming the problem, and store nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sqreen
+from sqreen.event import MAX_EVENT_BYTES
+
+from .conftest import stored_events
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+CASES: list[tuple[Any, Any, str]] = [
+    (123, None, "event_name must be a str, not int"),
+    (None, None, "event_name must be a str, not NoneType"),
+    (b"bytes", None, "event_name must be a str, not bytes"),
+    ("", None, "event_name must have 1 to 255 characters, not 0"),
+    ("x" * 256, None, "event_name must have 1 to 255 characters, not 256"),
+    ("e", ["properties"], "options must be a dict, not list"),
+    ("e", {"propreties": {}}, "'propreties' (did you mean 'properties'?)"),
+    ("e", {"user_identifier": {}}, "did you mean 'user_identifiers'?"),
+    ("e", {"color": 1}, "unknown option key(s) 'color'; allowed: properties"),
+    ("e", {"properties": "foo=bar"}, "properties must be a dict, not str"),
+    ("e", {"properties": {f"p{i}": i for i in range(17)}}, "has 17 entries; at most 16"),
+    ("e", {"properties": {1: "a"}}, "key 1 of type int; keys must be str"),
+    ("e", {"properties": {"s": {1, 2}}}, "properties['s'] is a set"),
+    ("e", {"properties": {"b": b"raw"}}, "properties['b'] is a bytes"),
+    ("e", {"properties": {"o": object()}}, "properties['o'] is a object"),
+    ("e", {"properties": {"n": float("nan")}}, "properties['n'] is nan"),
+    ("e", {"properties": {"i": float("inf")}}, "properties['i'] is inf"),
+    ("e", {"properties": {"d": [1, {"x": -float("inf")}]}}, "properties['d'][1]['x'] is -inf"),
+    ("e", {"properties": {"t": datetime(2020, 1, 1)}}, "properties['t'] is a datetime"),
+    ("e", {"properties": {"t": date(2020, 1, 1)}}, "properties['t'] is a date"),
+    ("e", {"properties": {"u": uuid.uuid4()}}, "properties['u'] is a UUID"),
+    ("e", {"properties": {"c": Color.RED}}, "properties['c'] is a Color"),
+    ("e", {"properties": {"p": Point(1)}}, "properties['p'] is a Point"),
+    ("e", {"properties": {"m": Decimal("1.5")}}, "properties['m'] is a Decimal"),
+    ("e", {"properties": {"n": {2: "x"}}}, "properties['n'] has a key 2 of type int"),
+    ("e", {"properties": {"big": 2**70}}, "cannot be encoded as JSON"),
+    ("e", {"user_identifiers": "bob"}, "user_identifiers must be a dict of str to str, not str"),
+    ("e", {"user_identifiers": {"id": 42}}, "user_identifiers must map str to str; 'id': 42"),
+    ("e", {"user_identifiers": {1: "x"}}, "user_identifiers must map str to str; 1: 'x'"),
+    ("e", {"timestamp": "2018-03-15"}, "timestamp must be a datetime, not str"),
+    ("e", {"timestamp": date(2018, 3, 15)}, "timestamp must be a datetime, not date"),
+    ("e", {"timestamp": 1521124920}, "timestamp must be a datetime, not int"),
+    ("e", {"properties": {"blob": "x" * MAX_EVENT_BYTES}}, "over the limit of 65536"),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "message"), CASES)
+def test_invalid_input_raises_invalid_event(
+    spooler: sqreen.Spooler, spool_path: Path, name: Any, options: Any, message: str
+) -> None:
+    with pytest.raises(sqreen.InvalidEvent) as caught:
+        spooler.track(name, options)
+    assert message in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    spooler.track("after")  # the spool is fine and holds only the valid event
+    assert [e["name"] for e in stored_events(spool_path)] == ["after"]
+
+
+def test_too_deep_nesting_is_refused(spooler: sqreen.Spooler) -> None:
+    value: Any = "leaf"
+    for _ in range(40):
+        value = [value]
+    with pytest.raises(sqreen.InvalidEvent, match="nested more than 32 levels"):
+        spooler.track("deep", {"properties": {"v": value}})
+
+
+def test_limits_are_inclusive(spooler: sqreen.Spooler, spool_path: Path) -> None:
+    assert spooler.track("x" * 255, {"properties": {f"p{i}": i for i in range(16)}})
+    assert spooler.track("tuple", {"properties": {"t": (1, 2)}})
+    events = stored_events(spool_path)
+    assert len(events[0]["properties"]) == 16
+    assert events[1]["properties"] == {"t": [1, 2]}
+
+
+def test_module_level_track_validates_too() -> None:
+    with pytest.raises(sqreen.InvalidEvent, match="event_name must be a str"):
+        sqreen.track(123)  # type: ignore[arg-type]
