@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import difflib
 import math
-import uuid
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -29,8 +28,7 @@ _SCALARS = (str, int, bool, type(None))
 _CONTAINERS = (list, tuple)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One validated event, ready for the spool."""
 
     id: str
@@ -48,14 +46,14 @@ def build(event_name: object, options: object, request: Mapping[str, Any] | None
         )
     timestamp = properties = identifiers = None
     if options is not None:
-        if not isinstance(options, Mapping):
+        if type(options) is not dict and not isinstance(options, Mapping):
             raise InvalidEvent(f"options must be a dict, not {type(options).__name__}")
         if not _OPTION_KEY_SET.issuperset(options):
             raise InvalidEvent(_unknown_keys_message(options))
         timestamp = options.get("timestamp")
         properties = options.get("properties")
         identifiers = options.get("user_identifiers")
-    event_id = str(uuid.uuid4())
+    event_id = new_id()
     record: dict[str, Any] = {"id": event_id, "name": event_name, "timestamp": _utc(timestamp)}
     if properties is not None:
         _check_properties(properties)
@@ -77,6 +75,26 @@ def build(event_name: object, options: object, request: Mapping[str, Any] | None
             f"{MAX_EVENT_BYTES}"
         )
     return Event(event_id, event_name, payload)
+
+
+_UUID_CLEAR = ~(0xF << 76) & ~(0x3 << 62)
+_UUID_SET = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
+
+
+def new_id() -> str:
+    """A random (version 4) UUID string.
+
+    ``str(uuid.uuid4())`` costs 6 µs, a fifth of a whole track() call; the same bits formatted
+    directly cost 2 µs.
+    """
+    n = int.from_bytes(os.urandom(16), "big") & _UUID_CLEAR | _UUID_SET
+    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 (the fastest formatting here)
+        n >> 96,
+        (n >> 80) & 0xFFFF,
+        (n >> 64) & 0xFFFF,
+        (n >> 48) & 0xFFFF,
+        n & 0xFFFFFFFFFFFF,
+    )
 
 
 def check_identifiers(identifiers: object, what: str) -> None:

@@ -24,7 +24,9 @@ events = Table(
     metadata,
     # The rowid: insertion order, so "oldest first" is an index scan.
     Column("seq", Integer, primary_key=True),
-    Column("id", Text, nullable=False, unique=True),
+    # The delivery id (a UUID). Not indexed: an index on random keys would double the pages each
+    # insert writes; lookups by id are rare and operator-driven.
+    Column("id", Text, nullable=False),
     Column("name", Text, nullable=False),
     # Unix seconds at which the event entered the spool (not its event timestamp).
     Column("enqueued_at", Float, nullable=False),

@@ -74,6 +74,8 @@ class Spooler:
         kind, error = classify(exc), describe(exc)
         self._health.record(kind, error, what)
         if self.settings.strict:
+            if isinstance(exc, SpoolError):
+                raise exc
             raise SpoolError(f"{what} failed ({kind}): {error}") from exc
 
 

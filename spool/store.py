@@ -41,6 +41,10 @@ log = logging.getLogger("sqreen.spool")
 CHECKPOINT_EVERY = 500
 # The WAL file is truncated back to this size after a checkpoint resets it.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+# A passive checkpoint never blocks writers, but under a sustained burst it never catches up
+# either, and the WAL only restarts once fully copied: past this size the checkpointer briefly
+# holds writers off to copy the rest and truncate the file.
+WAL_TRUNCATE_BYTES = 8 * 1024 * 1024
 
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 _INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
@@ -149,13 +153,23 @@ class Store:
         return before, self.revision()
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database file without blocking writers."""
+        """Copy the WAL into the database file, keeping the WAL file small."""
         self._since_checkpoint = 0
         raw = self.engine.raw_connection()
         try:
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+            connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+            if self.wal_bytes() > WAL_TRUNCATE_BYTES:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
         finally:
             raw.close()
+
+    def wal_bytes(self) -> int:
+        """The size of the WAL file now (0 when there is none)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
 
     def revision(self) -> str | None:
         """The schema revision stored in the spool (opening it if needed)."""

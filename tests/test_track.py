@@ -108,6 +108,17 @@ def test_existing_spool_file_with_loose_mode_is_tightened(spool_path: Path) -> N
     assert spool_path.stat().st_mode & 0o777 == 0o600
 
 
+def test_ids_are_version_4_uuids() -> None:
+    from sqreen.event import new_id
+
+    ids = {new_id() for _ in range(10000)}
+    assert len(ids) == 10000
+    for text in list(ids)[:500]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
 def test_exported_names_are_the_public_api() -> None:
     for name in sqreen.__all__:
         assert hasattr(sqreen, name), name

@@ -23,7 +23,6 @@ def upgrade() -> None:
         sa.Column("payload", sa.LargeBinary, nullable=False),
         sa.Column("status", sa.Integer, nullable=False, server_default="0"),
     )
-    op.create_index("ix_events_id", "events", ["id"], unique=True)
 
 
 def downgrade() -> None:
