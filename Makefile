@@ -21,9 +21,15 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/track.py
 
+# mypy resolves `sqreen` from a link tree shaped like the installed package, since the
+# editable install maps the folders to it through an import hook mypy cannot follow.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check spool cli migrations tests bench examples
 	$(VENV)/bin/ruff format --check spool cli migrations tests bench examples
+	rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/sqreen
+	ln -s $(CURDIR)/spool/*.py $(CURDIR)/spool/py.typed $(VENV)/typecheck/sqreen/
+	ln -s $(CURDIR)/cli $(VENV)/typecheck/sqreen/cli
+	ln -s $(CURDIR)/migrations $(VENV)/typecheck/sqreen/migrations
 	$(VENV)/bin/mypy
 
 clean:

@@ -76,8 +76,12 @@ def sqlalchemy_core(directory: Path) -> Call:
     def call() -> None:
         conn.execute(
             statement,
-            {"id": event.id, "name": event.name, "enqueued_at": time.time(),
-             "payload": event.payload},
+            {
+                "id": event.id,
+                "name": event.name,
+                "enqueued_at": time.time(),
+                "payload": event.payload,
+            },
         )
         conn.commit()
 
@@ -153,8 +157,10 @@ def main() -> None:
         timings = run(contenders, args.events, args.rounds)
         results = {name: summary(samples) for name, samples in timings.items()}
 
-    print(f"track() benchmark, {args.events} calls each in {args.rounds} interleaved rounds, "
-          f"{started:%Y-%m-%d %H:%M} UTC, sqreen-spool {sqreen.__version__}")
+    print(
+        f"track() benchmark, {args.events} calls each in {args.rounds} interleaved rounds, "
+        f"{started:%Y-%m-%d %H:%M} UTC, sqreen-spool {sqreen.__version__}"
+    )
     print(f"{'contender':28} {'events/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9}")
     for name, r in results.items():
         print(f"{name:28} {r['rate']:9.0f} {r['p50']:8.1f} {r['p99']:8.1f} {r['p999']:9.1f}")

@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 
 import sqreen
-from sqreen.config import ConfigError, Settings
-from sqreen.errors import SpoolError
+from sqreen.config import Settings
+from sqreen.errors import ConfigError, SpoolError
 from sqreen.spooler import STORAGE_ERRORS
 from sqreen.store import Store, describe
 

@@ -26,7 +26,7 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def default_path(environ: Mapping[str, str] = os.environ) -> Path:
-    """The per-user spool file: ``$XDG_STATE_HOME/sqreen/spool.db`` (``~/.local/state`` if unset)."""
+    """The per-user spool: ``$XDG_STATE_HOME/sqreen/spool.db`` (``~/.local/state`` if unset)."""
     state_home = environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
     return Path(state_home) / "sqreen" / "spool.db"
 
@@ -117,4 +117,3 @@ class Settings:
         if "path" not in values:
             values["path"] = default_path(environ)
         return cls(**values)
-

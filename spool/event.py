@@ -37,7 +37,7 @@ class Event(NamedTuple):
 
 
 def build(event_name: object, options: object, request: Mapping[str, Any] | None = None) -> Event:
-    """Validate ``track()``'s arguments and encode the event; raise InvalidEvent naming a problem."""
+    """Validate ``track()``'s arguments and encode the event; raise InvalidEvent on a mistake."""
     if type(event_name) is not str:
         raise InvalidEvent(f"event_name must be a str, not {type(event_name).__name__}")
     if not event_name or len(event_name) > MAX_NAME_LENGTH:
@@ -126,37 +126,38 @@ def _check_properties(properties: object) -> None:
         raise InvalidEvent(
             f"properties has {len(properties)} entries; at most {MAX_PROPERTIES} are allowed"
         )
-    _check_json(properties, "properties", 0)
+    problem = _json_problem(properties, 0)
+    if problem is not None:
+        raise InvalidEvent(f"properties{problem}")
 
 
-def _check_json(value: Any, where: str, depth: int) -> None:
-    """Walk a value and reject what is not plain JSON.
+def _json_problem(value: Any, depth: int) -> str | None:
+    """Say what in ``value`` is not plain JSON, as a path and a reason; None if all is well.
 
     orjson alone is not enough: it writes NaN as null and encodes datetimes, UUIDs, enums and
-    dataclasses, which would reach the collector as something the caller did not write.
+    dataclasses, which would reach the collector as something the caller did not write. The path
+    is built only on the way out of a failure, as this walk runs on every track() call.
     """
     kind = type(value)
     if kind in _SCALARS:
-        return
+        return None
     if kind is float:
-        if not math.isfinite(value):
-            raise InvalidEvent(f"{where} is {value!r}, which JSON cannot represent")
-        return
+        return None if math.isfinite(value) else f" is {value!r}, which JSON cannot represent"
     if depth >= MAX_DEPTH:
-        raise InvalidEvent(f"{where} is nested more than {MAX_DEPTH} levels deep")
+        return f" is nested more than {MAX_DEPTH} levels deep"
     if isinstance(value, dict):
         for key, item in value.items():
             if type(key) is not str:
-                raise InvalidEvent(
-                    f"{where} has a key {key!r} of type {type(key).__name__}; keys must be str"
-                )
-            _check_json(item, f"{where}[{key!r}]", depth + 1)
-        return
+                return f" has a key {key!r} of type {type(key).__name__}; keys must be str"
+            if type(item) not in _SCALARS and (problem := _json_problem(item, depth + 1)):
+                return f"[{key!r}]{problem}"
+        return None
     if kind in _CONTAINERS:
         for index, item in enumerate(value):
-            _check_json(item, f"{where}[{index}]", depth + 1)
-        return
-    raise InvalidEvent(f"{where} is a {kind.__name__}, which is not a JSON value")
+            if type(item) not in _SCALARS and (problem := _json_problem(item, depth + 1)):
+                return f"[{index}]{problem}"
+        return None
+    return f" is a {kind.__name__}, which is not a JSON value"
 
 
 def _utc(timestamp: object) -> datetime:

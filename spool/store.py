@@ -36,15 +36,15 @@ from .event import Event
 
 log = logging.getLogger("sqreen.spool")
 
-# Checkpoint after this many commits. Auto-checkpointing is off on every connection: SQLite's own
-# would run inside whichever track() call crossed the threshold and cost it milliseconds.
-CHECKPOINT_EVERY = 500
-# The WAL file is truncated back to this size after a checkpoint resets it.
-JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+# Checkpoint (passively, from the worker thread) after this many commits. Auto-checkpointing is
+# off on every connection: SQLite's own would run inside whichever track() call crossed the
+# threshold and cost it milliseconds.
+CHECKPOINT_EVERY = 1000
 # A passive checkpoint never blocks writers, but under a sustained burst it never catches up
-# either, and the WAL only restarts once fully copied: past this size the checkpointer briefly
-# holds writers off to copy the rest and truncate the file.
-WAL_TRUNCATE_BYTES = 8 * 1024 * 1024
+# either, and the WAL only wraps around once fully copied. Past this size the worker copies the
+# rest while briefly holding writers off (a RESTART checkpoint). The file is then reused, not
+# truncated, so later commits overwrite allocated blocks instead of growing the file again.
+WAL_RESTART_BYTES = 16 * 1024 * 1024
 
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 _INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
@@ -159,8 +159,8 @@ class Store:
         try:
             connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-            if self.wal_bytes() > WAL_TRUNCATE_BYTES:
-                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+            if self.wal_bytes() >= WAL_RESTART_BYTES:
+                connection.execute("PRAGMA wal_checkpoint(RESTART)").close()
         finally:
             raw.close()
 
@@ -203,8 +203,13 @@ class Store:
             if sqlite_code(exc) not in _CORRUPT_CODES:
                 raise
             moved = quarantine(self.path)
-            log.error("spool %s is not a readable SQLite database (%s); moved it to %s and "
-                      "started a fresh spool", self.path, exc.orig, moved)
+            log.error(
+                "spool %s is not a readable SQLite database (%s); moved it to %s and "
+                "started a fresh spool",
+                self.path,
+                exc.orig,
+                moved,
+            )
             prepare_path(self.path)
             engine = self._create_engine()
             ensure_schema(engine)
@@ -227,7 +232,7 @@ class Store:
                 "journal_mode=WAL",
                 f"synchronous={synchronous}",
                 "wal_autocheckpoint=0",
-                f"journal_size_limit={JOURNAL_SIZE_LIMIT}",
+                f"journal_size_limit={WAL_RESTART_BYTES}",
             ):
                 dbapi_connection.execute(f"PRAGMA {pragma}").close()
 

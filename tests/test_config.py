@@ -34,8 +34,10 @@ def test_environment_then_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1", True), ("TRUE", True), ("yes", True), ("On", True), ("0", False), ("false", False)]
-    + [("NO", False), ("off", False), (" on ", True)],
+    [
+        *[("1", True), ("TRUE", True), ("yes", True), ("On", True), (" on ", True)],
+        *[("0", False), ("false", False), ("NO", False), ("off", False)],
+    ],
 )
 def test_booleans(monkeypatch: pytest.MonkeyPatch, text: str, expected: bool) -> None:
     monkeypatch.setenv("SQREEN_SPOOL_STRICT", text)

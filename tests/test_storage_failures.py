@@ -80,9 +80,7 @@ def test_full_disk(spooler: sqreen.Spooler, spool_path: Path) -> None:
     assert integrity(spool_path) == "ok"
 
 
-def test_corrupt_file_is_moved_aside(
-    spool_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_corrupt_file_is_moved_aside(spool_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spool_path.parent.mkdir(parents=True)
     garbage = b"this is not a database, just some bytes " * 200
     spool_path.write_bytes(garbage)
