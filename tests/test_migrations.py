@@ -1,0 +1,134 @@
+"""Schema migrations: applied on first open, serialised, found from an installed wheel."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import sqreen
+from sqreen import schema
+from sqreen.cli.app import app
+
+from .conftest import run_child
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def revision(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+
+
+def test_first_open_creates_the_schema(spooler: sqreen.Spooler, spool_path: Path) -> None:
+    assert spooler.track("first")
+    assert {"events", "alembic_version"} <= tables(spool_path)
+    assert revision(spool_path) == schema.HEAD
+    with sqlite3.connect(spool_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_a_current_spool_does_not_import_alembic(spool_path: Path) -> None:
+    first = sqreen.Spooler(path=spool_path)
+    assert first.track("creates.the.spool")
+    first.close()
+    fresh = run_child("check_imports", str(spool_path), stdout=subprocess.PIPE)
+    out, _ = fresh.communicate(timeout=60)
+    assert out.decode().strip() == "alembic not imported"
+    assert revision(spool_path) == schema.HEAD
+
+
+def test_known_revisions_match_the_migration_scripts() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    scripts = ScriptDirectory.from_config(config)
+    chain = [s.revision for s in reversed(list(scripts.walk_revisions()))]
+    assert tuple(chain) == schema.REVISIONS
+    assert scripts.get_heads() == [schema.HEAD]
+
+
+def test_cli_migrate_reports_revisions(spool_path: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["--path", str(spool_path), "migrate"])
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == f"{spool_path}: (empty) -> {schema.HEAD}"
+    again = runner.invoke(app, ["--path", str(spool_path), "migrate"])
+    assert again.output.strip() == f"{spool_path}: {schema.HEAD} -> {schema.HEAD}"
+
+
+def test_cli_migrate_refuses_a_newer_schema(spool_path: Path) -> None:
+    sqreen.Spooler(path=spool_path).track("x")
+    with sqlite3.connect(spool_path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_future'")
+    result = CliRunner().invoke(app, ["--path", str(spool_path), "migrate"])
+    assert result.exit_code == 1
+    assert "newer than this sqreen-spool knows" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"sqreen-spool {sqreen.__version__}"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--quiet", "--wheel-dir", str(out), str(ROOT)],
+        check=True,
+    )
+    (built,) = out.glob("sqreen_spool-*.whl")
+    return built
+
+
+def test_wheel_installs_only_the_sqreen_import_name(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top == {"sqreen"}
+    assert "sqreen/migrations/versions/0001_events.py" in names
+    assert "sqreen/migrations/script.py.mako" in names
+    assert "sqreen/cli/app.py" in names
+
+
+def test_migrations_are_found_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+         "--target", str(target), str(wheel)],
+        check=True,
+    )
+    spool = tmp_path / "wheel.db"
+    # The installed copy comes first on sys.path; the dependencies come from this venv.
+    script = (
+        "import sqreen, sys; "
+        f"assert sqreen.__file__.startswith({str(target)!r}), sqreen.__file__; "
+        f"assert sqreen.Spooler(path={str(spool)!r}, strict=True).track('from.wheel'); "
+        "print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert revision(spool) == schema.HEAD
