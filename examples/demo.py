@@ -83,7 +83,9 @@ def main() -> None:
         if extra:
             print(f"   ({extra} more committed but were killed before the app could report them)")
         with sqlite3.connect(path) as conn:
-            print(f"   PRAGMA integrity_check: {conn.execute('PRAGMA integrity_check').fetchone()[0]}")
+            print(
+                f"   PRAGMA integrity_check: {conn.execute('PRAGMA integrity_check').fetchone()[0]}"
+            )
         if lost:
             sys.exit(f"LOST {sorted(lost)[:10]}")
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import ConfigError, InvalidEvent, SchemaTooNew, SpoolError, SqreenError
+from .flusher import FlushResult
 from .health import HealthReport
-from .spooler import Spooler, configure, track
+from .spooler import Spooler, configure, flush, track
 
 try:
     __version__ = version("sqreen-spool")
@@ -18,6 +19,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "ConfigError",
+    "FlushResult",
     "HealthReport",
     "InvalidEvent",
     "SchemaTooNew",
@@ -26,5 +28,6 @@ __all__ = [
     "SqreenError",
     "__version__",
     "configure",
+    "flush",
     "track",
 ]

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -20,6 +21,15 @@ DEFAULT_DURABILITY = "process"
 DEFAULT_LOCK_TIMEOUT = 5.0
 DEFAULT_STRICT = False
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_HEARTBEAT_DELAY = 60.0
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
+DEFAULT_LEASE = 30.0
+DEFAULT_HTTP_TIMEOUT = 10.0
+DEFAULT_RETRY_ATTEMPTS = 3
+DEFAULT_KEEP_DELIVERED = 0.0
+DEFAULT_MAX_AGE = 3 * 24 * 3600.0
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -51,13 +61,31 @@ def parse_seconds(value: object) -> float:
     return seconds
 
 
-def parse_bytes(value: object) -> int:
+def parse_count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise TypeError("expected a whole number of bytes")
-    size = int(value)
-    if size <= 0:
-        raise ValueError("expected a number of bytes > 0")
-    return size
+        raise TypeError("expected a whole number")
+    count = int(value)
+    if count <= 0:
+        raise ValueError("expected a whole number > 0")
+    return count
+
+
+def parse_url(value: object) -> str | None:
+    if not isinstance(value, str):
+        raise TypeError("expected a URL")
+    url = value.strip()
+    if not url:
+        return None  # SQREEN_URL= (empty) means unset
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    return url
+
+
+def parse_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
 
 
 def parse_path(value: object) -> Path:
@@ -73,8 +101,8 @@ def parse_durability(value: object) -> str:
     return lowered
 
 
-def _setting(env: str, parse: Callable[[object], Any], default: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "parse": parse})
+def _setting(env: str, parse: Callable[[object], Any], default: Any, repr: bool = True) -> Any:
+    return dataclasses.field(default=default, repr=repr, metadata={"env": env, "parse": parse})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +116,26 @@ class Settings:
     shutdown_timeout: float = _setting(
         "SQREEN_SHUTDOWN_TIMEOUT", parse_seconds, DEFAULT_SHUTDOWN_TIMEOUT
     )
+    url: str | None = _setting("SQREEN_URL", parse_url, None)
+    token: str | None = _setting("SQREEN_TOKEN", parse_text, None, repr=False)  # never logged
+    allow_insecure_http: bool = _setting("SQREEN_SPOOL_ALLOW_INSECURE_HTTP", parse_bool, False)
+    heartbeat_delay: float = _setting(
+        "SQREEN_HEARTBEAT_DELAY", parse_seconds, DEFAULT_HEARTBEAT_DELAY
+    )
+    batch_size: int = _setting("SQREEN_SPOOL_BATCH_SIZE", parse_count, DEFAULT_BATCH_SIZE)
+    max_batch_bytes: int = _setting(
+        "SQREEN_SPOOL_MAX_BATCH_BYTES", parse_count, DEFAULT_MAX_BATCH_BYTES
+    )
+    lease: float = _setting("SQREEN_SPOOL_LEASE", parse_seconds, DEFAULT_LEASE)
+    http_timeout: float = _setting("SQREEN_SPOOL_HTTP_TIMEOUT", parse_seconds, DEFAULT_HTTP_TIMEOUT)
+    retry_attempts: int = _setting(
+        "SQREEN_SPOOL_RETRY_ATTEMPTS", parse_count, DEFAULT_RETRY_ATTEMPTS
+    )
+    keep_delivered: float = _setting(
+        "SQREEN_SPOOL_KEEP_DELIVERED", parse_seconds, DEFAULT_KEEP_DELIVERED
+    )
+    max_age: float = _setting("SQREEN_SPOOL_MAX_AGE", parse_seconds, DEFAULT_MAX_AGE)
+    max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_count, DEFAULT_MAX_BYTES)
 
     @classmethod
     def resolve(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -41,6 +43,12 @@ class Health:
         self._logged_at: dict[str, float] = {}
         self._last_error: str | None = None
         self._last_error_at: float | None = None
+        reset = weakref.WeakMethod(self._new_lock)
+        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
+
+    def _new_lock(self) -> None:
+        # A lock held by one of the parent's threads at fork() would stay held in the child.
+        self._lock = threading.Lock()
 
     def record(self, kind: str, error: str, what: str) -> None:
         """Count one failure of ``kind`` while doing ``what``; log it unless logged recently."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, Table, Text
 
 # Oldest first; the last one is the revision this code reads and writes.
-REVISIONS = ("0001_events",)
+REVISIONS = ("0001_events", "0002_delivery")
 HEAD = REVISIONS[-1]
 
 # Row states. Integers keep the hot-path insert and the pending index small.
@@ -33,4 +33,31 @@ events = Table(
     # The event exactly as the collector receives it (JSON, encoded once by track()).
     Column("payload", LargeBinary, nullable=False),
     Column("status", Integer, nullable=False, server_default="0"),
+    # A flusher's claim: rows leased to an owner until lease_expires are not claimed again.
+    Column("lease_owner", Text),
+    Column("lease_expires", Float, nullable=False, server_default="0"),
+    # Retry state lives on the row so that a restarted process keeps its backoff.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    # When the row became delivered or rejected.
+    Column("settled_at", Float),
 )
+
+# Cumulative counts kept in the spool itself: "dropped.<reason>" and "reported.<reason>".
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+# Small JSON documents about the spool's life, such as the last delivery attempt.
+notes = Table(
+    "notes",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+DROP_REASONS = ("age", "size", "rejected", "purged")

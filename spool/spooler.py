@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import logging
+import random
 import sqlite3
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -13,12 +16,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from .config import Settings
 from .errors import SpoolError
 from .event import build
+from .flusher import Flusher, FlushResult
 from .health import Health, HealthReport
+from .outbox import Outbox
+from .prune import enforce_size, prune
 from .store import Store, classify, describe
+from .transport import Transport
 from .worker import Worker
+
+log = logging.getLogger("sqreen.spool")
 
 # What storage may raise. Anything else is a bug and propagates.
 STORAGE_ERRORS = (sqlite3.Error, SQLAlchemyError, OSError, SpoolError)
+HEARTBEAT_JITTER = 0.1
 
 _live: weakref.WeakSet[Spooler] = weakref.WeakSet()
 
@@ -26,16 +36,25 @@ _live: weakref.WeakSet[Spooler] = weakref.WeakSet()
 class Spooler:
     """One spool file and the work around it.
 
-    Keyword arguments are the settings listed in the README (``path``, ``durability``,
-    ``lock_timeout``, ``strict``, ...); an argument left out is read from its environment variable,
-    then from its default.
+    Keyword arguments are the settings listed in the README (``path``, ``durability``, ``url``,
+    ``max_bytes``, ...); an argument left out is read from its environment variable, then from
+    its default.
     """
 
     def __init__(self, **settings: Any) -> None:
         self.settings = Settings.resolve(settings)
         self._store = Store(self.settings)
         self._health = Health()
+        self._outbox = Outbox(self._store)
+        self._flusher: Flusher | None = None
+        if self.settings.url is not None:
+            transport = Transport(self.settings, user_agent())
+            self._flusher = Flusher(self._outbox, self.settings, transport, self._health)
         self._worker = Worker(f"sqreen-spool:{self.settings.path.name}", self._maintain)
+        self._tracked = False
+        self._next_heartbeat = 0.0
+        self._drained_at = 0
+        self._warned_no_url = False
         _live.add(self)
 
     @property
@@ -47,36 +66,106 @@ class Spooler:
         """Record a custom event durably; see :func:`sqreen.track`."""
         event = build(event_name, options)
         try:
-            checkpoint_due = self._store.insert(event)
+            maintenance_due = self._store.insert(event)
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "track")
             return False
-        if checkpoint_due:
+        self._tracked = True
+        self._worker.start()
+        if maintenance_due:
             self._worker.wake()
         return True
 
+    def start(self) -> None:
+        """Start the background thread now (``track()`` starts it on first use)."""
+        self._worker.start()
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Deliver pending events now, waiting at most ``timeout`` seconds.
+
+        An explicit flush does not wait for the backoff stored on failed rows.
+        """
+        return self._flush(timeout, ignore_backoff=True)
+
     def health(self) -> HealthReport:
-        """Storage failures counted by kind in this process, and the last error."""
+        """Storage and delivery failures counted by kind in this process, and the last error."""
         return self._health.report()
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop the background thread (waiting at most ``timeout`` s) and close the spool file."""
-        self._worker.stop(self.settings.shutdown_timeout if timeout is None else timeout)
-        self._store.close()
+    def close(self, timeout: float | None = None) -> FlushResult:
+        """Stop the background thread, flush what this process tracked, close the spool.
 
-    def _maintain(self) -> None:
+        Everything is bounded by ``timeout`` (default: ``shutdown_timeout``); what is not
+        delivered in time stays in the spool for the next start.
+        """
+        budget = self.settings.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        if self._flusher is not None:
+            self._flusher.interrupt()
+        self._worker.stop(budget)
+        result = FlushResult()
+        if self._tracked and self._flusher is not None:
+            result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
+        self._store.close()
+        return result
+
+    def _flush(self, timeout: float | None, ignore_backoff: bool) -> FlushResult:
         try:
-            self._store.checkpoint()
+            if self._flusher is None:
+                self._warn_no_url()
+                return FlushResult(pending=self._store.count_pending())
+            return self._flusher.flush(timeout, ignore_backoff)
         except STORAGE_ERRORS as exc:
-            self._storage_failed(exc, "checkpoint")
+            self._storage_failed(exc, "flush")
+            return FlushResult()
+
+    def _maintain(self) -> float | None:
+        """The background thread's work: checkpoint, keep the spool bounded, and every
+        heartbeat (or as soon as a full batch is pending) prune and deliver."""
+        store, settings = self._store, self.settings
+        store.wake_at = store.inserted + min(store.checkpoint_every, settings.batch_size)
+        now = time.monotonic()
+        try:
+            store.checkpoint()
+            if store.file_bytes() > settings.max_bytes:
+                enforce_size(store, settings.max_bytes)
+            if now >= self._next_heartbeat or (
+                self._flusher is not None
+                and store.inserted - self._drained_at >= settings.batch_size
+            ):
+                jitter = random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
+                self._next_heartbeat = now + settings.heartbeat_delay * jitter
+                self._drained_at = store.inserted
+                prune(store, settings)
+                if self._flusher is not None:
+                    self._flusher.flush(settings.lease * 2)
+                else:
+                    self._warn_no_url()
+        except STORAGE_ERRORS as exc:
+            self._storage_failed(exc, "maintenance")
+        return max(0.0, self._next_heartbeat - time.monotonic())
+
+    def _warn_no_url(self) -> None:
+        if not self._warned_no_url:
+            self._warned_no_url = True
+            log.warning(
+                "sqreen spool: SQREEN_URL is not set; events stay in %s (pruned by its limits) "
+                "and nothing is delivered",
+                self.settings.path,
+            )
 
     def _storage_failed(self, exc: BaseException, what: str) -> None:
         kind, error = classify(exc), describe(exc)
         self._health.record(kind, error, what)
-        if self.settings.strict:
+        if self.settings.strict and what == "track":
             if isinstance(exc, SpoolError):
                 raise exc
             raise SpoolError(f"{what} failed ({kind}): {error}") from exc
+
+
+def user_agent() -> str:
+    from . import __version__
+
+    return f"sqreen-spool/{__version__}"
 
 
 _default: Spooler | None = None
@@ -113,6 +202,11 @@ def track(event_name: str, options: dict[str, Any] | None = None) -> bool:
     """
     spooler = _default or default_spooler()
     return spooler.track(event_name, options)
+
+
+def flush(timeout: float | None = None) -> FlushResult:
+    """Deliver the default spool's pending events now, waiting at most ``timeout`` seconds."""
+    return default_spooler().flush(timeout)
 
 
 @atexit.register

@@ -31,7 +31,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from . import schema
 from .config import Settings
-from .errors import SchemaTooNew
+from .errors import SchemaTooNew, SpoolError
 from .event import Event
 
 log = logging.getLogger("sqreen.spool")
@@ -46,6 +46,7 @@ CHECKPOINT_EVERY = 1000
 # truncated, so later commits overwrite allocated blocks instead of growing the file again.
 WAL_RESTART_BYTES = 16 * 1024 * 1024
 
+WAL = "-wal"
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 _INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
 # SQLite primary result codes (stable C API values; the sqlite3 module names them only from 3.11).
@@ -72,10 +73,16 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class GateTimeout(SpoolError):
+    """Another thread of this process held the spool past the lock timeout."""
+
+
 def classify(exc: BaseException) -> str:
     """Name the kind of storage failure, for counters and logs."""
     if isinstance(exc, SchemaTooNew):
         return "schema_too_new"
+    if isinstance(exc, GateTimeout):
+        return "lock_timeout"
     code = sqlite_code(exc)
     if code == SQLITE_FULL:
         return "disk_full"
@@ -96,20 +103,35 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = settings.path
-        self._lock = threading.Lock()
+        # Every use of SQLite in this process goes through this lock, so that fork() can wait
+        # for it: a child forked while another thread is inside SQLite would inherit SQLite's
+        # own mutexes held, and hang on its first statement.
+        self._lock = threading.RLock()
         self._pid = os.getpid()
         self._engine: Engine | None = None
         self._writer: PoolProxiedConnection | None = None
         self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
-        self._since_checkpoint = 0
-        reset = weakref.WeakMethod(self._forget_after_fork)
-        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
+        # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
+        self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 8)
+        self.checkpoint_every = max(16, min(CHECKPOINT_EVERY, self.wal_limit // 8192))
+        # Commits by this process, and the count at which insert() asks for maintenance.
+        self.inserted = 0
+        self.wake_at = self.checkpoint_every
+        before, parent, child = (
+            weakref.WeakMethod(m)
+            for m in (self._before_fork, self._after_fork, self._forget_after_fork)
+        )
+        os.register_at_fork(
+            before=lambda: (m := before()) and m(),
+            after_in_parent=lambda: (m := parent()) and m(),
+            after_in_child=lambda: (m := child()) and m(),
+        )
 
     # -- hot path -------------------------------------------------------------------------------
 
     def insert(self, event: Event) -> bool:
-        """Commit one event; return True when a checkpoint is due. Raises on storage failure."""
-        with self._lock:
+        """Commit one event; return True when maintenance is due. Raises on storage failure."""
+        with self._gate():
             raw = self._raw
             if raw is None or self._pid != os.getpid():
                 raw = self._open_writer()
@@ -119,23 +141,22 @@ class Store:
                 if sqlite_code(exc) in _CORRUPT_CODES:
                     self._close_locked()  # the next call reopens, and quarantines the file
                 raise
-            self._since_checkpoint += 1
-            return self._since_checkpoint >= CHECKPOINT_EVERY
+            self.inserted += 1
+            return self.inserted >= self.wake_at
 
     # -- everything else ------------------------------------------------------------------------
 
-    @property
-    def engine(self) -> Engine:
-        """The SQLAlchemy engine, opening (and migrating) the spool on first use."""
-        with self._lock:
-            if self._engine is None or self._pid != os.getpid():
-                self._open_writer()
-            assert self._engine is not None
-            return self._engine
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection for reads (each statement its own snapshot), opening the spool if needed."""
+        with self._gate(), self._opened().connect() as conn:
+            yield conn
 
-    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction on the spool (see :func:`write_transaction`)."""
-        return write_transaction(self.engine)
+        with self._gate(), write_transaction(self._opened()) as conn:
+            yield conn
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Apply pending migrations now; return the schema revisions before and after."""
@@ -152,28 +173,45 @@ class Store:
             probe.dispose()
         return before, self.revision()
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database file, keeping the WAL file small."""
-        self._since_checkpoint = 0
-        raw = self.engine.raw_connection()
-        try:
-            connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-            if self.wal_bytes() >= WAL_RESTART_BYTES:
-                connection.execute("PRAGMA wal_checkpoint(RESTART)").close()
-        finally:
-            raw.close()
+    def checkpoint(self, truncate: bool = False) -> None:
+        """Copy the WAL into the database file, keeping the WAL file small.
 
-    def wal_bytes(self) -> int:
-        """The size of the WAL file now (0 when there is none)."""
+        ``truncate`` also empties the WAL file, holding writers off while it finishes.
+        """
+        with self._gate():
+            raw = self._opened().raw_connection()
+            try:
+                connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+                if truncate:
+                    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+                elif self._size(WAL) >= self.wal_limit:
+                    connection.execute("PRAGMA wal_checkpoint(RESTART)").close()
+            finally:
+                raw.close()
+
+    def file_bytes(self) -> int:
+        """The spool's size on disk: database file and WAL."""
+        return self._size("") + self._size(WAL)
+
+    def count_pending(self) -> int:
+        """How many events wait for delivery."""
+        with self.connection() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM events WHERE status = ?", (schema.PENDING,)
+                ).scalar_one()
+            )
+
+    def _size(self, suffix: str) -> int:
         try:
-            return os.stat(f"{self.path}-wal").st_size
+            return os.stat(f"{self.path}{suffix}").st_size
         except FileNotFoundError:
             return 0
 
     def revision(self) -> str | None:
         """The schema revision stored in the spool (opening it if needed)."""
-        with self.engine.connect() as conn:
+        with self.connection() as conn:
             return read_revision(conn)
 
     def close(self) -> None:
@@ -181,7 +219,32 @@ class Store:
         with self._lock:
             self._close_locked()
 
-    # -- opening --------------------------------------------------------------------------------
+    # -- opening and fork -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _gate(self) -> Iterator[None]:
+        # Waiting for another thread of this process counts against the same lock timeout as
+        # waiting for another process (SQLite's busy timeout).
+        if not self._lock.acquire(timeout=self.settings.lock_timeout):
+            raise GateTimeout(
+                f"another thread held the spool for over {self.settings.lock_timeout} s"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _opened(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            self._open_writer()
+        assert self._engine is not None
+        return self._engine
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+
+    def _after_fork(self) -> None:
+        self._lock.release()
 
     def _open_writer(self) -> Any:
         if self._pid != os.getpid():
@@ -232,7 +295,9 @@ class Store:
                 "journal_mode=WAL",
                 f"synchronous={synchronous}",
                 "wal_autocheckpoint=0",
-                f"journal_size_limit={WAL_RESTART_BYTES}",
+                f"journal_size_limit={self.wal_limit}",
+                # Only takes effect on a new file: lets pruning give space back to the disk.
+                "auto_vacuum=INCREMENTAL",
             ):
                 dbapi_connection.execute(f"PRAGMA {pragma}").close()
 
@@ -246,13 +311,14 @@ class Store:
         self._writer = self._raw = self._engine = None
 
     def _forget_after_fork(self) -> None:
+        # Not even engine.dispose(close=False): the pool's own lock may have been held by one of
+        # the parent's threads at the fork, and would then never be released in the child.
         _inherited.append((self._engine, self._writer, self._raw))
-        if self._engine is not None:
-            self._engine.dispose(close=False)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._writer = self._raw = self._engine = None
         self._pid = os.getpid()
-        self._since_checkpoint = 0
+        self.inserted = 0
+        self.wake_at = self.checkpoint_every
 
 
 @contextlib.contextmanager

@@ -16,12 +16,12 @@ log = logging.getLogger("sqreen.spool")
 
 
 class Worker:
-    """Runs ``work()`` each time it is woken, and every ``interval`` seconds if one is given."""
+    """Runs ``work()`` once started, then each time it is woken or when the delay it returned
+    (seconds, or None for "only when woken") has passed."""
 
-    def __init__(self, name: str, work: Callable[[], None], interval: float | None = None) -> None:
+    def __init__(self, name: str, work: Callable[[], float | None]) -> None:
         self._name = name
         self._work = work
-        self._interval = interval
         self._reset()
         reset = weakref.WeakMethod(self._reset)
         os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
@@ -40,7 +40,7 @@ class Worker:
 
     def start(self) -> None:
         """Start the thread in this process if it is not running yet."""
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None:  # reset in a child by the at-fork hook
             return
         with self._lock:
             if self._pid != os.getpid():
@@ -62,12 +62,15 @@ class Worker:
         return not thread.is_alive()
 
     def _run(self) -> None:
+        delay: float | None = 0.0
         while not self._stopping:
-            self._wakeup.wait(self._interval)
+            if delay != 0.0:
+                self._wakeup.wait(delay)
             self._wakeup.clear()
             if self._stopping:
                 return
             try:
-                self._work()
+                delay = self._work()
             except Exception:  # the worker must outlive any one failure; the work counts it
                 log.exception("sqreen spool: background work failed")
+                delay = None

@@ -1,0 +1,166 @@
+"""Delivery: claim batches from the spool, post them with retries, settle each row.
+
+At least once: a row is deleted (or marked delivered) only after the collector acknowledged it,
+so a crash between the POST and the settle sends it again, under the same event id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_result,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from .config import Settings
+from .event import new_id
+from .health import Health
+from .outbox import Outbox, Row
+from .transport import BISECT_STATUSES, SPLIT_STATUSES, Reply, Transport
+
+log = logging.getLogger("sqreen.spool")
+
+CONFIG_STATUSES = frozenset({401, 403, 404})
+# Retries inside one flush stop early enough to settle the rows before their lease runs out.
+LEASE_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What one flush did: events delivered, rejected, failed (still pending), left pending."""
+
+    delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    pending: int = 0
+    timed_out: bool = False
+
+    def __add__(self, other: FlushResult) -> FlushResult:
+        return FlushResult(
+            self.delivered + other.delivered,
+            self.rejected + other.rejected,
+            self.failed + other.failed,
+            other.pending,
+            self.timed_out or other.timed_out,
+        )
+
+
+class Flusher:
+    """Drains one spool to its collector."""
+
+    def __init__(self, outbox: Outbox, settings: Settings, transport: Transport, health: Health):
+        self._outbox = outbox
+        self._settings = settings
+        self._transport = transport
+        self._health = health
+        self._interrupt = threading.Event()
+        self._retry_wait = wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5)
+
+    def flush(self, timeout: float | None = None, ignore_backoff: bool = False) -> FlushResult:
+        """Deliver due pending events until none is left, the collector fails, or time is up."""
+        settings = self._settings
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        total = FlushResult()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                total += FlushResult(timed_out=True)
+                break
+            rows = self._outbox.claim(
+                owner,
+                settings.batch_size,
+                settings.max_batch_bytes,
+                settings.lease,
+                time.time(),
+                ignore_backoff,
+            )
+            if not rows:
+                break
+            until = time.monotonic() + min(remaining, settings.lease * LEASE_SHARE)
+            result = self._deliver(rows, self._outbox.unreported_drops(), until, owner)
+            total += result
+            if result.failed or result.timed_out:
+                break  # the collector is failing: the rest waits for the next heartbeat
+        return total + FlushResult(pending=self._outbox.store.count_pending())
+
+    def interrupt(self) -> None:
+        """Cut short any retry wait in progress (at shutdown)."""
+        self._interrupt.set()
+
+    def _sleep(self, seconds: float) -> None:
+        self._interrupt.wait(seconds)
+
+    def _deliver(
+        self, rows: Sequence[Row], dropped: Mapping[str, int], until: float, owner: str
+    ) -> FlushResult:
+        if time.monotonic() >= until:
+            self._outbox.release(rows, owner)
+            return FlushResult(timed_out=True)
+        reply = self._post(rows, dropped, until)
+        now = time.time()
+        self._outbox.note(
+            "last_attempt",
+            {
+                "at": now,
+                "events": len(rows),
+                "outcome": "delivered" if reply.ok else "failed",
+                "status": reply.status,
+                "error": reply.describe(),
+            },
+        )
+        if reply.ok:
+            refused = {r.seq: reply.rejected[r.id] for r in rows if r.id in reply.rejected}
+            accepted = [r for r in rows if r.seq not in refused]
+            self._outbox.delivered(accepted, now, self._settings.keep_delivered > 0, dropped)
+            if refused:
+                self._outbox.rejected(refused, now)
+            return FlushResult(delivered=len(accepted), rejected=len(refused))
+        if reply.status in SPLIT_STATUSES | BISECT_STATUSES:
+            if len(rows) == 1:
+                self._outbox.rejected({rows[0].seq: reply.describe()}, now)
+                return FlushResult(rejected=1)
+            # Halve: a 413 batch until it fits, a 400 batch down to the events at fault.
+            half = len(rows) // 2
+            first = self._deliver(rows[:half], dropped, until, owner)
+            return first + self._deliver(rows[half:], {}, until, owner)
+        if reply.status in CONFIG_STATUSES:
+            self._health.record("collector_config", reply.describe(), "delivery")
+        else:
+            self._health.record("collector_unavailable", reply.describe(), "delivery")
+        not_before = now + reply.retry_after if reply.retry_after else 0.0
+        self._outbox.failed(rows, reply.describe(), now, not_before)
+        return FlushResult(failed=len(rows))
+
+    def _post(self, rows: Sequence[Row], dropped: Mapping[str, int], until: float) -> Reply:
+        payloads = [r.payload for r in rows]
+
+        def wait(state: RetryCallState) -> float:
+            assert state.outcome is not None
+            reply: Reply = state.outcome.result()
+            return reply.retry_after if reply.retry_after is not None else self._retry_wait(state)
+
+        def attempt() -> Reply:
+            return self._transport.post(payloads, dropped, timeout=until - time.monotonic())
+
+        retrying = Retrying(
+            retry=retry_if_result(lambda reply: reply.retryable),
+            stop=stop_after_attempt(self._settings.retry_attempts)
+            | stop_before_delay(max(0.0, until - time.monotonic())),
+            wait=wait,
+            sleep=self._sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        reply: Reply = retrying(attempt)
+        return reply

@@ -1,0 +1,95 @@
+"""Keeping the spool bounded: by age, by size on disk, and by how long delivered rows are kept.
+
+Every row removed before delivery is counted by reason in the spool (``dropped.<reason>``) and
+logged; nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from sqlalchemy import Connection, TextClause, text
+
+from .config import Settings
+from .outbox import add
+from .schema import DELIVERED, PENDING, REJECTED
+from .store import Store
+
+log = logging.getLogger("sqreen.spool")
+
+# Pruning for size aims below the bound, so that it does not run again at the next commit.
+SIZE_TARGET = 0.8
+
+_DROP_OLD = text("DELETE FROM events WHERE status = :status AND enqueued_at < :before")
+_EXPIRE_SETTLED = text("DELETE FROM events WHERE status = :status AND settled_at < :before")
+_DROP_OLDEST = text(
+    "DELETE FROM events WHERE seq IN "
+    "(SELECT seq FROM events WHERE status = :status ORDER BY seq LIMIT :n)"
+)
+
+
+def prune(store: Store, settings: Settings) -> dict[str, int]:
+    """Apply the age and size limits now; return how many pending events were dropped, by reason."""
+    now = time.time()
+    with store.transaction() as conn:
+        aged = _delete(conn, _DROP_OLD, PENDING, now - settings.max_age)
+        add(conn, "dropped.age", aged)
+        _delete(conn, _EXPIRE_SETTLED, REJECTED, now - settings.max_age)  # counted when rejected
+        _delete(conn, _EXPIRE_SETTLED, DELIVERED, now - settings.keep_delivered)
+    dropped = {"age": aged, "size": enforce_size(store, settings.max_bytes)}
+    for reason, n in dropped.items():
+        if n:
+            log.warning("sqreen spool: dropped %d undelivered events (%s limit)", n, reason)
+    return dropped
+
+
+def enforce_size(store: Store, max_bytes: int) -> int:
+    """Drop rows, settled ones first, then the oldest pending, until the file fits.
+
+    Returns how many pending events were dropped. The file itself shrinks: freed pages are
+    returned by an incremental vacuum and the WAL is checkpointed and truncated.
+    """
+    dropped = 0
+    target = int(max_bytes * SIZE_TARGET)
+    for _ in range(8):  # each pass estimates the rows to drop from the average row size
+        if store.file_bytes() <= max_bytes:
+            break
+        with store.transaction() as conn:
+            excess = _used_bytes(conn) - target
+            for status in (DELIVERED, REJECTED, PENDING):
+                if excess <= 0:
+                    break
+                freed, deleted = _drop_oldest(conn, status, excess)
+                excess -= freed
+                if status == PENDING:
+                    add(conn, "dropped.size", deleted)
+                    dropped += deleted
+            conn.exec_driver_sql("PRAGMA incremental_vacuum")
+        store.checkpoint(truncate=True)
+    return dropped
+
+
+def _used_bytes(conn: Connection) -> int:
+    page_size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+    pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+    free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+    return int((pages - free) * page_size)
+
+
+def _drop_oldest(conn: Connection, status: int, excess: int) -> tuple[int, int]:
+    """Delete about ``excess`` bytes of the oldest rows of ``status``: (bytes freed, rows)."""
+    rows, total = conn.exec_driver_sql(
+        "SELECT count(*), (SELECT count(*) FROM events) FROM events WHERE status = ?", (status,)
+    ).one()
+    if not rows:
+        return 0, 0
+    per_row = _used_bytes(conn) / total
+    n = min(rows, math.ceil(excess / per_row))
+    deleted = int(conn.execute(_DROP_OLDEST, {"status": status, "n": n}).rowcount)
+    return int(deleted * per_row), deleted
+
+
+def _delete(conn: Connection, statement: TextClause, status: int, before: float) -> int:
+    return int(conn.execute(statement, {"status": status, "before": before}).rowcount)
