@@ -20,7 +20,8 @@ from tenacity import (
     retry_if_result,
     stop_after_attempt,
     stop_before_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .config import Settings
@@ -65,7 +66,7 @@ class Flusher:
         self._transport = transport
         self._health = health
         self._interrupt = threading.Event()
-        self._retry_wait = wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5)
+        self._retry_wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
 
     def flush(self, timeout: float | None = None, ignore_backoff: bool = False) -> FlushResult:
         """Deliver due pending events until none is left, the collector fails, or time is up."""
@@ -145,6 +146,7 @@ class Flusher:
 
     def _post(self, rows: Sequence[Row], dropped: Mapping[str, int], until: float) -> Reply:
         payloads = [r.payload for r in rows]
+        batch_id = new_id()
 
         def wait(state: RetryCallState) -> float:
             assert state.outcome is not None
@@ -152,7 +154,7 @@ class Flusher:
             return reply.retry_after if reply.retry_after is not None else self._retry_wait(state)
 
         def attempt() -> Reply:
-            return self._transport.post(payloads, dropped, timeout=until - time.monotonic())
+            return self._transport.post(batch_id, payloads, dropped, until - time.monotonic())
 
         retrying = Retrying(
             retry=retry_if_result(lambda reply: reply.retryable),

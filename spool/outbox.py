@@ -154,7 +154,7 @@ class Outbox:
         """Drops counted in the spool but not yet received by the collector, by reason."""
         with self.store.connection() as conn:
             values: dict[str, int] = dict(
-                conn.exec_driver_sql("SELECT name, value FROM counters").tuples().all()
+                conn.exec_driver_sql("SELECT name, value FROM counters").all()
             )
         unreported = {
             reason: values.get(f"dropped.{reason}", 0) - values.get(f"reported.{reason}", 0)

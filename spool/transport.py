@@ -23,7 +23,6 @@ import orjson
 
 from .config import Settings
 from .errors import ConfigError
-from .event import new_id
 
 GZIP_ABOVE = 1024
 GZIP_LEVEL = 1  # most of the gain at a fraction of level 6's cost, on JSON this repetitive
@@ -95,10 +94,16 @@ class Transport:
         self._pid = 0
 
     def post(
-        self, payloads: Sequence[bytes], dropped: Mapping[str, int], timeout: float | None = None
+        self,
+        batch_id: str,
+        payloads: Sequence[bytes],
+        dropped: Mapping[str, int],
+        timeout: float | None = None,
     ) -> Reply:
-        """POST one batch within ``timeout`` seconds at most; network trouble becomes a Reply."""
-        batch_id = new_id()
+        """POST one batch within ``timeout`` seconds at most; network trouble becomes a Reply.
+
+        Retries of a batch reuse its ``batch_id`` (the Idempotency-Key).
+        """
         body = encode_batch(batch_id, payloads, dropped)
         headers = {"Idempotency-Key": batch_id}
         if len(body) > GZIP_ABOVE:

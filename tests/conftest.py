@@ -65,3 +65,24 @@ def integrity(path: Path) -> str:
 def run_child(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start ``tests/child.py`` with this interpreter (the project's venv)."""
     return subprocess.Popen([sys.executable, str(CHILD), *args], **kwargs)
+
+
+@pytest.fixture
+def collector() -> Iterator[Any]:
+    from .collector import Collector
+
+    server = Collector()
+    yield server
+    server.stop()
+
+
+def rows(path: Path, where: str = "1") -> list[sqlite3.Row]:
+    """The spool's rows (all columns), oldest first."""
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY seq").fetchall()
+
+
+def counters(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT name, value FROM counters").fetchall())
