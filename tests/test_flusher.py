@@ -276,7 +276,7 @@ def test_plain_http_is_refused_for_remote_hosts(spool_path: Path) -> None:
     sqreen.Spooler(path=spool_path, url="http://collector.example.com/x", allow_insecure_http=True)
     sqreen.Spooler(path=spool_path, url="https://collector.example.com/v1/events")
     sqreen.Spooler(path=spool_path, url="http://[::1]:8000/x")
-    with pytest.raises(sqreen.ConfigError, match="argument .url.: invalid value .ftp:"):
+    with pytest.raises(sqreen.ConfigError, match=r"argument .url.: invalid value .ftp:"):
         sqreen.Spooler(path=spool_path, url="ftp://collector.example.com")
 
 
