@@ -66,6 +66,9 @@ class Flusher:
         self._transport = transport
         self._health = health
         self._interrupt = threading.Event()
+        # Claiming and settling a batch rewrites its rows into the WAL: under a small size bound
+        # a batch must stay a small part of it.
+        self._batch_bytes = min(settings.max_batch_bytes, settings.max_bytes // 16)
         self._retry_wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
 
     def flush(self, timeout: float | None = None, ignore_backoff: bool = False) -> FlushResult:

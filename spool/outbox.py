@@ -20,30 +20,38 @@ BACKOFF_BASE = 5.0
 BACKOFF_MAX = 3600.0
 
 _CLAIM = text(
-    "SELECT seq, id, payload FROM events WHERE status = :pending AND lease_expires <= :now "
-    "AND next_attempt_at <= :due ORDER BY seq LIMIT :limit"
+    "SELECT events.seq, events.id, events.payload FROM events "
+    "LEFT JOIN leases USING (seq) LEFT JOIN retries USING (seq) "
+    "WHERE events.status = :pending AND coalesce(leases.expires, 0) <= :now "
+    "AND coalesce(retries.next_attempt_at, 0) <= :due ORDER BY events.seq LIMIT :limit"
 )
-_LEASE = text(
-    "UPDATE events SET lease_owner = :owner, lease_expires = :until WHERE seq IN :seqs"
-).bindparams(bindparam("seqs", expanding=True))
+_LEASE = text("INSERT OR REPLACE INTO leases (seq, owner, expires) VALUES (:seq, :owner, :until)")
+_UNLEASE = text("DELETE FROM leases WHERE seq IN :seqs").bindparams(
+    bindparam("seqs", expanding=True)
+)
+# Deleting an event also deletes its lease and retry rows (trigger events_forget).
 _DELETE = text("DELETE FROM events WHERE seq IN :seqs").bindparams(
     bindparam("seqs", expanding=True)
 )
 _SETTLE = text(
-    "UPDATE events SET status = :status, settled_at = :now, lease_owner = NULL, "
-    "lease_expires = 0, last_error = :error WHERE seq IN :seqs"
+    "UPDATE events SET status = :status, settled_at = :now WHERE seq IN :seqs"
 ).bindparams(bindparam("seqs", expanding=True))
-# Each row backs off by its own attempt count: BACKOFF_BASE * 2^attempts, capped, jittered, and
-# never sooner than the collector's Retry-After.
+# Each event backs off by its own attempt count: BACKOFF_BASE * 2^attempts, capped, jittered,
+# and never sooner than the collector's Retry-After.
 _FAIL = text(
-    "UPDATE events SET attempts = attempts + 1, last_error = :error, lease_owner = NULL, "
-    "lease_expires = 0, next_attempt_at = max(:not_before, :now + :jitter * "
-    "min(:cap, :base * (1 << min(attempts, 20)))) WHERE seq IN :seqs"
-).bindparams(bindparam("seqs", expanding=True))
-_RELEASE = text(
-    "UPDATE events SET lease_owner = NULL, lease_expires = 0 WHERE seq IN :seqs "
-    "AND lease_owner = :owner"
-).bindparams(bindparam("seqs", expanding=True))
+    "INSERT INTO retries (seq, attempts, next_attempt_at, last_error) "
+    "VALUES (:seq, 1, max(:not_before, :now + :jitter * :base), :error) "
+    "ON CONFLICT (seq) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error, "
+    "next_attempt_at = max(:not_before, :now + :jitter * "
+    "min(:cap, :base * (1 << min(retries.attempts, 20))))"
+)
+_REASON = text(
+    "INSERT INTO retries (seq, attempts, next_attempt_at, last_error) VALUES (:seq, 0, 0, :error) "
+    "ON CONFLICT (seq) DO UPDATE SET last_error = excluded.last_error"
+)
+_RELEASE = text("DELETE FROM leases WHERE seq IN :seqs AND owner = :owner").bindparams(
+    bindparam("seqs", expanding=True)
+)
 _ADD = text(
     "INSERT INTO counters (name, value) VALUES (:name, :n) "
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
@@ -100,9 +108,8 @@ class Outbox:
                     break
                 rows.append(Row(seq, event_id, payload))
             if rows:
-                conn.execute(
-                    _LEASE, {"owner": owner, "until": now + lease, "seqs": [r.seq for r in rows]}
-                )
+                until = now + lease
+                conn.execute(_LEASE, [{"seq": r.seq, "owner": owner, "until": until} for r in rows])
         return rows
 
     def delivered(
@@ -112,9 +119,8 @@ class Outbox:
         seqs = [r.seq for r in rows]
         with self.store.transaction() as conn:
             if keep:
-                conn.execute(
-                    _SETTLE, {"status": DELIVERED, "now": now, "error": None, "seqs": seqs}
-                )
+                conn.execute(_SETTLE, {"status": DELIVERED, "now": now, "seqs": seqs})
+                conn.execute(_UNLEASE, {"seqs": seqs})
             else:
                 conn.execute(_DELETE, {"seqs": seqs})
             for reason, n in reported.items():
@@ -122,28 +128,27 @@ class Outbox:
 
     def rejected(self, rows: Mapping[int, str], now: float) -> None:
         """Move rows the collector refused (seq to reason) to the rejected state, counted."""
+        seqs = list(rows)
         with self.store.transaction() as conn:
-            for seq, reason in rows.items():
-                conn.execute(
-                    _SETTLE, {"status": REJECTED, "now": now, "error": reason, "seqs": [seq]}
-                )
+            conn.execute(_SETTLE, {"status": REJECTED, "now": now, "seqs": seqs})
+            conn.execute(_UNLEASE, {"seqs": seqs})
+            conn.execute(_REASON, [{"seq": s, "error": why[:500]} for s, why in rows.items()])
             add(conn, "dropped.rejected", len(rows))
 
     def failed(self, rows: Iterable[Row], error: str, now: float, not_before: float = 0) -> None:
         """Return rows to pending after a failed attempt, each backing off by its attempts."""
+        seqs = [r.seq for r in rows]
+        common = {
+            "error": error[:500],
+            "now": now,
+            "not_before": not_before,
+            "jitter": random.uniform(0.8, 1.2),
+            "cap": BACKOFF_MAX,
+            "base": BACKOFF_BASE,
+        }
         with self.store.transaction() as conn:
-            conn.execute(
-                _FAIL,
-                {
-                    "error": error[:500],
-                    "now": now,
-                    "not_before": not_before,
-                    "jitter": random.uniform(0.8, 1.2),
-                    "cap": BACKOFF_MAX,
-                    "base": BACKOFF_BASE,
-                    "seqs": [r.seq for r in rows],
-                },
-            )
+            conn.execute(_FAIL, [common | {"seq": seq} for seq in seqs])
+            conn.execute(_UNLEASE, {"seqs": seqs})
 
     def release(self, rows: Iterable[Row], owner: str) -> None:
         """Give rows back without counting an attempt (the flush ran out of time)."""

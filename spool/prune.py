@@ -19,8 +19,12 @@ from .store import Store
 
 log = logging.getLogger("sqreen.spool")
 
-# Pruning for size aims below the bound, so that it does not run again at the next commit.
-SIZE_TARGET = 0.8
+# Size pruning starts a little under the bound, since the WAL grows while it works, and aims
+# well under it, so that it does not run again at the next commit. It deletes in chunks, each
+# followed by a truncating checkpoint, so the pages it rewrites never pile up in the WAL.
+SIZE_TRIGGER = 0.9
+SIZE_TARGET = 0.75
+SIZE_CHUNK = 1 / 16
 
 _DROP_OLD = text("DELETE FROM events WHERE status = :status AND enqueued_at < :before")
 _EXPIRE_SETTLED = text("DELETE FROM events WHERE status = :status AND settled_at < :before")
@@ -51,13 +55,13 @@ def enforce_size(store: Store, max_bytes: int) -> int:
     Returns how many pending events were dropped. The file itself shrinks: freed pages are
     returned by an incremental vacuum and the WAL is checkpointed and truncated.
     """
+    if store.file_bytes() <= max_bytes * SIZE_TRIGGER:
+        return 0
     dropped = 0
-    target = int(max_bytes * SIZE_TARGET)
-    for _ in range(8):  # each pass estimates the rows to drop from the average row size
-        if store.file_bytes() <= max_bytes:
-            break
+    target, chunk = int(max_bytes * SIZE_TARGET), max(1, int(max_bytes * SIZE_CHUNK))
+    for _ in range(64):
         with store.transaction() as conn:
-            excess = _used_bytes(conn) - target
+            excess = min(chunk, _used_bytes(conn) - target)
             for status in (DELIVERED, REJECTED, PENDING):
                 if excess <= 0:
                     break
@@ -67,7 +71,10 @@ def enforce_size(store: Store, max_bytes: int) -> int:
                     add(conn, "dropped.size", deleted)
                     dropped += deleted
             conn.exec_driver_sql("PRAGMA incremental_vacuum")
+            done = _used_bytes(conn) <= target
         store.checkpoint(truncate=True)
+        if done:
+            break
     return dropped
 
 

@@ -33,15 +33,28 @@ events = Table(
     # The event exactly as the collector receives it (JSON, encoded once by track()).
     Column("payload", LargeBinary, nullable=False),
     Column("status", Integer, nullable=False, server_default="0"),
-    # A flusher's claim: rows leased to an owner until lease_expires are not claimed again.
-    Column("lease_owner", Text),
-    Column("lease_expires", Float, nullable=False, server_default="0"),
-    # Retry state lives on the row so that a restarted process keeps its backoff.
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("next_attempt_at", Float, nullable=False, server_default="0"),
-    Column("last_error", Text),
     # When the row became delivered or rejected.
     Column("settled_at", Float),
+)
+
+# A flusher's claim: an event leased to an owner until ``expires`` is not claimed again.
+leases = Table(
+    "leases",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+
+# Retry state, kept in the spool so that a restarted process keeps its backoff. A rejected
+# event's reason is its last_error.
+retries = Table(
+    "retries",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_error", Text),
 )
 
 # Cumulative counts kept in the spool itself: "dropped.<reason>" and "reported.<reason>".

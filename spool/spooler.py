@@ -125,9 +125,6 @@ class Spooler:
         store.wake_at = store.inserted + min(store.checkpoint_every, settings.batch_size)
         now = time.monotonic()
         try:
-            store.checkpoint()
-            if store.file_bytes() > settings.max_bytes:
-                enforce_size(store, settings.max_bytes)
             if now >= self._next_heartbeat or (
                 self._flusher is not None
                 and store.inserted - self._drained_at >= settings.batch_size
@@ -140,6 +137,9 @@ class Spooler:
                     self._flusher.flush(settings.lease * 2)
                 else:
                     self._warn_no_url()
+            # Last, so that the pages the flush rewrote (leases, outcomes) leave the WAL too.
+            store.checkpoint()
+            enforce_size(store, settings.max_bytes)
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "maintenance")
         return max(0.0, self._next_heartbeat - time.monotonic())

@@ -112,7 +112,7 @@ class Store:
         self._writer: PoolProxiedConnection | None = None
         self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
         # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
-        self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 8)
+        self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 16)
         self.checkpoint_every = max(16, min(CHECKPOINT_EVERY, self.wal_limit // 8192))
         # Commits by this process, and the count at which insert() asks for maintenance.
         self.inserted = 0
@@ -292,12 +292,13 @@ class Store:
         def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
             dbapi_connection.isolation_level = None  # transactions are explicit, see module doc
             for pragma in (
+                # First: it only takes effect on a file that has no header yet, and it is what
+                # lets pruning give space back to the disk.
+                "auto_vacuum=INCREMENTAL",
                 "journal_mode=WAL",
                 f"synchronous={synchronous}",
                 "wal_autocheckpoint=0",
                 f"journal_size_limit={self.wal_limit}",
-                # Only takes effect on a new file: lets pruning give space back to the disk.
-                "auto_vacuum=INCREMENTAL",
             ):
                 dbapi_connection.execute(f"PRAGMA {pragma}").close()
 

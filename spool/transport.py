@@ -92,6 +92,10 @@ class Transport:
             self._headers["Authorization"] = f"Bearer {settings.token}"
         self._client: httpx.Client | None = None
         self._pid = 0
+        # Built now, in the caller's thread: httpx imports modules and builds its TLS context on
+        # first use, and a fork() while the background thread held an import lock would leave
+        # the child hanging on that lock forever.
+        self._session()
 
     def post(
         self,

@@ -68,6 +68,41 @@ def check_imports(path: str) -> None:
     print("alembic imported" if "alembic" in sys.modules else "alembic not imported")
 
 
+def track_and_exit(path: str, url: str, count: str, shutdown_timeout: str) -> None:
+    """Track ``count`` events and return from main: the exit flush must deliver them."""
+    spooler = sqreen.Spooler(
+        path=path,
+        url=url,
+        shutdown_timeout=float(shutdown_timeout),
+        heartbeat_delay=3600,
+        http_timeout=30,
+    )
+    for i in range(int(count)):
+        assert spooler.track("exit.test", {"properties": {"i": i}})
+    print("tracked", flush=True)
+
+
+def produce(path: str) -> None:
+    """Track forever (no collector here), writing each acknowledged event's id to stdout."""
+    spooler = sqreen.Spooler(path=path)
+    out = sys.stdout.buffer
+    while True:
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        if spooler.track("chaos", {"properties": {"tag": tag}}):
+            out.write(tag.encode() + b"\n")
+            out.flush()
+
+
+def flush_forever(path: str, url: str) -> None:
+    """Flush the spool to ``url`` again and again, with short leases."""
+    spooler = sqreen.Spooler(
+        path=path, url=url, lease=2, http_timeout=0.5, retry_attempts=2, batch_size=200
+    )
+    while True:
+        spooler.flush(timeout=2)
+        time.sleep(0.01)
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     {
@@ -75,4 +110,7 @@ if __name__ == "__main__":
         "track_threads": track_threads,
         "hold_lock": hold_lock,
         "check_imports": check_imports,
+        "track_and_exit": track_and_exit,
+        "produce": produce,
+        "flush_forever": flush_forever,
     }[command](*arguments)

@@ -80,7 +80,7 @@ def rows(path: Path, where: str = "1") -> list[sqlite3.Row]:
     """The spool's rows (all columns), oldest first."""
     with sqlite3.connect(path) as conn:
         conn.row_factory = sqlite3.Row
-        return conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY seq").fetchall()
+        return conn.execute(f"SELECT * FROM event_state WHERE {where} ORDER BY seq").fetchall()
 
 
 def counters(path: Path) -> dict[str, int]:

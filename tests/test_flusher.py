@@ -55,7 +55,9 @@ def test_accepted_batches_are_delivered_once_and_removed(spool_path: Path, colle
 
 def test_small_batches_are_not_compressed(spool_path: Path, collector: Any) -> None:
     spooler = make(spool_path, collector)
-    spooler.track("one", {"properties": {"foo": "bar"}, "user_identifiers": {"id": "7"}})
+    writer = sqreen.Spooler(path=spool_path)
+    writer.track("one", {"properties": {"foo": "bar"}, "user_identifiers": {"id": "7"}})
+    writer.close()
     spooler.flush()
     (request,) = collector.requests
     assert "Content-Encoding" not in request.headers
@@ -282,8 +284,8 @@ def test_plain_http_is_refused_for_remote_hosts(spool_path: Path) -> None:
 
 def test_heartbeat_delivers_in_the_background(spool_path: Path, collector: Any) -> None:
     spooler = make(spool_path, collector, heartbeat_delay=0.3)
-    spooler.start()
     ids = track_many(spooler, 20)
+    spooler.start()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(collector.accepted_events()) < 20:
         time.sleep(0.05)

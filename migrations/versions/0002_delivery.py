@@ -1,4 +1,8 @@
-"""Delivery state on each event (leases, retries, outcome) and the spool's own counters.
+"""Delivery state (leases, retries, outcomes) and the spool's own counters and notes.
+
+Leases and retry state live in small side tables keyed by the event's seq, not as columns of
+``events``: claiming or failing a batch then writes a few small rows instead of rewriting every
+event of the batch (with page splits, as the rows grow) into the WAL.
 
 Revision ID: 0002_delivery
 Revises: 0001_events
@@ -15,12 +19,30 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("events") as batch:
-        batch.add_column(sa.Column("lease_owner", sa.Text, nullable=True))
-        batch.add_column(sa.Column("lease_expires", sa.Float, nullable=False, server_default="0"))
-        batch.add_column(sa.Column("attempts", sa.Integer, nullable=False, server_default="0"))
-        batch.add_column(sa.Column("next_attempt_at", sa.Float, nullable=False, server_default="0"))
-        batch.add_column(sa.Column("last_error", sa.Text, nullable=True))
         batch.add_column(sa.Column("settled_at", sa.Float, nullable=True))
+    op.create_table(
+        "leases",
+        sa.Column("seq", sa.Integer, primary_key=True),
+        sa.Column("owner", sa.Text, nullable=False),
+        sa.Column("expires", sa.Float, nullable=False),
+    )
+    op.create_table(
+        "retries",
+        sa.Column("seq", sa.Integer, primary_key=True),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("next_attempt_at", sa.Float, nullable=False),
+        sa.Column("last_error", sa.Text, nullable=True),
+    )
+    op.execute(
+        "CREATE TRIGGER events_forget AFTER DELETE ON events BEGIN "
+        "DELETE FROM leases WHERE seq = old.seq; DELETE FROM retries WHERE seq = old.seq; END"
+    )
+    op.execute(
+        "CREATE VIEW event_state AS SELECT events.*, leases.owner AS lease_owner, "
+        "coalesce(leases.expires, 0) AS lease_expires, coalesce(retries.attempts, 0) AS attempts,"
+        " coalesce(retries.next_attempt_at, 0) AS next_attempt_at, retries.last_error "
+        "FROM events LEFT JOIN leases USING (seq) LEFT JOIN retries USING (seq)"
+    )
     op.create_table(
         "counters",
         sa.Column("name", sa.Text, primary_key=True),
@@ -34,15 +56,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("notes")
-    op.drop_table("counters")
+    op.execute("DROP VIEW event_state")
+    op.execute("DROP TRIGGER events_forget")
+    for table in ("notes", "counters", "retries", "leases"):
+        op.drop_table(table)
     with op.batch_alter_table("events") as batch:
-        for column in (
-            "settled_at",
-            "last_error",
-            "next_attempt_at",
-            "attempts",
-            "lease_expires",
-            "lease_owner",
-        ):
-            batch.drop_column(column)
+        batch.drop_column("settled_at")
