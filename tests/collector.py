@@ -146,6 +146,16 @@ class Collector:
         with self._lock:
             return self._script.pop(0) if self._script else self.default
 
+    def received_events(self) -> list[dict[str, Any]]:
+        """Events of every batch the collector processed with a 2xx, including answers the
+        client no longer waited for: what a real collector would have stored."""
+        return [
+            e
+            for r in self.requests
+            if not r.answer.reset and 200 <= r.answer.status < 300
+            for e in r.batch["events"]
+        ]
+
     def accepted_events(self) -> list[dict[str, Any]]:
         """Events the collector acknowledged (2xx and not named as rejected), in arrival order."""
         events = []
