@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/track.py
+	$(PY) bench/drain.py
 
 # mypy resolves `sqreen` from a link tree shaped like the installed package, since the
 # editable install maps the folders to it through an import hook mypy cannot follow.

@@ -66,9 +66,6 @@ class Flusher:
         self._transport = transport
         self._health = health
         self._interrupt = threading.Event()
-        # Claiming and settling a batch rewrites its rows into the WAL: under a small size bound
-        # a batch must stay a small part of it.
-        self._batch_bytes = min(settings.max_batch_bytes, settings.max_bytes // 16)
         self._retry_wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
 
     def flush(self, timeout: float | None = None, ignore_backoff: bool = False) -> FlushResult:
@@ -82,7 +79,7 @@ class Flusher:
             if remaining <= 0:
                 total += FlushResult(timed_out=True)
                 break
-            rows = self._outbox.claim(
+            rows, dropped = self._outbox.claim(
                 owner,
                 settings.batch_size,
                 settings.max_batch_bytes,
@@ -93,7 +90,7 @@ class Flusher:
             if not rows:
                 break
             until = time.monotonic() + min(remaining, settings.lease * LEASE_SHARE)
-            result = self._deliver(rows, self._outbox.unreported_drops(), until, owner)
+            result = self._deliver(rows, dropped, until, owner)
             total += result
             if result.failed or result.timed_out:
                 break  # the collector is failing: the rest waits for the next heartbeat
@@ -114,26 +111,22 @@ class Flusher:
             return FlushResult(timed_out=True)
         reply = self._post(rows, dropped, until)
         now = time.time()
-        self._outbox.note(
-            "last_attempt",
-            {
-                "at": now,
-                "events": len(rows),
-                "outcome": "delivered" if reply.ok else "failed",
-                "status": reply.status,
-                "error": reply.describe(),
-            },
-        )
+        attempt = {
+            "at": now,
+            "events": len(rows),
+            "outcome": "delivered" if reply.ok else "failed",
+            "status": reply.status,
+            "error": reply.describe(),
+        }
         if reply.ok:
             refused = {r.seq: reply.rejected[r.id] for r in rows if r.id in reply.rejected}
             accepted = [r for r in rows if r.seq not in refused]
-            self._outbox.delivered(accepted, now, self._settings.keep_delivered > 0, dropped)
-            if refused:
-                self._outbox.rejected(refused, now)
+            keep = self._settings.keep_delivered > 0
+            self._outbox.delivered(accepted, now, keep, dropped, refused, attempt)
             return FlushResult(delivered=len(accepted), rejected=len(refused))
         if reply.status in SPLIT_STATUSES | BISECT_STATUSES:
             if len(rows) == 1:
-                self._outbox.rejected({rows[0].seq: reply.describe()}, now)
+                self._outbox.delivered([], now, False, {}, {rows[0].seq: reply.describe()}, attempt)
                 return FlushResult(rejected=1)
             # Halve: a 413 batch until it fits, a 400 batch down to the events at fault.
             half = len(rows) // 2
@@ -144,7 +137,7 @@ class Flusher:
         else:
             self._health.record("collector_unavailable", reply.describe(), "delivery")
         not_before = now + reply.retry_after if reply.retry_after else 0.0
-        self._outbox.failed(rows, reply.describe(), now, not_before)
+        self._outbox.failed(rows, reply.describe(), now, not_before, attempt)
         return FlushResult(failed=len(rows))
 
     def _post(self, rows: Sequence[Row], dropped: Mapping[str, int], until: float) -> Reply:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection
 
 from .schema import DELIVERED, DROP_REASONS, PENDING, REJECTED
 from .store import Store
@@ -19,44 +19,42 @@ from .store import Store
 BACKOFF_BASE = 5.0
 BACKOFF_MAX = 3600.0
 
-_CLAIM = text(
+# Sets of rows are passed as one JSON array parameter (json_each), not as an expanded IN list:
+# one bound parameter instead of a thousand, and no per-row work in Python.
+_SEQS = "(SELECT value FROM json_each(:seqs))"
+_CLAIM = (
     "SELECT events.seq, events.id, events.payload FROM events "
     "LEFT JOIN leases USING (seq) LEFT JOIN retries USING (seq) "
     "WHERE events.status = :pending AND coalesce(leases.expires, 0) <= :now "
     "AND coalesce(retries.next_attempt_at, 0) <= :due ORDER BY events.seq LIMIT :limit"
 )
-_LEASE = text("INSERT OR REPLACE INTO leases (seq, owner, expires) VALUES (:seq, :owner, :until)")
-_UNLEASE = text("DELETE FROM leases WHERE seq IN :seqs").bindparams(
-    bindparam("seqs", expanding=True)
+_LEASE = (
+    "INSERT OR REPLACE INTO leases (seq, owner, expires) "
+    "SELECT value, :owner, :until FROM json_each(:seqs)"
 )
+_UNLEASE = f"DELETE FROM leases WHERE seq IN {_SEQS}"
 # Deleting an event also deletes its lease and retry rows (trigger events_forget).
-_DELETE = text("DELETE FROM events WHERE seq IN :seqs").bindparams(
-    bindparam("seqs", expanding=True)
-)
-_SETTLE = text(
-    "UPDATE events SET status = :status, settled_at = :now WHERE seq IN :seqs"
-).bindparams(bindparam("seqs", expanding=True))
+_DELETE = f"DELETE FROM events WHERE seq IN {_SEQS}"
+_SETTLE = f"UPDATE events SET status = :status, settled_at = :now WHERE seq IN {_SEQS}"
 # Each event backs off by its own attempt count: BACKOFF_BASE * 2^attempts, capped, jittered,
 # and never sooner than the collector's Retry-After.
-_FAIL = text(
+_FAIL = (
     "INSERT INTO retries (seq, attempts, next_attempt_at, last_error) "
-    "VALUES (:seq, 1, max(:not_before, :now + :jitter * :base), :error) "
-    "ON CONFLICT (seq) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error, "
-    "next_attempt_at = max(:not_before, :now + :jitter * "
+    "SELECT value, 1, max(:not_before, :now + :jitter * :base), :error FROM json_each(:seqs) "
+    "WHERE true ON CONFLICT (seq) DO UPDATE SET attempts = attempts + 1, "
+    "last_error = excluded.last_error, next_attempt_at = max(:not_before, :now + :jitter * "
     "min(:cap, :base * (1 << min(retries.attempts, 20))))"
 )
-_REASON = text(
+_REASON = (
     "INSERT INTO retries (seq, attempts, next_attempt_at, last_error) VALUES (:seq, 0, 0, :error) "
     "ON CONFLICT (seq) DO UPDATE SET last_error = excluded.last_error"
 )
-_RELEASE = text("DELETE FROM leases WHERE seq IN :seqs AND owner = :owner").bindparams(
-    bindparam("seqs", expanding=True)
-)
-_ADD = text(
+_RELEASE = f"DELETE FROM leases WHERE owner = :owner AND seq IN {_SEQS}"
+_ADD = (
     "INSERT INTO counters (name, value) VALUES (:name, :n) "
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
-_NOTE = text(
+_NOTE = (
     "INSERT INTO notes (name, value) VALUES (:name, :value) "
     "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
 )
@@ -84,21 +82,17 @@ class Outbox:
         lease: float,
         now: float,
         ignore_backoff: bool = False,
-    ) -> list[Row]:
-        """Lease up to ``limit`` due pending rows (at most ``max_bytes`` of payload), oldest first.
+    ) -> tuple[list[Row], dict[str, int]]:
+        """Lease up to ``limit`` due pending rows (at most ``max_bytes`` of payload), oldest first;
+        return them with the drops not yet reported to the collector.
 
         Rows leased by another flusher are skipped until their lease expires, so two flushers
         never post the same rows at once, and rows of a flusher that died are retried later.
         """
+        due = float("inf") if ignore_backoff else now
         with self.store.transaction() as conn:
-            found = conn.execute(
-                _CLAIM,
-                {
-                    "pending": PENDING,
-                    "now": now,
-                    "due": float("inf") if ignore_backoff else now,
-                    "limit": limit,
-                },
+            found = conn.exec_driver_sql(
+                _CLAIM, {"pending": PENDING, "now": now, "due": due, "limit": limit}
             ).all()
             rows: list[Row] = []
             size = 0
@@ -108,72 +102,93 @@ class Outbox:
                     break
                 rows.append(Row(seq, event_id, payload))
             if rows:
-                until = now + lease
-                conn.execute(_LEASE, [{"seq": r.seq, "owner": owner, "until": until} for r in rows])
-        return rows
+                seqs = as_json([r.seq for r in rows])
+                conn.exec_driver_sql(_LEASE, {"owner": owner, "until": now + lease, "seqs": seqs})
+            return rows, unreported_drops(conn)
 
     def delivered(
-        self, rows: Iterable[Row], now: float, keep: bool, reported: Mapping[str, int]
+        self,
+        rows: Iterable[Row],
+        now: float,
+        keep: bool,
+        reported: Mapping[str, int],
+        refused: Mapping[int, str],
+        attempt: Mapping[str, Any],
     ) -> None:
-        """Settle rows the collector accepted, and count the drop report it received."""
-        seqs = [r.seq for r in rows]
+        """Settle one answered POST in one transaction: rows the collector accepted, the drop
+        report it received, rows it refused (seq to reason: rejected, counted) and the note."""
+        seqs = as_json([r.seq for r in rows])
         with self.store.transaction() as conn:
             if keep:
-                conn.execute(_SETTLE, {"status": DELIVERED, "now": now, "seqs": seqs})
-                conn.execute(_UNLEASE, {"seqs": seqs})
+                conn.exec_driver_sql(_SETTLE, {"status": DELIVERED, "now": now, "seqs": seqs})
+                conn.exec_driver_sql(_UNLEASE, {"seqs": seqs})
             else:
-                conn.execute(_DELETE, {"seqs": seqs})
+                conn.exec_driver_sql(_DELETE, {"seqs": seqs})
             for reason, n in reported.items():
                 add(conn, f"reported.{reason}", n)
+            if refused:
+                rejected = as_json(list(refused))
+                conn.exec_driver_sql(_SETTLE, {"status": REJECTED, "now": now, "seqs": rejected})
+                conn.exec_driver_sql(_UNLEASE, {"seqs": rejected})
+                conn.exec_driver_sql(
+                    _REASON, [{"seq": s, "error": why[:500]} for s, why in refused.items()]
+                )
+                add(conn, "dropped.rejected", len(refused))
+            note(conn, "last_attempt", attempt)
 
-    def rejected(self, rows: Mapping[int, str], now: float) -> None:
-        """Move rows the collector refused (seq to reason) to the rejected state, counted."""
-        seqs = list(rows)
-        with self.store.transaction() as conn:
-            conn.execute(_SETTLE, {"status": REJECTED, "now": now, "seqs": seqs})
-            conn.execute(_UNLEASE, {"seqs": seqs})
-            conn.execute(_REASON, [{"seq": s, "error": why[:500]} for s, why in rows.items()])
-            add(conn, "dropped.rejected", len(rows))
-
-    def failed(self, rows: Iterable[Row], error: str, now: float, not_before: float = 0) -> None:
+    def failed(
+        self,
+        rows: Iterable[Row],
+        error: str,
+        now: float,
+        not_before: float,
+        attempt: Mapping[str, Any],
+    ) -> None:
         """Return rows to pending after a failed attempt, each backing off by its attempts."""
-        seqs = [r.seq for r in rows]
-        common = {
+        seqs = as_json([r.seq for r in rows])
+        params = {
             "error": error[:500],
             "now": now,
             "not_before": not_before,
             "jitter": random.uniform(0.8, 1.2),
             "cap": BACKOFF_MAX,
             "base": BACKOFF_BASE,
+            "seqs": seqs,
         }
         with self.store.transaction() as conn:
-            conn.execute(_FAIL, [common | {"seq": seq} for seq in seqs])
-            conn.execute(_UNLEASE, {"seqs": seqs})
+            conn.exec_driver_sql(_FAIL, params)
+            conn.exec_driver_sql(_UNLEASE, {"seqs": seqs})
+            note(conn, "last_attempt", attempt)
 
     def release(self, rows: Iterable[Row], owner: str) -> None:
         """Give rows back without counting an attempt (the flush ran out of time)."""
         with self.store.transaction() as conn:
-            conn.execute(_RELEASE, {"owner": owner, "seqs": [r.seq for r in rows]})
+            conn.exec_driver_sql(_RELEASE, {"owner": owner, "seqs": as_json([r.seq for r in rows])})
 
-    def unreported_drops(self) -> dict[str, int]:
-        """Drops counted in the spool but not yet received by the collector, by reason."""
-        with self.store.connection() as conn:
-            values: dict[str, int] = dict(
-                conn.exec_driver_sql("SELECT name, value FROM counters").all()
-            )
-        unreported = {
-            reason: values.get(f"dropped.{reason}", 0) - values.get(f"reported.{reason}", 0)
-            for reason in DROP_REASONS
-        }
-        return {reason: n for reason, n in unreported.items() if n > 0}
 
-    def note(self, name: str, document: Mapping[str, Any]) -> None:
-        """Record a small JSON document (such as the last delivery attempt) in the spool."""
-        with self.store.transaction() as conn:
-            conn.execute(_NOTE, {"name": name, "value": orjson.dumps(document).decode()})
+def unreported_drops(conn: Connection) -> dict[str, int]:
+    """Drops counted in the spool but not yet received by the collector, by reason."""
+    values: dict[str, int] = dict(
+        conn.exec_driver_sql("SELECT name, value FROM counters").all()  # type: ignore[arg-type]
+    )
+    unreported = {
+        reason: values.get(f"dropped.{reason}", 0) - values.get(f"reported.{reason}", 0)
+        for reason in DROP_REASONS
+    }
+    return {reason: n for reason, n in unreported.items() if n > 0}
+
+
+def note(conn: Connection, name: str, document: Mapping[str, Any]) -> None:
+    """Record a small JSON document (such as the last delivery attempt), in the caller's
+    transaction."""
+    conn.exec_driver_sql(_NOTE, {"name": name, "value": orjson.dumps(document).decode()})
+
+
+def as_json(seqs: list[int]) -> str:
+    return orjson.dumps(seqs).decode()
 
 
 def add(conn: Connection, name: str, n: int) -> None:
     """Add ``n`` to a counter, inside the caller's transaction."""
     if n:
-        conn.execute(_ADD, {"name": name, "n": n})
+        conn.exec_driver_sql(_ADD, {"name": name, "n": n})

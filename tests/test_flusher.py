@@ -231,7 +231,7 @@ def test_rows_leased_by_a_dead_flusher_are_retried_after_the_lease(
 ) -> None:
     spooler = make(spool_path, collector)
     track_many(spooler, 10)
-    dead = spooler._outbox.claim("dead-flusher", 5, 10**6, 0.5, time.time())  # never settled
+    dead, _ = spooler._outbox.claim("dead-flusher", 5, 10**6, 0.5, time.time())  # never settled
     assert len(dead) == 5
     assert spooler.flush().delivered == 5
     time.sleep(0.6)

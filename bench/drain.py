@@ -1,0 +1,124 @@
+"""Drain throughput: a spool of N events delivered to a local collector, next to the raw ceiling.
+
+    make bench                       # or: .venv/bin/python bench/drain.py [--events N]
+
+The ceiling is plain sqlite3 + the same wire work done by hand: select 1000 stored events,
+join them into a batch body, gzip (level 1), POST on one keep-alive connection, delete them.
+The collector here only reads the body and answers 200, in one write, so the figures measure
+the sender. Also reported: track() latency while a drain runs, next to it without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import sqlite3
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import sqreen
+
+PROPERTIES = {"plan": "pro", "seats": 3, "country": "FR", "trial": False}
+OPTIONS = {"properties": PROPERTIES, "user_identifiers": {"email": "ada@example.com"}}
+
+
+class Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def fill(path: Path, n: int) -> None:
+    spooler = sqreen.Spooler(path=path)
+    for i in range(n):
+        spooler.track("bench.drain", {**OPTIONS, "properties": {**PROPERTIES, "i": i}})
+    spooler.close()
+
+
+def ceiling(path: Path, port: int | None) -> float:
+    """Events/s for select + encode + gzip (+ POST) + delete with plain sqlite3."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    session = http.client.HTTPConnection("127.0.0.1", port) if port else None
+    started, sent = time.perf_counter(), 0
+    while True:
+        rows = conn.execute("SELECT seq, payload FROM events ORDER BY seq LIMIT 1000").fetchall()
+        if not rows:
+            break
+        body = gzip.compress(b'{"events":[' + b",".join(p for _, p in rows) + b"]}", 1)
+        if session is not None:
+            session.request("POST", "/", body, {"Content-Encoding": "gzip"})
+            session.getresponse().read()
+        conn.execute("DELETE FROM events WHERE seq <= ?", (rows[-1][0],))
+        sent += len(rows)
+    return sent / (time.perf_counter() - started)
+
+
+def percentiles(samples: list[int]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2] / 1e3, ordered[int(len(ordered) * 0.99)] / 1e3
+
+
+def track_latency(spooler: sqreen.Spooler, n: int) -> list[int]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        spooler.track("bench.during", OPTIONS)
+        samples.append(time.perf_counter_ns() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/events"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        results = {}
+        for label, port in (("ceiling without HTTP", None), ("ceiling", server.server_address[1])):
+            path = root / f"{label}.db"
+            fill(path, args.events)
+            results[label] = ceiling(path, port)
+        path = root / "ours.db"
+        fill(path, args.events)
+        spooler = sqreen.Spooler(path=path, url=url, heartbeat_delay=3600)
+        started = time.perf_counter()
+        result = spooler.flush()
+        results["sqreen flush()"] = result.delivered / (time.perf_counter() - started)
+        assert result.pending == 0 and result.delivered == args.events, result
+        idle = track_latency(spooler, 20_000)
+
+        fill(path, args.events)
+        drainer = sqreen.Spooler(path=path, url=url, heartbeat_delay=3600)
+        thread = threading.Thread(target=drainer.flush)
+        thread.start()
+        busy = track_latency(spooler, 20_000)
+        thread.join()
+        spooler.close()
+        drainer.close()
+
+    print(f"drain benchmark, {args.events} events, sqreen-spool {sqreen.__version__}")
+    for label, rate in results.items():
+        print(f"{label:24} {rate:9.0f} events/s")
+    print(f"{'flush / ceiling':24} {results['sqreen flush()'] / results['ceiling']:9.2f}"
+          "   (target >= 0.7)")
+    (p50_idle, p99_idle), (p50_busy, p99_busy) = percentiles(idle), percentiles(busy)
+    print(f"track() p50/p99 µs without a drain {p50_idle:.1f} / {p99_idle:.1f}, "
+          f"during a drain {p50_busy:.1f} / {p99_busy:.1f}")
+
+
+if __name__ == "__main__":
+    main()
