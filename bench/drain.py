@@ -29,7 +29,7 @@ OPTIONS = {"properties": PROPERTIES, "user_identifiers": {"email": "ada@example.
 class Sink(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
@@ -113,11 +113,15 @@ def main() -> None:
     print(f"drain benchmark, {args.events} events, sqreen-spool {sqreen.__version__}")
     for label, rate in results.items():
         print(f"{label:24} {rate:9.0f} events/s")
-    print(f"{'flush / ceiling':24} {results['sqreen flush()'] / results['ceiling']:9.2f}"
-          "   (target >= 0.7)")
+    print(
+        f"{'flush / ceiling':24} {results['sqreen flush()'] / results['ceiling']:9.2f}"
+        "   (target >= 0.7)"
+    )
     (p50_idle, p99_idle), (p50_busy, p99_busy) = percentiles(idle), percentiles(busy)
-    print(f"track() p50/p99 µs without a drain {p50_idle:.1f} / {p99_idle:.1f}, "
-          f"during a drain {p50_busy:.1f} / {p99_busy:.1f}")
+    print(
+        f"track() p50/p99 µs without a drain {p50_idle:.1f} / {p99_idle:.1f}, "
+        f"during a drain {p50_busy:.1f} / {p99_busy:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,20 +3,26 @@
 1. track() the Sqreen docs' examples into a fresh spool;
 2. a caller's mistake raises sqreen.InvalidEvent naming the problem;
 3. an application tracking in a loop is killed with SIGKILL, and every event that track()
-   acknowledged before the kill is in the spool, intact.
+   acknowledged before the kill is in the spool, intact;
+4. a local collector is started and the spool is flushed to it: it receives every acknowledged
+   event exactly once, and the spool is empty.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 
@@ -30,6 +36,23 @@ def app(path: str) -> None:
         options = {"properties": {"n": n}, "user_identifiers": {"email": "ada@example.com"}}
         if spooler.track("demo.checkout", options):
             print(n, flush=True)
+
+
+class Collector(BaseHTTPRequestHandler):
+    """A minimal local collector: decodes each batch and keeps its events."""
+
+    protocol_version = "HTTP/1.1"
+    events: ClassVar[list[dict[str, object]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        Collector.events += orjson.loads(body)["events"]
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def stored(path: Path) -> list[dict[str, object]]:
@@ -88,6 +111,29 @@ def main() -> None:
             )
         if lost:
             sys.exit(f"LOST {sorted(lost)[:10]}")
+
+        print("\n== 4. flush the spool to a local collector")
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/events"
+        print(f"   collector listening on {url}")
+        spooler = sqreen.Spooler(path=path, url=url)
+        result = spooler.flush(timeout=30)
+        spooler.close()
+        print(f"   flush: {result}")
+        received = [
+            e["properties"]["n"]
+            for e in Collector.events  # type: ignore[index]
+            if e["name"] == "demo.checkout"
+        ]
+        print(
+            f"   the collector received {len(received)} checkout events, "
+            f"{len(set(received))} distinct; every acknowledged one: "
+            f"{acknowledged <= set(received)}; left in the spool: {len(stored(path))}"
+        )
+        server.shutdown()
+        if not acknowledged <= set(received) or len(received) != len(set(received)):
+            sys.exit("the collector did not receive every acknowledged event exactly once")
 
 
 if __name__ == "__main__":
