@@ -168,9 +168,7 @@ class Outbox:
 
 def unreported_drops(conn: Connection) -> dict[str, int]:
     """Drops counted in the spool but not yet received by the collector, by reason."""
-    values: dict[str, int] = dict(
-        conn.exec_driver_sql("SELECT name, value FROM counters").all()
-    )
+    values: dict[str, int] = dict(conn.exec_driver_sql("SELECT name, value FROM counters").all())
     unreported = {
         reason: values.get(f"dropped.{reason}", 0) - values.get(f"reported.{reason}", 0)
         for reason in DROP_REASONS
