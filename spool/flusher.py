@@ -122,11 +122,11 @@ class Flusher:
             refused = {r.seq: reply.rejected[r.id] for r in rows if r.id in reply.rejected}
             accepted = [r for r in rows if r.seq not in refused]
             keep = self._settings.keep_delivered > 0
-            self._outbox.delivered(accepted, now, keep, dropped, refused, attempt)
+            self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
             return FlushResult(delivered=len(accepted), rejected=len(refused))
         if reply.status in SPLIT_STATUSES | BISECT_STATUSES:
             if len(rows) == 1:
-                self._outbox.delivered([], now, False, {}, {rows[0].seq: reply.describe()}, attempt)
+                self._outbox.settle([], now, False, {}, {rows[0].seq: reply.describe()}, attempt)
                 return FlushResult(rejected=1)
             # Halve: a 413 batch until it fits, a 400 batch down to the events at fault.
             half = len(rows) // 2

@@ -106,7 +106,7 @@ class Outbox:
                 conn.exec_driver_sql(_LEASE, {"owner": owner, "until": now + lease, "seqs": seqs})
             return rows, unreported_drops(conn)
 
-    def delivered(
+    def settle(
         self,
         rows: Iterable[Row],
         now: float,

@@ -82,17 +82,6 @@ def track_and_exit(path: str, url: str, count: str, shutdown_timeout: str) -> No
     print("tracked", flush=True)
 
 
-def produce(path: str) -> None:
-    """Track forever (no collector here), writing each acknowledged event's id to stdout."""
-    spooler = sqreen.Spooler(path=path)
-    out = sys.stdout.buffer
-    while True:
-        tag = f"{os.getpid()}-{time.monotonic_ns()}"
-        if spooler.track("chaos", {"properties": {"tag": tag}}):
-            out.write(tag.encode() + b"\n")
-            out.flush()
-
-
 def flush_forever(path: str, url: str) -> None:
     """Flush the spool to ``url`` again and again, with short leases."""
     spooler = sqreen.Spooler(
@@ -111,6 +100,5 @@ if __name__ == "__main__":
         "hold_lock": hold_lock,
         "check_imports": check_imports,
         "track_and_exit": track_and_exit,
-        "produce": produce,
         "flush_forever": flush_forever,
     }[command](*arguments)

@@ -126,7 +126,7 @@ def test_chaos_every_acknowledged_event_arrives(spool_path: Path, collector: Any
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         producers = [
-            run_child("produce", str(spool_path), stdout=subprocess.PIPE) for _ in range(2)
+            run_child("track_forever", str(spool_path), stdout=subprocess.PIPE) for _ in range(2)
         ]
         flushers = [run_child("flush_forever", str(spool_path), collector.url) for _ in range(2)]
         for producer in producers:  # kill at random once they are all running
