@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -30,6 +30,10 @@ DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_KEEP_DELIVERED = 0.0
 DEFAULT_MAX_AGE = 3 * 24 * 3600.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+# Query parameters whose values are credentials, masked wherever a URL is shown.
+_SECRET_QUERY_WORDS = ("token", "key", "secret", "password", "auth", "signature")
+MASK = "***"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -80,6 +84,19 @@ def parse_url(value: object) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL with a host")
     return url
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password and credential-like query values replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    query = [
+        (k, MASK if any(w in k.lower() for w in _SECRET_QUERY_WORDS) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
 
 
 def parse_text(value: object) -> str:

@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tenacity import (
@@ -57,6 +57,15 @@ class FlushResult:
         )
 
 
+def connect(settings: Settings, outbox: Outbox, health: Health) -> Flusher | None:
+    """A flusher to ``settings.url``, or None when no collector is configured."""
+    if settings.url is None:
+        return None
+    from . import __version__
+
+    return Flusher(outbox, settings, Transport(settings, f"sqreen-spool/{__version__}"), health)
+
+
 class Flusher:
     """Drains one spool to its collector."""
 
@@ -68,8 +77,16 @@ class Flusher:
         self._interrupt = threading.Event()
         self._retry_wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
 
-    def flush(self, timeout: float | None = None, ignore_backoff: bool = False) -> FlushResult:
-        """Deliver due pending events until none is left, the collector fails, or time is up."""
+    def flush(
+        self,
+        timeout: float | None = None,
+        ignore_backoff: bool = False,
+        progress: Callable[[FlushResult], None] | None = None,
+    ) -> FlushResult:
+        """Deliver due pending events until none is left, the collector fails, or time is up.
+
+        ``progress`` is called with the running totals after each batch.
+        """
         settings = self._settings
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
@@ -92,6 +109,8 @@ class Flusher:
             until = time.monotonic() + min(remaining, settings.lease * LEASE_SHARE)
             result = self._deliver(rows, dropped, until, owner)
             total += result
+            if progress is not None:
+                progress(total)
             if result.failed or result.timed_out:
                 break  # the collector is failing: the rest waits for the next heartbeat
         return total + FlushResult(pending=self._outbox.store.count_pending())

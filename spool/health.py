@@ -41,6 +41,7 @@ class Health:
         self._failures: Counter[str] = Counter()
         self._unlogged: Counter[str] = Counter()
         self._logged_at: dict[str, float] = {}
+        self._saved: Counter[str] = Counter()
         self._last_error: str | None = None
         self._last_error_at: float | None = None
         reset = weakref.WeakMethod(self._new_lock)
@@ -65,6 +66,16 @@ class Health:
             repeats = self._unlogged.pop(kind, 0)
         suffix = f" ({repeats} more since the last report)" if repeats else ""
         log.error("sqreen spool: %s failed (%s): %s%s", what, kind, error, suffix)
+
+    def unsaved(self) -> Counter[str]:
+        """Failures counted since the last :meth:`saved`, by kind."""
+        with self._lock:
+            return self._failures - self._saved
+
+    def saved(self, counts: Counter[str]) -> None:
+        """Note that ``counts`` are now recorded in the spool itself."""
+        with self._lock:
+            self._saved += counts
 
     def report(self) -> HealthReport:
         with self._lock:

@@ -6,16 +6,21 @@ logged; nothing disappears silently.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
+import sqlite3
+import tempfile
 import time
+from pathlib import Path
 
 from sqlalchemy import Connection, TextClause, text
 
 from .config import Settings
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
-from .store import Store
+from .store import Store, read_only_engine
 
 log = logging.getLogger("sqreen.spool")
 
@@ -42,11 +47,34 @@ def prune(store: Store, settings: Settings) -> dict[str, int]:
         add(conn, "dropped.age", aged)
         _delete(conn, _EXPIRE_SETTLED, REJECTED, now - settings.max_age)  # counted when rejected
         _delete(conn, _EXPIRE_SETTLED, DELIVERED, now - settings.keep_delivered)
-    dropped = {"age": aged, "size": enforce_size(store, settings.max_bytes)}
+    return {"age": aged, "size": enforce_size(store, settings.max_bytes)}
+
+
+def log_drops(dropped: dict[str, int]) -> None:
     for reason, n in dropped.items():
         if n:
             log.warning("sqreen spool: dropped %d undelivered events (%s limit)", n, reason)
-    return dropped
+
+
+def preview(settings: Settings) -> dict[str, int]:
+    """What :func:`prune` would drop now, found by pruning a private copy of the spool.
+
+    The same code as the real thing, so the answer cannot drift from it; the spool itself is
+    only read (through SQLite's backup API, a consistent snapshot).
+    """
+    with tempfile.TemporaryDirectory(prefix="sqreen-prune-") as directory:
+        copy = Path(directory) / settings.path.name
+        source = read_only_engine(settings.path, settings.lock_timeout)
+        try:
+            with source.connect() as conn, contextlib.closing(sqlite3.connect(copy)) as target:
+                conn.connection.driver_connection.backup(target)  # type: ignore[union-attr]
+        finally:
+            source.dispose()
+        store = Store(dataclasses.replace(settings, path=copy))
+        try:
+            return prune(store, store.settings)
+        finally:
+            store.close()
 
 
 def enforce_size(store: Store, max_bytes: int) -> int:

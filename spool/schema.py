@@ -16,6 +16,8 @@ HEAD = REVISIONS[-1]
 PENDING = 0
 DELIVERED = 1
 REJECTED = 2
+STATUSES = {"pending": PENDING, "delivered": DELIVERED, "rejected": REJECTED}
+STATUS_NAMES = {code: name for name, code in STATUSES.items()}
 
 metadata = MetaData()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -16,12 +18,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from .config import Settings
 from .errors import SpoolError
 from .event import build
-from .flusher import Flusher, FlushResult
+from .flusher import FlushResult, connect
 from .health import Health, HealthReport
-from .outbox import Outbox
-from .prune import enforce_size, prune
+from .outbox import Outbox, add, note
+from .prune import enforce_size, log_drops, prune
 from .store import Store, classify, describe
-from .transport import Transport
 from .worker import Worker
 
 log = logging.getLogger("sqreen.spool")
@@ -46,10 +47,7 @@ class Spooler:
         self._store = Store(self.settings)
         self._health = Health()
         self._outbox = Outbox(self._store)
-        self._flusher: Flusher | None = None
-        if self.settings.url is not None:
-            transport = Transport(self.settings, user_agent())
-            self._flusher = Flusher(self._outbox, self.settings, transport, self._health)
+        self._flusher = connect(self.settings, self._outbox, self._health)
         self._worker = Worker(f"sqreen-spool:{self.settings.path.name}", self._maintain)
         self._tracked = False
         self._next_heartbeat = 0.0
@@ -69,6 +67,8 @@ class Spooler:
             maintenance_due = self._store.insert(event)
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "track")
+            # The worker records the failures in the spool once it is writable again.
+            self._worker.start()
             return False
         self._tracked = True
         self._worker.start()
@@ -105,6 +105,8 @@ class Spooler:
         result = FlushResult()
         if self._tracked and self._flusher is not None:
             result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
+        with contextlib.suppress(*STORAGE_ERRORS):  # already counted and logged
+            self._save_health()
         self._store.close()
         return result
 
@@ -132,17 +134,32 @@ class Spooler:
                 jitter = random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
                 self._next_heartbeat = now + settings.heartbeat_delay * jitter
                 self._drained_at = store.inserted
-                prune(store, settings)
+                log_drops(prune(store, settings))
                 if self._flusher is not None:
                     self._flusher.flush(settings.lease * 2)
                 else:
                     self._warn_no_url()
             # Last, so that the pages the flush rewrote (leases, outcomes) leave the WAL too.
             store.checkpoint()
-            enforce_size(store, settings.max_bytes)
+            log_drops({"size": enforce_size(store, settings.max_bytes)})
+            self._save_health()
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "maintenance")
         return max(0.0, self._next_heartbeat - time.monotonic())
+
+    def _save_health(self) -> None:
+        """Add this process's new failures to the spool's counters, where `inspect` shows them
+        (a process's own counts die with it)."""
+        unsaved = self._health.unsaved()
+        if not unsaved:
+            return
+        report = self._health.report()
+        with self._store.transaction() as conn:
+            for kind, n in unsaved.items():
+                add(conn, f"failed.{kind}", n)
+            last = {"at": report.last_error_at, "error": report.last_error, "pid": os.getpid()}
+            note(conn, "last_failure", last)
+        self._health.saved(unsaved)
 
     def _warn_no_url(self) -> None:
         if not self._warned_no_url:
@@ -160,12 +177,6 @@ class Spooler:
             if isinstance(exc, SpoolError):
                 raise exc
             raise SpoolError(f"{what} failed ({kind}): {error}") from exc
-
-
-def user_agent() -> str:
-    from . import __version__
-
-    return f"sqreen-spool/{__version__}"
 
 
 _default: Spooler | None = None

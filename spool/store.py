@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,13 @@ class Store:
                 raise
             self.inserted += 1
             return self.inserted >= self.wake_at
+
+    def insert_many(self, events: Sequence[Event]) -> None:
+        """Commit many events in one transaction (imports): one commit, not one per event."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.exec_driver_sql(_INSERT, [(e.id, e.name, now, e.payload) for e in events])
+        self.inserted += len(events)
 
     # -- everything else ------------------------------------------------------------------------
 
@@ -320,6 +327,24 @@ class Store:
         self._pid = os.getpid()
         self.inserted = 0
         self.wake_at = self.checkpoint_every
+
+
+def read_only_engine(path: Path, lock_timeout: float) -> Engine:
+    """An engine that can only read the spool at ``path``.
+
+    For inspecting: it never creates, migrates, quarantines or checkpoints the file, and a
+    read-only connection cannot write even by mistake.
+    """
+    engine = create_engine(
+        URL.create("sqlite", database=path.resolve().as_uri(), query={"mode": "ro", "uri": "true"}),
+        connect_args={"timeout": lock_timeout, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+
+    return engine
 
 
 @contextlib.contextmanager

@@ -1,0 +1,168 @@
+"""Reading a spool for an operator: its summary and its events, without changing anything.
+
+Everything here runs on a read-only connection (see :func:`read_only_engine`). Listings page
+through the rows by ``seq``, one short statement per page, so that memory stays flat however
+large the spool, and no long read transaction holds back the application's checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine
+
+from .config import mask_url
+from .errors import SpoolError
+from .outbox import unreported_drops
+from .schema import DROP_REASONS, HEAD, PENDING, STATUS_NAMES
+from .selection import Selection
+from .store import check_known, read_revision
+
+PAGE = 500
+
+_COUNTS = (
+    "SELECT status, count(*), coalesce(sum(lease_expires > :now), 0) FROM event_state "
+    "GROUP BY status"
+)
+_OLDEST = "SELECT id, name, enqueued_at FROM events WHERE status = :pending ORDER BY seq LIMIT 1"
+_EVENTS = (
+    "SELECT seq, payload, status, enqueued_at, settled_at, attempts, last_error, lease_expires "
+    "FROM event_state WHERE {where} AND seq > :after ORDER BY seq LIMIT :page"
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What ``sqreen-spool inspect`` shows. Times are ISO-8601 UTC strings."""
+
+    path: str
+    file_bytes: int
+    schema_revision: str
+    counts: dict[str, int]
+    dropped: dict[str, int]
+    dropped_unreported: dict[str, int]
+    failures: dict[str, int]
+    last_failure: dict[str, Any] | None
+    oldest_pending: dict[str, Any] | None
+    last_attempt: dict[str, Any] | None
+    url: str | None
+    token_set: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_readable(conn: Connection) -> str:
+    """The spool's schema revision, if this code can read it; else SpoolError saying why."""
+    revision = read_revision(conn)
+    check_known(revision)
+    if revision is None:
+        raise SpoolError("the file has no spool schema yet")
+    if revision != HEAD:
+        raise SpoolError(
+            f"the spool's schema revision {revision!r} is older than this sqreen-spool reads "
+            f"({HEAD!r}); run `sqreen-spool migrate` first"
+        )
+    return revision
+
+
+def summarize(
+    engine: Engine, path: Path, file_bytes: int, url: str | None, token_set: bool
+) -> Summary:
+    """Summarize the spool behind ``engine`` (a read-only engine)."""
+    now = time.time()
+    with engine.connect() as conn:
+        revision = check_readable(conn)
+        counts = {"pending": 0, "leased": 0, "rejected": 0, "delivered": 0}
+        for status, n, leased in conn.exec_driver_sql(_COUNTS, {"now": now}):
+            counts[STATUS_NAMES.get(status, str(status))] = n
+            if status == PENDING:
+                counts["leased"] = leased
+        counters: dict[str, int] = dict(conn.exec_driver_sql("SELECT name, value FROM counters"))
+        notes = {
+            name: orjson.loads(value)
+            for name, value in conn.exec_driver_sql("SELECT name, value FROM notes")
+        }
+        oldest = conn.exec_driver_sql(_OLDEST, {"pending": PENDING}).first()
+        unreported = unreported_drops(conn)
+    return Summary(
+        path=str(path),
+        file_bytes=file_bytes,
+        schema_revision=revision,
+        counts=counts,
+        dropped={reason: counters.get(f"dropped.{reason}", 0) for reason in DROP_REASONS},
+        dropped_unreported=unreported,
+        failures={
+            name.removeprefix("failed."): n
+            for name, n in sorted(counters.items())
+            if name.startswith("failed.")
+        },
+        last_failure=_with_times(notes.get("last_failure")),
+        oldest_pending=None
+        if oldest is None
+        else {
+            "id": oldest.id,
+            "name": oldest.name,
+            "enqueued_at": iso(oldest.enqueued_at),
+            "age_seconds": round(now - oldest.enqueued_at, 3),
+        },
+        last_attempt=_with_times(notes.get("last_attempt")),
+        url=None if url is None else mask_url(url),
+        token_set=token_set,
+    )
+
+
+def events(
+    engine: Engine, selection: Selection, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The selected events, oldest first: the wire format's fields plus their spool state."""
+    where, params = selection.where()
+    statement = _EVENTS.format(where=where)
+    after, left = 0, limit
+    while left is None or left > 0:
+        page = PAGE if left is None else min(PAGE, left)
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(statement, {**params, "after": after, "page": page}).all()
+        for row in rows:
+            yield _record(row)
+        if len(rows) < page:
+            return
+        after = rows[-1].seq
+        if left is not None:
+            left -= len(rows)
+
+
+def find(engine: Engine, event_id: str) -> dict[str, Any] | None:
+    """One event by its delivery id, whatever its status."""
+    return next(events(engine, Selection.of("all", ids=[event_id]), limit=1), None)
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+
+
+def _record(row: Any) -> dict[str, Any]:
+    record: dict[str, Any] = orjson.loads(row.payload)
+    record["status"] = STATUS_NAMES.get(row.status, str(row.status))
+    record["enqueued_at"] = iso(row.enqueued_at)
+    if row.settled_at is not None:
+        record["settled_at"] = iso(row.settled_at)
+    if row.attempts:
+        record["attempts"] = row.attempts
+    if row.last_error:
+        record["last_error"] = row.last_error
+    if row.status == PENDING and row.lease_expires > time.time():
+        record["leased_until"] = iso(row.lease_expires)
+    return record
+
+
+def _with_times(note: dict[str, Any] | None) -> dict[str, Any] | None:
+    if note is not None and isinstance(note.get("at"), int | float):
+        note = {**note, "at": iso(note["at"])}
+    return note

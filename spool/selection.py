@@ -1,0 +1,96 @@
+"""Which events an operator means: by status, name, delivery id and time in the spool.
+
+One definition of the filter for listing, requeueing and purging, so that ``inspect events``
+shows exactly the rows a ``purge`` with the same options would delete.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from .schema import STATUSES
+
+ALL = "all"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Events with one of ``statuses``, and when given, this ``name``, one of these ``ids``,
+    entered into the spool at or after ``since`` (Unix seconds)."""
+
+    statuses: tuple[int, ...]
+    name: str | None = None
+    ids: tuple[str, ...] = ()
+    since: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        status: str,
+        name: str | None = None,
+        ids: Sequence[str] = (),
+        since: float | None = None,
+    ) -> Selection:
+        """Build from a status name (``pending``, ``delivered``, ``rejected`` or ``all``)."""
+        if status == ALL:
+            return cls(tuple(STATUSES.values()), name, tuple(ids), since)
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; expected one of {status_choices()}")
+        return cls((STATUSES[status],), name, tuple(ids), since)
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """A SQL condition on the ``events`` table and its bound parameters."""
+        clauses = ["status IN (SELECT value FROM json_each(:statuses))"]
+        params: dict[str, Any] = {"statuses": orjson.dumps(self.statuses).decode()}
+        if self.name is not None:
+            clauses.append("name = :name")
+            params["name"] = self.name
+        if self.ids:
+            clauses.append("id IN (SELECT value FROM json_each(:ids))")
+            params["ids"] = orjson.dumps(self.ids).decode()
+        if self.since is not None:
+            clauses.append("enqueued_at >= :since")
+            params["since"] = self.since
+        return " AND ".join(clauses), params
+
+
+def status_choices() -> str:
+    return ", ".join([*STATUSES, ALL])
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """Unix seconds from an ISO-8601 time (naive means UTC) or a duration ago (``90s``,
+    ``15m``, ``2h``, ``3d``, ``1w``)."""
+    match = _DURATION.match(value)
+    if match:
+        amount, unit = match.groups()
+        return (time.time() if now is None else now) - float(amount) * _UNIT_SECONDS[unit.lower()]
+    try:
+        return parse_time(value).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither an ISO-8601 time nor a duration such as 90s, 15m, 2h, 3d"
+        ) from None
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO-8601 time as an aware UTC datetime; naive means UTC, ``Z`` is accepted."""
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"  # fromisoformat accepts Z only from Python 3.11
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
