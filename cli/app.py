@@ -1,50 +1,49 @@
 """``sqreen-spool``: operate a spool without writing Python.
 
-Data goes to stdout, diagnostics to stderr; expected failures exit non-zero with one line, and a
-traceback only with ``--verbose``.
+Every command runs the library's own code (delivery, pruning, validation); this module only
+parses options and prints. See :mod:`sqreen.cli.context` for output and exit-code conventions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import IO, Annotated, Any
 
+import orjson
 import typer
-from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sqreen
-from sqreen.config import Settings
-from sqreen.errors import ConfigError, SpoolError
-from sqreen.spooler import STORAGE_ERRORS
-from sqreen.store import Store, describe
+from sqreen import admin, report
+from sqreen.flusher import FlushResult, connect
+from sqreen.health import Health
+from sqreen.importer import import_lines
+from sqreen.outbox import Outbox
+from sqreen.prune import preview, prune
+from sqreen.selection import Selection, status_choices
+from sqreen.store import Store
 
-app = typer.Typer(help="Inspect and operate a sqreen-spool event spool.", no_args_is_help=True)
-err = Console(stderr=True)
+from . import show
+from .collect import Receiver, ReferenceCollector
+from .context import USAGE, Context, err, fail
 
+app = typer.Typer(
+    help="Inspect and operate a sqreen-spool event spool.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(show.app, name="inspect")
 
-@dataclass
-class Context:
-    path: Path | None
-    verbose: bool
-
-    def settings(self) -> Settings:
-        try:
-            return Settings.resolve({"path": self.path})
-        except ConfigError as exc:
-            fail(exc, 2)
-
-    def fail(self, exc: BaseException, code: int = 1) -> NoReturn:
-        if self.verbose:
-            err.print_exception()
-        fail(exc, code)
-
-
-def fail(exc: BaseException | str, code: int) -> NoReturn:
-    message = exc if isinstance(exc, str) else describe(exc)
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+# Invalid lines of an import reported one by one before the rest are only counted.
+SHOWN_INVALID_LINES = 50
 
 
 def _version(value: bool) -> None:
@@ -59,6 +58,13 @@ def main_options(
     path: Annotated[
         Path | None, typer.Option(envvar="SQREEN_SPOOL_PATH", help="Spool file.")
     ] = None,
+    url: Annotated[
+        str | None, typer.Option(envvar="SQREEN_URL", help="Collector URL (for flush).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SQREEN_TOKEN", help="Collector bearer token.", show_default=False),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug output.")
     ] = False,
@@ -68,23 +74,276 @@ def main_options(
     ] = False,
 ) -> None:
     # The CLI is an application, so unlike the library it may configure logging: the library's
-    # own reports (a damaged spool moved aside, say) go to stderr.
+    # own reports (a collector failing, events dropped) go to stderr.
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
-    ctx.obj = Context(path, verbose)
+    ctx.obj = Context(path, url, token, verbose)
 
 
 @app.command()
 def migrate(ctx: typer.Context) -> None:
     """Create the spool or bring its schema up to date; print the revisions before and after."""
     context: Context = ctx.obj
-    store = Store(context.settings())
-    try:
-        before, after = store.migrate()
-    except (*STORAGE_ERRORS, SpoolError) as exc:
-        context.fail(exc)
-    finally:
-        store.close()
+    settings = context.settings()
+    store = Store(settings)
+    with context.errors(settings.path):
+        try:
+            before, after = store.migrate()
+        finally:
+            store.close()
     typer.echo(f"{store.path}: {before or '(empty)'} -> {after}")
+
+
+@app.command()
+def flush(
+    ctx: typer.Context,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up after this many seconds.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Events per POST.")] = None,
+) -> None:
+    """Deliver every pending event now, ignoring the backoff of failed ones.
+
+    Safe while the application runs: rows another flusher holds are left to it. Exit 0 when
+    nothing is left pending, 1 when events remain.
+    """
+    context: Context = ctx.obj
+    settings = context.existing(batch_size=batch_size)
+    if settings.url is None:
+        fail("no collector URL: pass --url or set SQREEN_URL", USAGE)
+    store = Store(settings)
+    with context.errors(settings.path):
+        flusher = connect(settings, Outbox(store), Health())
+        assert flusher is not None
+        pending = store.count_pending()
+        started = time.monotonic()
+        with _progress(pending) as progress:
+            result = flusher.flush(timeout, ignore_backoff=True, progress=progress)
+        store.close()
+    elapsed = time.monotonic() - started
+    typer.echo(
+        f"delivered {result.delivered}, rejected {result.rejected}, "
+        f"still pending {result.pending} ({elapsed:.1f} s)"
+    )
+    raise typer.Exit(0 if result.pending == 0 else 1)
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Any]:
+    """A progress callback: a Rich bar on a terminal, else one plain line per batch."""
+    if not sys.stdout.isatty():
+        yield lambda done: typer.echo(
+            f"delivered {done.delivered + done.rejected} of {total} pending"
+        )
+        return
+    columns = (TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("flush", total=total)
+
+        def update(done: FlushResult) -> None:
+            bar.update(task, completed=done.delivered + done.rejected)
+
+        yield update
+
+
+@app.command("prune")
+def prune_command(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be dropped; change nothing.")
+    ] = False,
+) -> None:
+    """Apply the age and size limits now and say what was dropped."""
+    context: Context = ctx.obj
+    settings = context.existing()
+    with context.errors(settings.path):
+        if dry_run:
+            dropped = preview(settings)
+        else:
+            store = Store(settings)
+            try:
+                dropped = prune(store, settings)
+            finally:
+                store.close()
+    verb = "would drop" if dry_run else "dropped"
+    typer.echo(
+        f"{verb} {dropped['age']} events older than {show.duration(settings.max_age)} (max_age), "
+        f"{dropped['size']} over {show.size(settings.max_bytes)} (max_bytes)"
+    )
+
+
+Status = Annotated[str, typer.Option(help=f"One of: {status_choices()}.")]
+Name = Annotated[str | None, typer.Option(help="Only events with this name.")]
+Ids = Annotated[list[str] | None, typer.Option("--id", help="Only this event id (repeatable).")]
+
+
+def _selection(status: str, name: str | None, ids: list[str] | None) -> Selection:
+    try:
+        return Selection.of(status, name, ids or ())
+    except ValueError as exc:
+        fail(exc, USAGE)
+
+
+@app.command()
+def requeue(
+    ctx: typer.Context, status: Status = "rejected", name: Name = None, ids: Ids = None
+) -> None:
+    """Put rejected (or delivered) events back to pending, e.g. after a collector fix."""
+    context: Context = ctx.obj
+    if status not in ("rejected", "delivered"):
+        fail("requeue takes --status rejected or --status delivered", USAGE)
+    settings = context.existing()
+    store = Store(settings)
+    with context.errors(settings.path):
+        moved = admin.requeue(store, _selection(status, name, ids))
+        store.close()
+    typer.echo(f"requeued {moved} {status} events")
+
+
+@app.command()
+def purge(
+    ctx: typer.Context,
+    status: Status = "rejected",
+    name: Name = None,
+    ids: Ids = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete.")] = False,
+) -> None:
+    """Delete events for good; undelivered ones are counted as dropped (purged)."""
+    context: Context = ctx.obj
+    selection = _selection(status, name, ids)
+    settings = context.existing()
+    if not yes:
+        with show.reader(context, settings) as engine:
+            matching = report.count(engine, selection)
+        fail(f"would delete {matching} {status} events; pass --yes to delete them", USAGE)
+    store = Store(settings)
+    with context.errors(settings.path):
+        deleted = admin.purge(store, selection)
+        store.close()
+    typer.echo(f"purged {deleted} {status} events")
+
+
+@app.command("import")
+def import_command(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="JSON-lines file, or - for stdin.")],
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Import nothing if any line is invalid.")
+    ] = False,
+) -> None:
+    """Track past events from JSON lines: {"name", "properties", "user_identifiers",
+    "timestamp"} per line, timestamp in ISO-8601 or epoch seconds.
+
+    Invalid lines are reported with their numbers and skipped. Exit 0 when every line was
+    imported, 1 when any was invalid.
+    """
+    context: Context = ctx.obj
+    settings = context.settings()
+    shown = 0
+
+    def report(number: int, reason: str) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= SHOWN_INVALID_LINES:
+            err.print(f"line {number}: {reason}", markup=False)
+
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(_input(file))
+        if strict:
+            # Checked first, then imported: standard input is kept in a temporary file between.
+            copy = source if source.seekable() else stack.enter_context(tempfile.TemporaryFile())
+            checked = import_lines(None, _copied(source, copy), report)
+            if checked.invalid:
+                _invalid_summary(checked.invalid)
+                fail(f"nothing imported: {checked.invalid} invalid lines (--strict)")
+            copy.seek(0)
+            source = copy
+        store = Store(settings)
+        with context.errors(settings.path):
+            result = import_lines(store, source, report, settings.max_bytes)
+            store.close()
+    elapsed = time.monotonic() - started
+    rate = f", {result.valid / elapsed:,.0f} events/s" if result.valid >= 1000 else ""
+    typer.echo(f"imported {result.valid} events into {settings.path} ({elapsed:.2f} s{rate})")
+    if result.dropped:
+        err.print(f"warning: the size limit dropped {result.dropped} of the oldest events")
+    if result.invalid:
+        _invalid_summary(result.invalid)
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _input(file: str) -> Iterator[IO[bytes]]:
+    if file == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(file, "rb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    with handle:
+        yield handle
+
+
+def _copied(source: IO[bytes], copy: IO[bytes]) -> Iterator[bytes]:
+    for line in source:
+        if copy is not source:
+            copy.write(line)
+        yield line
+
+
+def _invalid_summary(invalid: int) -> None:
+    hidden = invalid - SHOWN_INVALID_LINES
+    more = f" ({hidden} not shown)" if hidden > 0 else ""
+    err.print(f"{invalid} invalid lines skipped{more}")
+
+
+@app.command()
+def collect(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free).")] = 8750,
+    out: Annotated[
+        Path | None, typer.Option(help="Append each new event to this file as a JSON line.")
+    ] = None,
+) -> None:
+    """Run a local reference collector: print each event received, deduplicated by id.
+
+    It accepts the documented wire format (gzip included) POSTed to any path, answers 400 with
+    a reason to malformed batches and rejects invalid events one by one.
+    """
+    seen: list[str] = []
+    if out is not None and out.exists():
+        with out.open("rb") as previous:
+            seen = [orjson.loads(line)["id"] for line in previous if line.strip()]
+    sink = out.open("ab") if out is not None else None
+
+    def received(event: dict[str, Any]) -> None:
+        properties = orjson.dumps(event.get("properties", {})).decode()
+        print(f"{event['timestamp']}  {event['name']}  {event['id']}  {properties}", flush=True)
+        if sink is not None:
+            sink.write(orjson.dumps(event) + b"\n")
+            sink.flush()
+
+    collector = ReferenceCollector(received, seen)
+    receiver = Receiver(collector, host, port)
+    try:
+        receiver.start()
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    print(f"listening on {receiver.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        while not stop.wait(0.5):
+            pass
+    receiver.stop()
+    if sink is not None:
+        sink.close()
+    print(
+        f"received {collector.events} events in {collector.batches} batches "
+        f"({collector.duplicates} duplicates, {collector.rejected} rejected)",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ def build(event_name: object, options: object, request: Mapping[str, Any] | None
     event_id = new_id()
     record: dict[str, Any] = {"id": event_id, "name": event_name, "timestamp": _utc(timestamp)}
     if properties is not None:
-        _check_properties(properties)
+        check_properties(properties)
         if properties:
             record["properties"] = properties
     if identifiers is not None:
@@ -119,7 +119,8 @@ def _unknown_keys_message(options: Mapping[Any, Any]) -> str:
     return f"unknown option key(s) {', '.join(parts)}; allowed: {', '.join(OPTION_KEYS)}"
 
 
-def _check_properties(properties: object) -> None:
+def check_properties(properties: object) -> None:
+    """Raise InvalidEvent unless ``properties`` is a dict of at most 16 plain JSON values."""
     if not isinstance(properties, dict):
         raise InvalidEvent(f"properties must be a dict, not {type(properties).__name__}")
     if len(properties) > MAX_PROPERTIES:

@@ -84,7 +84,7 @@ def summarize(
             counts[STATUS_NAMES.get(status, str(status))] = n
             if status == PENDING:
                 counts["leased"] = leased
-        counters: dict[str, int] = dict(conn.exec_driver_sql("SELECT name, value FROM counters"))
+        counters = dict(conn.exec_driver_sql("SELECT name, value FROM counters").tuples().all())
         notes = {
             name: orjson.loads(value)
             for name, value in conn.exec_driver_sql("SELECT name, value FROM notes")
@@ -136,6 +136,15 @@ def events(
         after = rows[-1].seq
         if left is not None:
             left -= len(rows)
+
+
+def count(engine: Engine, selection: Selection) -> int:
+    """How many events the selection matches."""
+    where, params = selection.where()
+    with engine.connect() as conn:
+        return int(
+            conn.exec_driver_sql(f"SELECT count(*) FROM events WHERE {where}", params).scalar_one()
+        )
 
 
 def find(engine: Engine, event_id: str) -> dict[str, Any] | None:

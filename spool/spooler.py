@@ -67,8 +67,6 @@ class Spooler:
             maintenance_due = self._store.insert(event)
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "track")
-            # The worker records the failures in the spool once it is writable again.
-            self._worker.start()
             return False
         self._tracked = True
         self._worker.start()

@@ -192,14 +192,14 @@ class Store:
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
                 if truncate:
                     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
-                elif self._size(WAL) >= self.wal_limit:
+                elif _size(f"{self.path}{WAL}") >= self.wal_limit:
                     connection.execute("PRAGMA wal_checkpoint(RESTART)").close()
             finally:
                 raw.close()
 
     def file_bytes(self) -> int:
         """The spool's size on disk: database file and WAL."""
-        return self._size("") + self._size(WAL)
+        return file_bytes(self.path)
 
     def count_pending(self) -> int:
         """How many events wait for delivery."""
@@ -209,12 +209,6 @@ class Store:
                     "SELECT count(*) FROM events WHERE status = ?", (schema.PENDING,)
                 ).scalar_one()
             )
-
-    def _size(self, suffix: str) -> int:
-        try:
-            return os.stat(f"{self.path}{suffix}").st_size
-        except FileNotFoundError:
-            return 0
 
     def revision(self) -> str | None:
         """The schema revision stored in the spool (opening it if needed)."""
@@ -327,6 +321,18 @@ class Store:
         self._pid = os.getpid()
         self.inserted = 0
         self.wake_at = self.checkpoint_every
+
+
+def file_bytes(path: Path) -> int:
+    """A spool's size on disk: database file and WAL."""
+    return _size(str(path)) + _size(f"{path}{WAL}")
+
+
+def _size(name: str) -> int:
+    try:
+        return os.stat(name).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def read_only_engine(path: Path, lock_timeout: float) -> Engine:

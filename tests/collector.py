@@ -1,44 +1,38 @@
 """A real HTTP collector on 127.0.0.1 (port 0) for the tests, scriptable per request.
 
-Behaviours are functions of the decoded batch returning what to do; ``respond_with`` queues them
-for the next requests, after which the default (accept) applies. The whole response is written
-in one send: header and body in two sends would stall every keep-alive request by ~40 ms (Nagle
-and delayed ACK), and the tests would measure the collector, not the flusher.
+It is the reference collector's server (``sqreen.cli.collect.Receiver``) with a handler that
+records every request. Behaviours are functions of the decoded batch returning what to do;
+``respond_with`` queues them for the next requests, after which the default (accept) applies.
+Accepting checks the batch against the wire format as ``sqreen-spool collect`` does, so every
+delivery test also checks what the flusher sends.
 """
 
 from __future__ import annotations
 
-import gzip
-import socket
-import struct
 import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-
-@dataclass
-class Answer:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: float = 0.0  # sleep this long before answering
-    reset: bool = False  # drop the connection with a TCP reset instead of answering
-
+from sqreen.cli.collect import Answer, Received, Receiver, check_batch, error
 
 Behaviour = Callable[[dict[str, Any]], Answer]
 
 
 def accept(rejected: Iterable[str] = (), reason: str = "refused by test") -> Behaviour:
     def behaviour(batch: dict[str, Any]) -> Answer:
-        ids = {e["id"] for e in batch["events"]} & set(rejected)
-        if not ids:
+        problem, refused = check_batch(batch)
+        if problem is not None:
+            return error(400, problem)
+        refused |= {i: reason for i in {e["id"] for e in batch["events"]} & set(rejected)}
+        if not refused:
             return Answer(200)
-        return Answer(200, orjson.dumps({"rejected": [{"id": i, "reason": reason} for i in ids]}))
+        return Answer(
+            200,
+            orjson.dumps({"rejected": [{"id": i, "reason": why} for i, why in refused.items()]}),
+        )
 
     return behaviour
 
@@ -48,7 +42,7 @@ def status(code: int, **headers: str) -> Behaviour:
 
 
 def hang(seconds: float) -> Behaviour:
-    return lambda batch: Answer(200, hang=seconds)
+    return lambda batch: Answer(200, delay=seconds)
 
 
 def reset() -> Behaviour:
@@ -79,64 +73,24 @@ class Request:
     answer: Answer
 
 
-class Collector:
+class Collector(Receiver):
     def __init__(self) -> None:
+        super().__init__(self._record)
         self.requests: list[Request] = []
         self._script: list[Behaviour] = []
         self.default: Behaviour = accept()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
         self.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/events"
 
-    def start(self) -> None:
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                body = (
-                    gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
-                )
-                batch = orjson.loads(body)
-                answer = collector._next()(batch)
-                with collector._lock:
-                    collector.requests.append(Request(dict(self.headers), body, batch, answer))
-                if answer.hang:
-                    time.sleep(answer.hang)
-                if answer.reset:
-                    self.connection.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                    )
-                    self.connection.close()
-                    return
-                head = (
-                    f"HTTP/1.1 {answer.status} Scripted\r\nContent-Length: {len(answer.body)}\r\n"
-                )
-                head += "".join(f"{k}: {v}\r\n" for k, v in answer.headers.items())
-                self.wfile.write(head.encode() + b"\r\n" + answer.body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self._server = server
-
-    def stop(self) -> None:
-        """Stop listening: connections are refused until start()."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def _record(self, received: Received) -> Answer:
+        answer = self._next()(received.batch)
+        with self._lock:
+            self.requests.append(Request(received.headers, received.body, received.batch, answer))
+        return answer
 
     def respond_with(self, *behaviours: Behaviour) -> None:
         with self._lock:
@@ -161,7 +115,7 @@ class Collector:
         events = []
         for request in self.requests:
             answer = request.answer
-            if answer.reset or answer.hang or not 200 <= answer.status < 300:
+            if answer.reset or answer.delay or not 200 <= answer.status < 300:
                 continue
             refused = {r["id"] for r in orjson.loads(answer.body or b"{}").get("rejected", [])}
             events += [e for e in request.batch["events"] if e["id"] not in refused]

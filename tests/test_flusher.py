@@ -211,7 +211,7 @@ def test_leases_keep_two_flushers_from_posting_the_same_rows(
 ) -> None:
     writer = make(spool_path, collector, batch_size=50)
     ids = track_many(writer, 3000)
-    collector.default = lambda batch: c.Answer(200, hang=0.01)  # slow enough to overlap
+    collector.default = lambda batch: c.Answer(200, delay=0.01)  # slow enough to overlap
     flushers = [make(spool_path, collector, batch_size=50) for _ in range(4)]
     threads = [threading.Thread(target=f.flush) for f in flushers]
     for t in threads:

@@ -16,7 +16,7 @@ import pytest
 
 import sqreen
 
-from .conftest import integrity, run_child, stored_events
+from .conftest import counters, integrity, run_child, stored_events
 
 
 @contextlib.contextmanager
@@ -50,6 +50,8 @@ def test_read_only_directory_for_a_new_spool(spool_path: Path) -> None:
     assert spooler.track("after") is True  # recovers once the directory is writable
     spooler.close()
     assert [e["name"] for e in stored_events(spool_path)] == ["after"]
+    # ... and the failures are now in the spool, for `sqreen-spool inspect` to show.
+    assert counters(spool_path)["failed.read_only"] == 2
 
 
 def test_read_only_directory_for_an_existing_spool(spool_path: Path) -> None:

@@ -1,0 +1,222 @@
+"""The reference collector behind ``sqreen-spool collect``, and the server the tests script.
+
+:class:`Receiver` is the HTTP part: it reads each POST (any path), undoes gzip, parses the JSON
+and answers whatever its handler says. :class:`ReferenceCollector` is the handler that checks
+the documented wire format, deduplicates by event id and hands each new event on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from sqreen.errors import InvalidEvent
+from sqreen.event import MAX_NAME_LENGTH, check_identifiers, check_properties
+from sqreen.schema import DROP_REASONS
+from sqreen.selection import parse_time
+
+
+@dataclass
+class Answer:
+    """A response: status, JSON body, headers; or, for tests of failure handling, an answer
+    sent only after ``delay`` seconds, or a TCP reset instead of an answer."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    reset: bool = False
+
+
+@dataclass
+class Received:
+    """One POST: its headers, its decoded body, and the batch (None if the body is not JSON)."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    batch: Any
+
+
+Handler = Callable[[Received], Answer]
+
+
+def error(status: int, reason: str) -> Answer:
+    return Answer(status, orjson.dumps({"error": reason}))
+
+
+class Receiver:
+    """An HTTP server on ``host:port`` (0: any free port) answering POSTs with ``handler``."""
+
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> None:
+        """Listen (again) on the same port, serving from a daemon thread."""
+        server = ThreadingHTTPServer((self.host, self.port), self._request_class())
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, name="collector", daemon=True).start()
+        self._server = server
+
+    def stop(self) -> None:
+        """Stop listening: connections are refused until :meth:`start`."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _request_class(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Request(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = dict(self.headers)
+                try:
+                    body = decode(self.headers.get("Content-Encoding"), raw)
+                    batch = orjson.loads(body)
+                except ValueError as exc:
+                    self._answer(error(400, str(exc)))
+                    return
+                self._answer(receiver.handler(Received(self.path, headers, body, batch)))
+
+            def do_GET(self) -> None:
+                self._answer(error(405, "POST batches to this URL"))
+
+            def _answer(self, answer: Answer) -> None:
+                if answer.delay:
+                    time.sleep(answer.delay)
+                if answer.reset:
+                    linger = struct.pack("ii", 1, 0)
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    self.connection.close()
+                    return
+                head = f"HTTP/1.1 {answer.status} {self.responses.get(answer.status, ('',))[0]}"
+                head += f"\r\nContent-Type: application/json\r\nContent-Length: {len(answer.body)}"
+                head += "".join(f"\r\n{k}: {v}" for k, v in answer.headers.items())
+                # One send: header and body in two would stall each keep-alive request by about
+                # 40 ms (Nagle's algorithm against the client's delayed ACK).
+                self.wfile.write(head.encode() + b"\r\n\r\n" + answer.body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return Request
+
+
+def decode(encoding: str | None, raw: bytes) -> bytes:
+    """The body without its Content-Encoding; ValueError for one that cannot be undone."""
+    if encoding in (None, "", "identity"):
+        return raw
+    if encoding != "gzip":
+        raise ValueError(f"unsupported Content-Encoding {encoding!r}; send gzip or nothing")
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"body is not valid gzip: {exc}") from None
+
+
+def check_batch(batch: Any) -> tuple[str | None, dict[str, str]]:
+    """Check a batch against the wire format.
+
+    Returns a reason to refuse the whole batch (400), or None and the events to reject one by
+    one (by id, with a reason), as a collector acknowledging each event would.
+    """
+    if not isinstance(batch, dict):
+        return "the body must be a JSON object", {}
+    for key in ("batch_id", "sent_at"):
+        if not isinstance(batch.get(key), str) or not batch[key]:
+            return f"{key!r} must be a non-empty string", {}
+    try:
+        parse_time(batch["sent_at"])
+    except ValueError as exc:
+        return f"'sent_at': {exc}", {}
+    dropped = batch.get("dropped", {})
+    if not isinstance(dropped, dict) or any(
+        key not in DROP_REASONS or type(n) is not int or n < 0 for key, n in dropped.items()
+    ):
+        return f"'dropped' must map {', '.join(DROP_REASONS)} to counts", {}
+    events = batch.get("events")
+    if not isinstance(events, list):
+        return "'events' must be a list", {}
+    rejected: dict[str, str] = {}
+    for index, event in enumerate(events):
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+            return f"events[{index}] has no string 'id'", {}
+        problem = check_event(event)
+        if problem is not None:
+            rejected[event["id"]] = problem
+    return None, rejected
+
+
+def check_event(event: dict[str, Any]) -> str | None:
+    """What is wrong with one wire event, or None."""
+    try:
+        UUID(event["id"])
+    except ValueError:
+        return "'id' is not a UUID"
+    name = event.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        return f"'name' must be a string of 1 to {MAX_NAME_LENGTH} characters"
+    if not isinstance(event.get("timestamp"), str):
+        return "'timestamp' must be an ISO-8601 string"
+    try:
+        parse_time(event["timestamp"])
+        check_properties(event.get("properties", {}))
+        check_identifiers(event.get("user_identifiers", {}), "user_identifiers")
+    except (ValueError, InvalidEvent) as exc:
+        return str(exc)
+    if not isinstance(event.get("request", {}), dict):
+        return "'request' must be an object"
+    return None
+
+
+class ReferenceCollector:
+    """Accepts valid batches, rejects invalid events by id, and passes each event it has not
+    seen before to ``on_event``. ``seen`` preloads ids received earlier (from ``--out``)."""
+
+    def __init__(self, on_event: Callable[[dict[str, Any]], None], seen: Iterable[str] = ()):
+        self._on_event = on_event
+        self._seen = set(seen)
+        self._lock = threading.Lock()
+        self.batches = self.events = self.duplicates = self.rejected = 0
+
+    def __call__(self, received: Received) -> Answer:
+        problem, rejected = check_batch(received.batch)
+        if problem is not None:
+            return error(400, problem)
+        accepted = [e for e in received.batch["events"] if e["id"] not in rejected]
+        with self._lock:
+            new = [e for e in accepted if e["id"] not in self._seen]
+            self._seen.update(e["id"] for e in new)
+            self.batches += 1
+            self.events += len(new)
+            self.duplicates += len(accepted) - len(new)
+            self.rejected += len(rejected)
+            for event in new:
+                self._on_event(event)
+        answer: dict[str, Any] = {"accepted": len(new), "duplicates": len(accepted) - len(new)}
+        if rejected:
+            answer["rejected"] = [{"id": i, "reason": why} for i, why in rejected.items()]
+        return Answer(200, orjson.dumps(answer))

@@ -1,0 +1,85 @@
+"""What every command shares: the global options, settings, and how a command fails.
+
+Data goes to stdout, diagnostics to stderr; expected failures exit non-zero with one line, and a
+traceback only with ``--verbose``. Exit codes: 1 for a failure, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from sqreen.config import Settings
+from sqreen.errors import ConfigError, SpoolError
+from sqreen.report import check_readable
+from sqreen.spooler import STORAGE_ERRORS
+from sqreen.store import describe, read_only_engine
+
+USAGE = 2
+
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def fail(exc: BaseException | str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit with ``code``."""
+    message = exc if isinstance(exc, str) else describe(exc)
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+@dataclass
+class Context:
+    """The global options, as every command receives them (``ctx.obj``)."""
+
+    path: Path | None
+    url: str | None
+    token: str | None
+    verbose: bool
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings from the global options, ``overrides``, the environment and defaults."""
+        options = {"path": self.path, "url": self.url, "token": self.token, **overrides}
+        try:
+            return Settings.resolve(options)
+        except ConfigError as exc:
+            fail(exc, USAGE)
+
+    def existing(self, **overrides: Any) -> Settings:
+        """Settings for a spool that must already exist and be readable by this version.
+
+        Checked read-only, so that a command never creates a spool, nor moves a damaged one
+        aside, as opening it for writing would.
+        """
+        settings = self.settings(**overrides)
+        if not settings.path.is_file():
+            fail(f"no spool at {settings.path}")
+        with self.errors(settings.path):
+            engine = read_only_engine(settings.path, settings.lock_timeout)
+            try:
+                with engine.connect() as conn:
+                    check_readable(conn)
+            finally:
+                engine.dispose()
+        return settings
+
+    @contextlib.contextmanager
+    def errors(self, path: Path | None = None) -> Iterator[None]:
+        """Turn storage and configuration errors into one line (naming ``path``) and an exit
+        code."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.fail(exc, USAGE)
+        except (*STORAGE_ERRORS, SpoolError) as exc:
+            self.fail(exc, 1, f"{path}: " if path is not None else "")
+
+    def fail(self, exc: BaseException, code: int = 1, prefix: str = "") -> NoReturn:
+        if self.verbose:
+            err.print_exception()
+        fail(f"{prefix}{describe(exc)}", code)

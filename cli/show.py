@@ -1,0 +1,188 @@
+"""``sqreen-spool inspect``: what is in a spool, read-only.
+
+Tables for people, ``--json`` for programs. Listings stream: rows are printed page by page as
+the library reads them, so memory does not grow with the spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from itertools import islice
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+
+from sqreen import report
+from sqreen.config import Settings
+from sqreen.selection import Selection, parse_since, status_choices
+from sqreen.store import file_bytes, read_only_engine
+
+from .context import USAGE, Context, fail
+
+app = typer.Typer(help="Show what is in the spool (changes nothing).")
+out = Console(highlight=False)
+if not out.is_terminal:
+    # Piped or redirected: no terminal width to fit, so do not cut ids short.
+    out = Console(highlight=False, width=200)
+
+ROWS_PER_TABLE = 100
+
+
+@contextlib.contextmanager
+def reader(context: Context, settings: Settings) -> Iterator[Engine]:
+    """A read-only engine on an existing spool; storage errors become one line."""
+    engine = read_only_engine(settings.path, settings.lock_timeout)
+    try:
+        with context.errors(settings.path):
+            yield engine
+    finally:
+        engine.dispose()
+
+
+@app.callback(invoke_without_command=True)
+def summary(
+    ctx: typer.Context,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Summarize the spool: counts, drops, oldest pending event, last delivery attempt."""
+    if ctx.invoked_subcommand is not None:
+        return
+    context: Context = ctx.obj
+    settings = context.existing()
+    with reader(context, settings) as engine:
+        found = report.summarize(
+            engine, settings.path, file_bytes(settings.path), settings.url, bool(settings.token)
+        )
+    if json:
+        typer.echo(orjson.dumps(found.as_dict()).decode())
+        return
+    counts, dropped = found.counts, found.dropped
+    lines = {
+        "spool": f"{found.path} ({size(found.file_bytes)}, schema {found.schema_revision})",
+        "events": f"{counts['pending']} pending ({counts['leased']} being sent), "
+        f"{counts['rejected']} rejected, {counts['delivered']} delivered (kept)",
+        "dropped": ", ".join(f"{n} {reason}" for reason, n in dropped.items())
+        + _unreported(found.dropped_unreported),
+        "oldest pending": _oldest(found.oldest_pending),
+        "last attempt": _attempt(found.last_attempt),
+        "failures": ", ".join(f"{n} {kind}" for kind, n in found.failures.items()) or "none",
+        "collector": "not set (SQREEN_URL)"
+        if found.url is None
+        else f"{found.url} (token {'set' if found.token_set else 'not set'})",
+    }
+    if found.last_failure is not None:
+        lines["last failure"] = f"{found.last_failure['at']} {found.last_failure['error']}"
+    table = Table.grid(padding=(0, 2))
+    for key, value in lines.items():
+        table.add_row(key, value)
+    out.print(table)
+
+
+@app.command("events")
+def list_events(
+    ctx: typer.Context,
+    status: Annotated[str, typer.Option(help=f"One of: {status_choices()}.")] = "pending",
+    name: Annotated[str | None, typer.Option(help="Only events with this name.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Entered the spool since: ISO-8601 time or 90s, 15m, 2h, 3d."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many.")] = None,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List events, oldest first."""
+    context: Context = ctx.obj
+    try:
+        selection = Selection.of(status, name, since=None if since is None else parse_since(since))
+    except ValueError as exc:
+        fail(exc, USAGE)
+    settings = context.existing()
+    with reader(context, settings) as engine:
+        found = report.events(engine, selection, limit)
+        if json:
+            for record in found:
+                typer.echo(orjson.dumps(record).decode())
+            return
+        first = True
+        while page := list(islice(found, ROWS_PER_TABLE)):
+            out.print(_table(page, show_header=first))
+            first = False
+        if first:
+            typer.echo(f"no {status} events")
+
+
+@app.command("event")
+def show_event(ctx: typer.Context, event_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """One event, as pretty JSON."""
+    context: Context = ctx.obj
+    settings = context.existing()
+    with reader(context, settings) as engine:
+        record = report.find(engine, event_id)
+    if record is None:
+        fail(f"no event with id {event_id} in {settings.path}")
+    typer.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+
+
+def _table(records: list[dict[str, Any]], show_header: bool) -> Table:
+    # Fixed widths, so that the tables of successive pages line up as one.
+    table = Table(show_header=show_header, box=None, pad_edge=False)
+    for column, width in (("enqueued", 19), ("status", 9), ("name", 24), ("id", 36)):
+        table.add_column(column, min_width=width, max_width=width, no_wrap=True)
+    table.add_column("properties / last error", no_wrap=True, overflow="ellipsis")
+    for record in records:
+        detail = orjson.dumps(record.get("properties", {})).decode()
+        if "last_error" in record:
+            detail = f"{detail}  [{record.get('attempts', 0)} attempts] {record['last_error']}"
+        table.add_row(
+            record["enqueued_at"][:19],
+            record["status"],
+            record["name"],
+            record["id"],
+            detail,
+        )
+    return table
+
+
+def _oldest(event: dict[str, Any] | None) -> str:
+    if event is None:
+        return "none"
+    age = duration(event["age_seconds"])
+    return f"{event['enqueued_at']} ({age} ago) {event['name']} {event['id']}"
+
+
+def _attempt(attempt: dict[str, Any] | None) -> str:
+    if attempt is None:
+        return "none"
+    outcome = f"{attempt.get('at')} {attempt.get('outcome')}, {attempt.get('events')} events"
+    return f"{outcome}: {attempt['error']}" if attempt.get("error") else outcome
+
+
+def _unreported(unreported: dict[str, int]) -> str:
+    if not unreported:
+        return ""
+    return " (not yet reported: " + ", ".join(f"{n} {r}" for r, n in unreported.items()) + ")"
+
+
+def size(n: float) -> str:
+    """A byte count for people: 812 B, 1.4 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: 45s, 12m, 3h 5m, 3d 2h."""
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole}s" if whole < 60 else f"{whole // 60}m"
+    big, small = (86400, 3600) if whole >= 86400 else (3600, 60)
+    count, rest = divmod(whole, big)
+    unit, sub_unit = ("d", "h") if big == 86400 else ("h", "m")
+    return f"{count}{unit} {rest // small}{sub_unit}" if rest >= small else f"{count}{unit}"
