@@ -110,9 +110,9 @@ def flush(
     settings = context.existing(batch_size=batch_size)
     if settings.url is None:
         fail("no collector URL: pass --url or set SQREEN_URL", USAGE)
-    store = Store(settings)
+    store, health = Store(settings), Health(log_interval=None)  # reported below
     with context.errors(settings.path):
-        flusher = connect(settings, Outbox(store), Health())
+        flusher = connect(settings, Outbox(store), health)
         assert flusher is not None
         pending = store.count_pending()
         started = time.monotonic()
@@ -124,7 +124,11 @@ def flush(
         f"delivered {result.delivered}, rejected {result.rejected}, "
         f"still pending {result.pending} ({elapsed:.1f} s)"
     )
-    raise typer.Exit(0 if result.pending == 0 else 1)
+    if result.pending:
+        last_error = health.report().last_error
+        if last_error is not None:
+            fail(last_error)
+        raise typer.Exit(1)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,8 @@ class Health:
     and cost more than the failed insert, so repeats are summed into the next line instead.
     """
 
-    def __init__(self, log_interval: float = DEFAULT_LOG_INTERVAL) -> None:
+    def __init__(self, log_interval: float | None = DEFAULT_LOG_INTERVAL) -> None:
+        """``log_interval=None``: count without logging (the caller reports failures itself)."""
         self._log_interval = log_interval
         self._lock = threading.Lock()
         self._failures: Counter[str] = Counter()
@@ -58,6 +59,8 @@ class Health:
             self._failures[kind] += 1
             self._last_error = f"{kind}: {error}"
             self._last_error_at = time.time()
+            if self._log_interval is None:
+                return
             logged_at = self._logged_at.get(kind)
             if logged_at is not None and now - logged_at < self._log_interval:
                 self._unlogged[kind] += 1

@@ -84,7 +84,7 @@ def summarize(
             counts[STATUS_NAMES.get(status, str(status))] = n
             if status == PENDING:
                 counts["leased"] = leased
-        counters = dict(conn.exec_driver_sql("SELECT name, value FROM counters").tuples().all())
+        counters = {n: v for n, v in conn.exec_driver_sql("SELECT name, value FROM counters")}
         notes = {
             name: orjson.loads(value)
             for name, value in conn.exec_driver_sql("SELECT name, value FROM notes")

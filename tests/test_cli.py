@@ -1,0 +1,369 @@
+"""Every ``sqreen-spool`` command through Typer's CliRunner, against real spool files and a real
+collector on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner, Result
+
+import sqreen
+from sqreen.cli.app import app
+
+from . import collector as c
+from .conftest import counters, rows
+
+runner = CliRunner()
+
+
+def cli(spool: Path, *args: str, input: bytes | str | None = None, **env: str) -> Result:
+    return runner.invoke(app, ["--path", str(spool), *args], input=input, env=env)
+
+
+def track(
+    spool: Path, n: int, name: str = "e", keep_delivered: float = 0, **properties: Any
+) -> list[str]:
+    spooler = sqreen.Spooler(path=spool, keep_delivered=keep_delivered)
+    for i in range(n):
+        assert spooler.track(name, {"properties": {"i": i, **properties}})
+    spooler.close()
+    return [r["id"] for r in rows(spool, f"name = '{name}'")]
+
+
+def snapshot(spool: Path) -> tuple[str, list[Any]]:
+    """The database file's bytes (hashed) and every row of every table: what "changes nothing"
+    must leave alone."""
+    digest = hashlib.sha256(spool.read_bytes()).hexdigest()
+    with sqlite3.connect(f"file:{spool}?mode=ro", uri=True) as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        content = [conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables]
+    return digest, content
+
+
+def age(spool: Path, seconds: float, where: str = "1") -> None:
+    """Make events look ``seconds`` older in the spool than they are."""
+    with sqlite3.connect(spool) as conn:
+        conn.execute(f"UPDATE events SET enqueued_at = enqueued_at - ? WHERE {where}", (seconds,))
+
+
+@pytest.fixture
+def mixed(spool_path: Path, collector: Any) -> dict[str, list[str]]:
+    """A spool with delivered (kept), rejected, pending and leased events."""
+    ids = track(spool_path, 6, "sent")
+    collector.respond_with(c.accept(rejected=ids[:2], reason="bad plan"))
+    spooler = sqreen.Spooler(path=spool_path, url=collector.url, keep_delivered=3600)
+    assert spooler.flush().delivered == 4
+    spooler.close()
+    pending = track(spool_path, 3, "later", keep_delivered=3600)
+    with sqlite3.connect(spool_path) as conn:
+        seq = conn.execute("SELECT seq FROM events WHERE id = ?", (pending[0],)).fetchone()[0]
+        conn.execute("INSERT INTO leases VALUES (?, 'elsewhere', ?)", (seq, time.time() + 60))
+    return {"rejected": ids[:2], "delivered": ids[2:], "pending": pending}
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"sqreen-spool {sqreen.__version__}"
+
+
+@pytest.mark.parametrize(
+    "args", [["inspect"], ["inspect", "events"], ["flush"], ["prune"], ["prune", "--dry-run"]]
+)
+def test_commands_do_not_create_a_missing_spool(spool_path: Path, args: list[str]) -> None:
+    result = cli(spool_path, "--url", "http://127.0.0.1:9/", *args)
+    assert result.exit_code == 1
+    assert f"no spool at {spool_path}" in result.stderr
+    assert not spool_path.exists()
+
+
+def test_inspect_summary_as_json(spool_path: Path, mixed: dict[str, list[str]]) -> None:
+    age(spool_path, 7200, "name = 'later'")
+    before = snapshot(spool_path)
+    result = cli(spool_path, "--url", "https://collector.example/v1?token=abc", "inspect", "--json")
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.stdout)
+    assert summary["path"] == str(spool_path)
+    assert summary["file_bytes"] >= spool_path.stat().st_size
+    assert summary["schema_revision"] == "0002_delivery"
+    assert summary["counts"] == {"pending": 3, "leased": 1, "rejected": 2, "delivered": 4}
+    assert summary["dropped"] == {"age": 0, "size": 0, "rejected": 2, "purged": 0}
+    oldest = summary["oldest_pending"]
+    assert oldest["id"] == mixed["pending"][0]
+    assert 7190 < oldest["age_seconds"] < 7300
+    assert summary["last_attempt"]["outcome"] == "delivered"
+    assert summary["last_attempt"]["events"] == 6
+    assert summary["url"] == "https://collector.example/v1?token=***"
+    assert "abc" not in result.stdout
+    assert snapshot(spool_path) == before  # inspecting changes nothing
+
+
+def test_inspect_summary_for_people(spool_path: Path, mixed: dict[str, list[str]]) -> None:
+    result = cli(spool_path, "--token", "t0p-secret", "inspect")
+    assert result.exit_code == 0, result.output
+    assert "3 pending (1 being sent), 2 rejected, 4 delivered" in result.stdout
+    assert mixed["pending"][0] in result.stdout
+    assert "t0p-secret" not in result.output
+
+
+def test_inspect_events_filters(spool_path: Path, mixed: dict[str, list[str]]) -> None:
+    def listed(*args: str) -> list[dict[str, Any]]:
+        result = cli(spool_path, "inspect", "events", "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [orjson.loads(line) for line in result.stdout.splitlines()]
+
+    pending = listed()
+    assert [e["id"] for e in pending] == mixed["pending"]
+    assert {e["status"] for e in pending} == {"pending"}
+    assert pending[0]["name"] == "later" and pending[0]["properties"] == {"i": 0}
+    assert "leased_until" in pending[0] and "timestamp" in pending[0]
+    rejected = listed("--status", "rejected")
+    assert [e["id"] for e in rejected] == mixed["rejected"]
+    assert {e["last_error"] for e in rejected} == {"bad plan"}
+    assert len(listed("--status", "all")) == 9
+    assert len(listed("--status", "all", "--name", "sent")) == 6
+    assert len(listed("--status", "all", "--limit", "4")) == 4
+    age(spool_path, 3 * 3600, "name = 'sent'")
+    assert len(listed("--status", "all", "--since", "2h")) == 3
+    assert len(listed("--status", "all", "--since", "2020-01-01T00:00:00")) == 9
+    assert listed("--status", "all", "--since", "2999-01-01T00:00:00Z") == []
+
+
+def test_inspect_events_table_and_bad_options(
+    spool_path: Path, mixed: dict[str, list[str]]
+) -> None:
+    table = cli(spool_path, "inspect", "events", "--status", "rejected")
+    assert table.exit_code == 0
+    assert all(i in table.stdout for i in mixed["rejected"])
+    assert "bad plan" in table.stdout
+    assert cli(spool_path, "inspect", "events", "--status", "lost").exit_code == 2
+    bad_since = cli(spool_path, "inspect", "events", "--since", "yesterday")
+    assert bad_since.exit_code == 2
+    assert "'yesterday' is neither an ISO-8601 time nor a duration" in bad_since.stderr
+
+
+def test_inspect_one_event(spool_path: Path, mixed: dict[str, list[str]]) -> None:
+    result = cli(spool_path, "inspect", "event", mixed["rejected"][0])
+    assert result.exit_code == 0
+    event = orjson.loads(result.stdout)
+    assert (event["id"], event["status"], event["last_error"]) == (
+        mixed["rejected"][0],
+        "rejected",
+        "bad plan",
+    )
+    missing = cli(spool_path, "inspect", "event", "no-such-id")
+    assert missing.exit_code == 1
+    assert "no event with id no-such-id" in missing.stderr
+
+
+def test_requeue_puts_rejected_events_back(
+    spool_path: Path, mixed: dict[str, list[str]], collector: Any
+) -> None:
+    one = mixed["rejected"][0]
+    result = cli(spool_path, "requeue", "--id", one)
+    assert (result.exit_code, result.stdout.strip()) == (0, "requeued 1 rejected events")
+    state = {r["id"]: r for r in rows(spool_path)}
+    assert state[one]["status"] == 0 and state[one]["last_error"] is None
+    assert state[mixed["rejected"][1]]["status"] == 2
+    assert cli(spool_path, "requeue", "--name", "sent").stdout.strip() == (
+        "requeued 1 rejected events"
+    )
+    flushed = cli(spool_path, "--url", collector.url, "flush")
+    assert flushed.exit_code == 1  # one event is leased by another flusher
+    assert set(mixed["rejected"]) <= {e["id"] for e in collector.accepted_events()}
+
+
+def test_purge_needs_yes_and_counts_drops(spool_path: Path, mixed: dict[str, list[str]]) -> None:
+    refused = cli(spool_path, "purge", "--status", "pending")
+    assert refused.exit_code == 2
+    assert "would delete 3 pending events; pass --yes" in refused.stderr
+    assert len(rows(spool_path, "status = 0")) == 3
+    assert cli(spool_path, "purge", "--yes").stdout.strip() == "purged 2 rejected events"
+    assert cli(spool_path, "purge", "--status", "delivered", "--yes").exit_code == 0
+    assert cli(spool_path, "purge", "--status", "all", "--name", "later", "--yes").exit_code == 0
+    assert rows(spool_path) == []
+    # Undelivered events count as purged drops (reported to the collector); delivered ones not.
+    assert counters(spool_path)["dropped.purged"] == 5
+
+
+def test_prune_dry_run_changes_nothing_then_prune(spool_path: Path) -> None:
+    ids = track(spool_path, 10)
+    age(spool_path, 7200, f"id IN ('{ids[0]}', '{ids[1]}', '{ids[2]}')")
+    before = snapshot(spool_path)
+    dry = cli(spool_path, "prune", "--dry-run", SQREEN_SPOOL_MAX_AGE="3600")
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.startswith("would drop 3 events older than 1h (max_age), 0 over")
+    assert snapshot(spool_path) == before
+    real = cli(spool_path, "prune", SQREEN_SPOOL_MAX_AGE="3600")
+    assert real.stdout.startswith("dropped 3 events older than 1h")
+    assert [r["id"] for r in rows(spool_path)] == ids[3:]
+    assert counters(spool_path)["dropped.age"] == 3
+
+
+def test_prune_by_size(spool_path: Path) -> None:
+    track(spool_path, 3000, pad="x" * 400)
+    dry = cli(spool_path, "prune", "--dry-run", SQREEN_SPOOL_MAX_BYTES="600000")
+    would = int(dry.stdout.split(", ")[1].split()[0])
+    assert would > 0
+    real = cli(spool_path, "prune", SQREEN_SPOOL_MAX_BYTES="600000")
+    assert int(real.stdout.split(", ")[1].split()[0]) == would
+    assert counters(spool_path)["dropped.size"] == would
+    assert spool_path.stat().st_size <= 600_000
+
+
+def test_import_reports_invalid_lines_and_keeps_the_rest(spool_path: Path, tmp_path: Path) -> None:
+    lines = [
+        b'{"name": "signup", "properties": {"plan": "pro"}, "timestamp": "2018-03-15T14:42:00"}',
+        b'{"name": "login", "user_identifiers": {"email": "a@b.c"}, "timestamp": 1521124920.5}',
+        b"{not json",
+        b'{"name": "x", "propreties": {}}',
+        b"",
+        b'{"name": "x", "properties": {"n": 1, "m": [1, 2]}, "timestamp": "2018-03-15T15:42:00+01:00"}',
+        b'{"name": "y", "timestamp": true}',
+        b'"just a string"',
+        b'{"name": "z", "user_identifiers": {"id": 7}}',
+    ]
+    source = tmp_path / "past.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    result = cli(spool_path, "import", str(source))
+    assert result.exit_code == 1
+    assert "imported 3 events" in result.stdout
+    for number, reason in [
+        (3, "not valid JSON"),
+        (4, "unknown key(s) 'propreties'"),
+        (7, "timestamp must be an ISO-8601 string or epoch seconds, not a boolean"),
+        (8, "expected a JSON object, not a string"),
+        (9, "user_identifiers must map str to str"),
+    ]:
+        assert f"line {number}: {reason}" in result.stderr
+    assert "5 invalid lines skipped" in result.stderr
+    stored = [orjson.loads(r["payload"]) for r in rows(spool_path)]
+    assert [(e["name"], e["timestamp"]) for e in stored] == [
+        ("signup", "2018-03-15T14:42:00+00:00"),
+        ("login", "2018-03-15T14:42:00.500000+00:00"),
+        ("x", "2018-03-15T14:42:00+00:00"),
+    ]
+    assert stored[0]["properties"] == {"plan": "pro"}
+
+
+def test_strict_import_writes_nothing_when_a_line_is_invalid(spool_path: Path) -> None:
+    good = b'{"name": "ok"}\n' * 5
+    result = cli(spool_path, "import", "--strict", "-", input=good + b'{"name": 5}\n' + good)
+    assert result.exit_code == 1
+    assert "line 6: event_name must be a str, not int" in result.stderr
+    assert "nothing imported" in result.stderr
+    assert not spool_path.exists() or rows(spool_path) == []
+    clean = cli(spool_path, "import", "--strict", "-", input=good)
+    assert clean.exit_code == 0
+    assert len(rows(spool_path)) == 5
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "message"),
+    [
+        (b"", 0, "imported 0 events"),
+        (b"\n\n  \n", 0, "imported 0 events"),
+        (bytes(range(256)) * 4, 1, "line 1: not valid JSON"),
+        (b'{"name": "a"}\n\xff\xfe{"name"\n', 1, "line 2: not valid JSON"),
+        (b"[]\n{}\n", 1, 'line 2: missing "name"'),
+    ],
+    ids=["empty", "blank", "binary", "bad-utf8", "wrong-types"],
+)
+def test_import_of_malformed_files(
+    spool_path: Path, tmp_path: Path, content: bytes, code: int, message: str
+) -> None:
+    source = tmp_path / "input.jsonl"
+    source.write_bytes(content)
+    result = cli(spool_path, "import", str(source))
+    assert result.exit_code == code
+    assert message in result.output
+
+
+def test_import_of_a_missing_file(spool_path: Path, tmp_path: Path) -> None:
+    result = cli(spool_path, "import", str(tmp_path / "nope.jsonl"))
+    assert result.exit_code == 1
+    assert "cannot read" in result.stderr and "No such file" in result.stderr
+
+
+def test_migrate_prints_revisions(spool_path: Path) -> None:
+    first = cli(spool_path, "migrate")
+    assert first.stdout.strip() == f"{spool_path}: (empty) -> 0002_delivery"
+    again = cli(spool_path, "migrate")
+    assert again.stdout.strip() == f"{spool_path}: 0002_delivery -> 0002_delivery"
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["prune"], ["flush"], ["inspect", "events"]])
+def test_a_corrupt_spool_is_one_line_and_left_in_place(spool_path: Path, args: list[str]) -> None:
+    spool_path.parent.mkdir(parents=True)
+    spool_path.write_bytes(b"this is not a database, " * 200)
+    result = cli(spool_path, "--url", "http://127.0.0.1:9/", *args)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {spool_path}: file is not a database"
+    assert spool_path.read_bytes().startswith(b"this is not a database")
+
+
+def test_a_locked_spool_times_out_with_one_line(spool_path: Path) -> None:
+    track(spool_path, 1)
+    with sqlite3.connect(spool_path, isolation_level=None) as conn:
+        conn.execute("BEGIN EXCLUSIVE")
+        result = cli(spool_path, "prune", SQREEN_SPOOL_LOCK_TIMEOUT="0.2")
+        conn.execute("ROLLBACK")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {spool_path}: database is locked"
+
+
+def test_verbose_shows_the_traceback(spool_path: Path) -> None:
+    spool_path.parent.mkdir(parents=True)
+    spool_path.write_bytes(b"garbage" * 600)
+    result = cli(spool_path, "-v", "inspect")
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (None, "no collector URL: pass --url or set SQREEN_URL"),
+        ("ftp://x.example/", "expected an http:// or https:// URL"),
+        ("http://collector.example/", "plain http to a non-loopback host"),
+    ],
+)
+def test_flush_needs_a_usable_url(spool_path: Path, url: str | None, message: str) -> None:
+    track(spool_path, 1)
+    result = cli(spool_path, *(["--url", url] if url else []), "flush")
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_flush_delivers_everything_ignoring_backoff(spool_path: Path, collector: Any) -> None:
+    ids = track(spool_path, 2500)
+    with sqlite3.connect(spool_path) as conn:  # rows that failed before and back off for an hour
+        conn.execute(
+            "INSERT INTO retries SELECT seq, 4, ?, 'HTTP 503' FROM events", (time.time() + 3600,)
+        )
+    result = cli(
+        spool_path, "--url", collector.url, "--token", "s3cret", "flush", "--batch-size", "700"
+    )
+    assert result.exit_code == 0, result.output
+    assert [len(r.batch["events"]) for r in collector.requests] == [700, 700, 700, 400]
+    assert "delivered 2500 of 2500 pending" in result.stdout  # plain lines: not a terminal
+    assert result.stdout.splitlines()[-1].startswith("delivered 2500, rejected 0, still pending 0")
+    assert [e["id"] for e in collector.accepted_events()] == ids
+    assert collector.requests[0].headers["Authorization"] == "Bearer s3cret"
+    assert "s3cret" not in result.output
+
+
+def test_flush_exits_1_when_the_collector_is_down(spool_path: Path, collector: Any) -> None:
+    track(spool_path, 10)
+    collector.stop()
+    result = cli(spool_path, "--url", collector.url, "flush", SQREEN_SPOOL_RETRY_ATTEMPTS="1")
+    assert result.exit_code == 1
+    assert "still pending 10" in result.stdout
+    assert "error: collector_unavailable: ConnectError" in result.stderr
+    assert len(rows(spool_path, "attempts = 1")) == 10  # the attempt is on the rows
