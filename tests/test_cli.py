@@ -224,7 +224,7 @@ def test_import_reports_invalid_lines_and_keeps_the_rest(spool_path: Path, tmp_p
         b"{not json",
         b'{"name": "x", "propreties": {}}',
         b"",
-        b'{"name": "x", "properties": {"n": 1, "m": [1, 2]}, "timestamp": "2018-03-15T15:42:00+01:00"}',
+        b'{"name": "x", "properties": {"m": [1, {}]}, "timestamp": "2018-03-15T15:42:00+01:00"}',
         b'{"name": "y", "timestamp": true}',
         b'"just a string"',
         b'{"name": "z", "user_identifiers": {"id": 7}}',

@@ -1,0 +1,267 @@
+"""The installed ``sqreen-spool`` script in real subprocesses: collect, flush, import, inspect."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+import sqreen
+
+from . import collector as c
+from .conftest import rows, run_child
+
+SCRIPT = str(Path(sys.executable).with_name("sqreen-spool"))
+
+
+def run(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SCRIPT, *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
+
+
+def fill(spool: Path, n: int, name: str = "e") -> None:
+    """``n`` events in the spool, quickly (one import transaction per 2000)."""
+    lines = b"".join(
+        b'{"name": "%s", "properties": {"i": %d}}\n' % (name.encode(), i) for i in range(n)
+    )
+    done = run("--path", str(spool), "import", "-", input=lines.decode())
+    assert done.returncode == 0, done.stderr
+
+
+class Collect:
+    """``sqreen-spool collect`` running in a subprocess."""
+
+    def __init__(self, out: Path) -> None:
+        self.process = subprocess.Popen(
+            [SCRIPT, "collect", "--port", "0", "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline()
+        assert first.startswith("listening on http://127.0.0.1:"), first
+        self.url = first.split()[-1]
+        # Read what it prints as it prints it: a full pipe would stall the collector.
+        self.printed: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        self.printed.extend(line.rstrip("\n") for line in self.process.stdout)
+
+    def stop(self) -> tuple[int, list[str]]:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        return code, self.printed
+
+
+@pytest.fixture
+def collect(tmp_path: Path) -> Iterator[Collect]:
+    server = Collect(tmp_path / "received.jsonl")
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait()
+
+
+def batch(*events: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    sent_at = datetime.now(timezone.utc).isoformat()
+    return {"batch_id": str(uuid.uuid4()), "sent_at": sent_at, "events": list(events), **extra}
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "name": "e", "timestamp": "2018-03-15T14:42:00+00:00"} | fields
+
+
+def test_collect_receives_what_a_spooler_delivers(
+    spool_path: Path, tmp_path: Path, collect: Collect
+) -> None:
+    spooler = sqreen.Spooler(path=spool_path, url=collect.url)
+    for i in range(1500):
+        assert spooler.track("signup", {"properties": {"i": i}, "user_identifiers": {"u": str(i)}})
+    spooler.flush()  # with what the background thread already sent: everything
+    spooler.close()
+    assert rows(spool_path) == []
+    code, stdout = collect.stop()
+    assert code == 0
+    received = [
+        orjson.loads(line) for line in (tmp_path / "received.jsonl").read_bytes().splitlines()
+    ]
+    assert [e["properties"]["i"] for e in received] == list(range(1500))
+    assert received[7]["user_identifiers"] == {"u": "7"}
+    assert sum(" signup " in line for line in printed) == 1500
+    assert printed[-1].startswith("received 1500 events in ")
+    assert printed[-1].endswith(" batches (0 duplicates, 0 rejected)")
+
+
+def test_collect_checks_the_wire_format(tmp_path: Path, collect: Collect) -> None:
+    good, bad = event(), event(properties={"x": 1}, user_identifiers={"id": 5})
+
+    def post(body: bytes, **headers: str) -> httpx.Response:
+        return httpx.post(collect.url + "any/path", content=body, headers=headers)
+
+    answer = post(orjson.dumps(batch(good, bad)))
+    assert answer.status_code == 200
+    assert answer.json()["accepted"] == 1
+    assert answer.json()["rejected"] == [
+        {"id": bad["id"], "reason": "user_identifiers must map str to str; 'id': 5 is str to int"}
+    ]
+    again = post(gzip.compress(orjson.dumps(batch(good))), **{"Content-Encoding": "gzip"})
+    assert again.json() == {"accepted": 0, "duplicates": 1}
+    for body, headers, reason in [
+        (b"{nope", {}, "unexpected character"),
+        (b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, "not valid gzip"),
+        (orjson.dumps([1]), {}, "must be a JSON object"),
+        (orjson.dumps({"sent_at": "2018-01-01", "events": []}), {}, "'batch_id' must be"),
+        (orjson.dumps(batch(good, dropped={"lost": 3})), {}, "'dropped' must map"),
+        (orjson.dumps(batch({"name": "no id"})), {}, "events[0] has no string 'id'"),
+    ]:
+        refused = post(body, **headers)
+        assert refused.status_code == 400, body
+        assert reason in refused.json()["error"]
+    _, printed = collect.stop()
+    assert printed[-1] == "received 1 events in 2 batches (1 duplicates, 1 rejected)"
+
+
+def test_collect_remembers_ids_across_restarts(tmp_path: Path, collect: Collect) -> None:
+    first = event()
+    assert httpx.post(collect.url, content=orjson.dumps(batch(first))).json()["accepted"] == 1
+    collect.stop()
+    second = Collect(tmp_path / "received.jsonl")
+    answer = httpx.post(second.url, content=orjson.dumps(batch(first, event())))
+    assert answer.json() == {"accepted": 1, "duplicates": 1}
+    second.stop()
+    assert len((tmp_path / "received.jsonl").read_bytes().splitlines()) == 2
+
+
+def test_collect_on_a_busy_port_fails_with_one_line(collector: Any) -> None:
+    busy = run("collect", "--port", str(collector.port), timeout=20)
+    assert busy.returncode == 1
+    assert (
+        busy.stderr.strip()
+        == f"error: cannot listen on 127.0.0.1:{collector.port}: Address already in use"
+    )
+
+
+def test_flush_script_drains_the_spool(spool_path: Path, collector: Any) -> None:
+    fill(spool_path, 3000)
+    done = run("--path", str(spool_path), "--url", collector.url, "flush")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        "delivered 1000 of 3000 pending",
+        "delivered 2000 of 3000 pending",
+        "delivered 3000 of 3000 pending",
+    ]
+    assert len(collector.accepted_events()) == 3000
+    assert rows(spool_path) == []
+
+
+def test_flush_racing_a_running_flusher_sends_no_event_twice(
+    spool_path: Path, collector: Any
+) -> None:
+    fill(spool_path, 20_000)
+
+    def slowly(batch: dict[str, Any]) -> c.Answer:  # long enough for the flushers to overlap
+        answer = c.accept()(batch)
+        answer.delay = 0.003
+        return answer
+
+    collector.default = slowly
+    app = run_child("flush_forever", str(spool_path), collector.url)
+    try:
+        operators = [
+            subprocess.Popen(
+                [
+                    SCRIPT,
+                    "--path",
+                    str(spool_path),
+                    "--url",
+                    collector.url,
+                    "flush",
+                    "--batch-size",
+                    "300",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(2)
+        ]
+        for operator in operators:
+            assert operator.wait(timeout=120) in (0, 1)  # 1: rows still leased by the app
+        deadline = 60.0
+        while rows(spool_path, "status = 0") and deadline > 0:
+            subprocess.run(["sleep", "0.2"], check=True)
+            deadline -= 0.2
+    finally:
+        app.kill()
+        app.wait()
+    sent = Counter(e["id"] for e in collector.received_events())
+    assert len(sent) == 20_000
+    assert max(sent.values()) == 1
+    sizes = Counter(len(r.batch["events"]) for r in collector.requests)
+    assert sizes[200] > 5 and sizes[300] > 5  # both the app's flusher and the operator's ran
+
+
+def test_import_of_100000_lines(spool_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "past.jsonl"
+    with source.open("wb") as out:
+        for i in range(100_000):
+            out.write(
+                b'{"name": "order", "properties": {"n": %d, "total": 12.5}, '
+                b'"user_identifiers": {"email": "u%d@example.com"}, "timestamp": %d}\n'
+                % (i, i % 97, 1_500_000_000 + i)
+            )
+    done = run("--path", str(spool_path), "import", str(source))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"imported 100000 events into {spool_path}")
+    stored = rows(spool_path)
+    assert len(stored) == 100_000
+    last = orjson.loads(stored[-1]["payload"])
+    assert last["properties"] == {"n": 99_999, "total": 12.5}
+    assert last["timestamp"] == datetime.fromtimestamp(1_500_099_999, timezone.utc).isoformat()
+    assert os.stat(f"{spool_path}-wal").st_size < 8 * 1024 * 1024  # checkpointed as it went
+
+
+def test_import_of_garbage_is_one_line_per_problem(spool_path: Path) -> None:
+    done = run("--path", str(spool_path), "import", "-", input="\x00\x01\x02\n{\n")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    first, second, *_ = done.stderr.splitlines()
+    assert first.startswith("line 1: not valid JSON: unexpected character")
+    assert second.startswith("line 2: not valid JSON: unexpected end of data")
+
+
+def test_inspect_events_streams(spool_path: Path, tmp_path: Path) -> None:
+    """Listing ten times more events must not take (much) more memory."""
+
+    def peak_kib(n: int) -> int:
+        path = tmp_path / f"{n}.db"
+        fill(path, n)
+        process = subprocess.Popen(
+            [SCRIPT, "--path", str(path), "inspect", "events", "--json"], stdout=subprocess.PIPE
+        )
+        assert process.stdout is not None
+        lines = sum(1 for _ in process.stdout)
+        _, status, usage = os.wait4(process.pid, 0)
+        assert (lines, os.waitstatus_to_exitcode(status)) == (n, 0)
+        return usage.ru_maxrss
+
+    small, large = peak_kib(3000), peak_kib(60_000)
+    assert large - small < 4 * 1024, (small, large)  # 60,000 decoded events would be ~40 MiB
