@@ -99,7 +99,7 @@ def test_collect_receives_what_a_spooler_delivers(
     spooler.flush()  # with what the background thread already sent: everything
     spooler.close()
     assert rows(spool_path) == []
-    code, stdout = collect.stop()
+    code, printed = collect.stop()
     assert code == 0
     received = [
         orjson.loads(line) for line in (tmp_path / "received.jsonl").read_bytes().splitlines()
