@@ -159,6 +159,8 @@ def _attempt(attempt: dict[str, Any] | None) -> str:
     if attempt is None:
         return "none"
     outcome = f"{attempt.get('at')} {attempt.get('outcome')}, {attempt.get('events')} events"
+    if attempt.get("status") is not None:
+        outcome += f" (HTTP {attempt['status']})"
     return f"{outcome}: {attempt['error']}" if attempt.get("error") else outcome
 
 

@@ -7,8 +7,6 @@ so a crash between the POST and the settle sends it again, under the same event 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +25,7 @@ from tenacity import (
 from .config import Settings
 from .event import new_id
 from .health import Health
-from .outbox import Outbox, Row
+from .outbox import Outbox, Row, owner_name
 from .transport import BISECT_STATUSES, SPLIT_STATUSES, Reply, Transport
 
 log = logging.getLogger("sqreen.spool")
@@ -89,14 +87,15 @@ class Flusher:
         """
         settings = self._settings
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
-        owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        owner = owner_name()
+        self._outbox.release_dead(time.time())
         total = FlushResult()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 total += FlushResult(timed_out=True)
                 break
-            rows, dropped = self._outbox.claim(
+            rows, dropped, more = self._outbox.claim(
                 owner,
                 settings.batch_size,
                 settings.max_batch_bytes,
@@ -113,6 +112,8 @@ class Flusher:
                 progress(total)
             if result.failed or result.timed_out:
                 break  # the collector is failing: the rest waits for the next heartbeat
+            if not more:
+                break  # caught up: what arrived since is the next heartbeat's
         return total + FlushResult(pending=self._outbox.store.count_pending())
 
     def interrupt(self) -> None:
@@ -135,7 +136,7 @@ class Flusher:
             "events": len(rows),
             "outcome": "delivered" if reply.ok else "failed",
             "status": reply.status,
-            "error": reply.describe(),
+            "error": None if reply.ok else reply.describe(),
         }
         if reply.ok:
             refused = {r.seq: reply.rejected[r.id] for r in rows if r.id in reply.rejected}

@@ -5,13 +5,16 @@ Every change here is one short ``BEGIN IMMEDIATE`` transaction through :meth:`St
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection
 
+from .event import new_id
 from .schema import DELIVERED, DROP_REASONS, PENDING, REJECTED
 from .store import Store
 
@@ -49,6 +52,8 @@ _REASON = (
     "INSERT INTO retries (seq, attempts, next_attempt_at, last_error) VALUES (:seq, 0, 0, :error) "
     "ON CONFLICT (seq) DO UPDATE SET last_error = excluded.last_error"
 )
+_LIVE_OWNERS = "SELECT DISTINCT owner FROM leases WHERE expires > :now"
+_FORGET_OWNERS = "DELETE FROM leases WHERE owner IN (SELECT value FROM json_each(:owners))"
 _RELEASE = f"DELETE FROM leases WHERE owner = :owner AND seq IN {_SEQS}"
 _ADD = (
     "INSERT INTO counters (name, value) VALUES (:name, :n) "
@@ -68,6 +73,15 @@ class Row(NamedTuple):
     payload: bytes
 
 
+class Claim(NamedTuple):
+    """Rows leased for one batch, the drops not yet reported, and whether more rows were due
+    (the batch was full) when it was claimed."""
+
+    rows: list[Row]
+    dropped: dict[str, int]
+    more: bool
+
+
 class Outbox:
     """Claims and settles rows of one spool."""
 
@@ -82,9 +96,9 @@ class Outbox:
         lease: float,
         now: float,
         ignore_backoff: bool = False,
-    ) -> tuple[list[Row], dict[str, int]]:
-        """Lease up to ``limit`` due pending rows (at most ``max_bytes`` of payload), oldest first;
-        return them with the drops not yet reported to the collector.
+    ) -> Claim:
+        """Lease up to ``limit`` due pending rows (at most ``max_bytes`` of payload), oldest
+        first.
 
         Rows leased by another flusher are skipped until their lease expires, so two flushers
         never post the same rows at once, and rows of a flusher that died are retried later.
@@ -104,7 +118,23 @@ class Outbox:
             if rows:
                 seqs = as_json([r.seq for r in rows])
                 conn.exec_driver_sql(_LEASE, {"owner": owner, "until": now + lease, "seqs": seqs})
-            return rows, unreported_drops(conn)
+            return Claim(
+                rows, unreported_drops(conn), len(found) == limit or len(rows) < len(found)
+            )
+
+    def release_dead(self, now: float) -> int:
+        """Release the live leases of flushers that died on this host (killed mid-batch), so
+        their rows are sent now rather than when the lease runs out; return how many rows.
+
+        An owner is ``host:pid:nonce``; a pid on another host cannot be checked, and a pid
+        that still exists (or was reused) is taken as alive: the lease then simply expires.
+        """
+        host = socket.gethostname()
+        with self.store.transaction() as conn:
+            owners = conn.exec_driver_sql(_LIVE_OWNERS, {"now": now}).scalars().all()
+            dead = [owner for owner in owners if _died_here(owner, host)]
+            released = conn.exec_driver_sql(_FORGET_OWNERS, {"owners": orjson.dumps(dead).decode()})
+            return int(released.rowcount) if dead else 0
 
     def settle(
         self,
@@ -164,6 +194,27 @@ class Outbox:
         """Give rows back without counting an attempt (the flush ran out of time)."""
         with self.store.transaction() as conn:
             conn.exec_driver_sql(_RELEASE, {"owner": owner, "seqs": as_json([r.seq for r in rows])})
+
+
+def owner_name() -> str:
+    """A flusher's lease owner name: this host, this process, and a nonce for this flush."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+
+
+def _died_here(owner: str, host: str) -> bool:
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
 
 
 def unreported_drops(conn: Connection) -> dict[str, int]:

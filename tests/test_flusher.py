@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -231,12 +233,35 @@ def test_rows_leased_by_a_dead_flusher_are_retried_after_the_lease(
 ) -> None:
     spooler = make(spool_path, collector)
     track_many(spooler, 10)
-    dead, _ = spooler._outbox.claim("dead-flusher", 5, 10**6, 0.5, time.time())  # never settled
+    dead = spooler._outbox.claim("dead-flusher", 5, 10**6, 0.5, time.time()).rows  # never settled
     assert len(dead) == 5
     assert spooler.flush().delivered == 5
     time.sleep(0.6)
     assert spooler.flush().delivered == 5
     assert len({e["id"] for e in collector.accepted_events()}) == 10
+    spooler.close()
+
+
+def test_rows_leased_by_a_process_that_died_here_are_taken_over_at_once(
+    spool_path: Path, collector: Any
+) -> None:
+    spooler = make(spool_path, collector)
+    track_many(spooler, 9)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    host = socket.gethostname()
+    try:
+        for owner, count in [(f"{host}:{dead.pid}:0", 3), (f"{host}:{alive.pid}:0", 3)]:
+            assert len(spooler._outbox.claim(owner, count, 10**6, 300, time.time()).rows) == count
+        spooler._outbox.claim(f"elsewhere:{dead.pid}:0", 3, 10**6, 300, time.time())
+        # The dead process's rows go now; a live one's, and another host's, wait for the lease.
+        assert spooler.flush().delivered == 3
+        assert len(rows(spool_path, "lease_owner LIKE '%:' || " + str(alive.pid) + " || ':0'")) == 3
+        assert len(rows(spool_path, "lease_owner LIKE 'elsewhere:%'")) == 3
+    finally:
+        alive.kill()
+        alive.wait()
     spooler.close()
 
 
