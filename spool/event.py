@@ -77,24 +77,18 @@ def build(event_name: object, options: object, request: Mapping[str, Any] | None
     return Event(event_id, event_name, payload)
 
 
-_UUID_CLEAR = ~(0xF << 76) & ~(0x3 << 62)
-_UUID_SET = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
+# The RFC 4122 variant puts 10 in the top bits of the clock-sequence nibble: 8, 9, a or b.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 def new_id() -> str:
     """A random (version 4) UUID string.
 
-    ``str(uuid.uuid4())`` costs 6 µs, a fifth of a whole track() call; the same bits formatted
-    directly cost 2 µs.
+    ``str(uuid.uuid4())`` costs 5 µs here, a tenth of a whole track() call; the same random
+    bits formatted from their hex digits, with the version and variant digits set, cost 1.2 µs.
     """
-    n = int.from_bytes(os.urandom(16), "big") & _UUID_CLEAR | _UUID_SET
-    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 (the fastest formatting here)
-        n >> 96,
-        (n >> 80) & 0xFFFF,
-        (n >> 64) & 0xFFFF,
-        (n >> 48) & 0xFFFF,
-        n & 0xFFFFFFFFFFFF,
-    )
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def check_identifiers(identifiers: object, what: str) -> None:
@@ -166,6 +160,8 @@ def _utc(timestamp: object) -> datetime:
         return datetime.now(timezone.utc)
     if not isinstance(timestamp, datetime):
         raise InvalidEvent(f"timestamp must be a datetime, not {type(timestamp).__name__}")
+    if timestamp.tzinfo is timezone.utc:
+        return timestamp
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         return timestamp.replace(tzinfo=timezone.utc)
     return timestamp.astimezone(timezone.utc)
