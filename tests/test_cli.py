@@ -67,6 +67,12 @@ def mixed(spool_path: Path, collector: Any) -> dict[str, list[str]]:
     return {"rejected": ids[:2], "delivered": ids[2:], "pending": pending}
 
 
+def test_collect_on_a_busy_port(collector: Any) -> None:
+    result = runner.invoke(app, ["collect", "--port", str(collector.port)])
+    assert result.exit_code == 1
+    assert "cannot listen on 127.0.0.1:" in result.stderr
+
+
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -171,6 +173,28 @@ def test_flush_script_drains_the_spool(spool_path: Path, collector: Any) -> None
     ]
     assert len(collector.accepted_events()) == 3000
     assert rows(spool_path) == []
+
+
+def test_flush_on_a_terminal_shows_a_progress_bar(spool_path: Path, collector: Any) -> None:
+    fill(spool_path, 2500)
+    controller, terminal = pty.openpty()  # a real terminal for the command's stdout
+    process = subprocess.Popen(
+        [SCRIPT, "--path", str(spool_path), "--url", collector.url, "flush"],
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the command has exited
+        while chunk := os.read(controller, 4096):
+            shown += chunk
+    os.close(controller)
+    assert process.wait(timeout=60) == 0
+    screen = shown.decode(errors="replace")
+    assert "delivering" in screen and "2500/2500" in screen
+    assert "delivered 1000 of" not in screen  # the bar, not the plain lines
+    assert "delivered 2500, rejected 0, still pending 0" in screen
 
 
 def test_flush_racing_a_running_flusher_sends_no_event_twice(
