@@ -10,7 +10,15 @@ from importlib.metadata import PackageNotFoundError, version
 from .errors import ConfigError, InvalidEvent, SchemaTooNew, SpoolError, SqreenError
 from .flusher import FlushResult
 from .health import HealthReport
-from .spooler import Spooler, configure, flush, track
+from .spooler import (
+    Spooler,
+    auth_track,
+    configure,
+    flush,
+    identify,
+    signup_track,
+    track,
+)
 
 try:
     __version__ = version("sqreen-spool")
@@ -27,7 +35,10 @@ __all__ = [
     "Spooler",
     "SqreenError",
     "__version__",
+    "auth_track",
     "configure",
     "flush",
+    "identify",
+    "signup_track",
     "track",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,17 @@ DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_KEEP_DELIVERED = 0.0
 DEFAULT_MAX_AGE = 3 * 24 * 3600.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# The Sqreen agents' defaults for PII scrubbing.
+DEFAULT_SENSITIVE_KEYS = (
+    "password",
+    "secret",
+    "passwd",
+    "authorization",
+    "api_key",
+    "apikey",
+    "access_token",
+)
+DEFAULT_SENSITIVE_PATTERN = r"^(?:\d[ -]*?){13,16}$"
 
 # Query parameters whose values are credentials, masked wherever a URL is shown.
 _SECRET_QUERY_WORDS = ("token", "key", "secret", "password", "auth", "signature")
@@ -99,6 +111,40 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
 
 
+def parse_keys(value: object) -> tuple[str, ...]:
+    """A comma-separated list (or a sequence of str) of non-empty names."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        raise TypeError("expected comma-separated names")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def parse_pattern(value: object) -> str | None:
+    """A regular expression, checked now so that a typo fails at startup, not per request."""
+    if not isinstance(value, str):
+        raise TypeError("expected a regular expression")
+    if not value:
+        return None  # empty: no value pattern
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc})") from None
+    return value
+
+
+def parse_header(value: object) -> str | None:
+    """An HTTP header name such as X-Forwarded-For; empty means none."""
+    if not isinstance(value, str):
+        raise TypeError("expected a header name")
+    name = value.strip()
+    if name and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+        raise ValueError("expected an HTTP header name such as X-Forwarded-For")
+    return name or None
+
+
 def parse_text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("expected a string")
@@ -153,6 +199,17 @@ class Settings:
     )
     max_age: float = _setting("SQREEN_SPOOL_MAX_AGE", parse_seconds, DEFAULT_MAX_AGE)
     max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_count, DEFAULT_MAX_BYTES)
+    ip_header: str | None = _setting("SQREEN_IP_HEADER", parse_header, None)
+    strip_sensitive_data: bool = _setting("SQREEN_STRIP_SENSITIVE_DATA", parse_bool, True)
+    strip_sensitive_keys: tuple[str, ...] = _setting(
+        "SQREEN_STRIP_SENSITIVE_KEYS", parse_keys, DEFAULT_SENSITIVE_KEYS
+    )
+    strip_sensitive_regex: str | None = _setting(
+        "SQREEN_STRIP_SENSITIVE_REGEX", parse_pattern, DEFAULT_SENSITIVE_PATTERN
+    )
+    strip_sensitive_properties: bool = _setting(
+        "SQREEN_STRIP_SENSITIVE_PROPERTIES", parse_bool, False
+    )
 
     @classmethod
     def resolve(

@@ -36,8 +36,17 @@ class Event(NamedTuple):
     payload: bytes
 
 
-def build(event_name: object, options: object, request: Mapping[str, Any] | None = None) -> Event:
-    """Validate ``track()``'s arguments and encode the event; raise InvalidEvent on a mistake."""
+def build(
+    event_name: object,
+    options: object,
+    user: Mapping[str, str] | None = None,
+    request: bytes | None = None,
+) -> Event:
+    """Validate ``track()``'s arguments and encode the event; raise InvalidEvent on a mistake.
+
+    ``user`` (from ``identify()``) applies unless the options name ``user_identifiers``;
+    ``request`` is the current request's object, already encoded (once per request).
+    """
     if type(event_name) is not str:
         raise InvalidEvent(f"event_name must be a str, not {type(event_name).__name__}")
     if not event_name or len(event_name) > MAX_NAME_LENGTH:
@@ -63,12 +72,14 @@ def build(event_name: object, options: object, request: Mapping[str, Any] | None
         check_identifiers(identifiers, "user_identifiers")
         if identifiers:
             record["user_identifiers"] = identifiers
-    if request:
-        record["request"] = request
+    elif user:
+        record["user_identifiers"] = user
     try:
         payload = orjson.dumps(record)
     except orjson.JSONEncodeError as exc:  # integers beyond 64 bits, mostly
         raise InvalidEvent(f"event {event_name!r} cannot be encoded as JSON: {exc}") from None
+    if request is not None:
+        payload = b'%s,"request":%s}' % (payload[:-1], request)
     if len(payload) > MAX_EVENT_BYTES:
         raise InvalidEvent(
             f"event {event_name!r} encodes to {len(payload)} bytes, over the limit of "
@@ -113,17 +124,17 @@ def _unknown_keys_message(options: Mapping[Any, Any]) -> str:
     return f"unknown option key(s) {', '.join(parts)}; allowed: {', '.join(OPTION_KEYS)}"
 
 
-def check_properties(properties: object) -> None:
+def check_properties(properties: object, what: str = "properties") -> None:
     """Raise InvalidEvent unless ``properties`` is a dict of at most 16 plain JSON values."""
     if not isinstance(properties, dict):
-        raise InvalidEvent(f"properties must be a dict, not {type(properties).__name__}")
+        raise InvalidEvent(f"{what} must be a dict, not {type(properties).__name__}")
     if len(properties) > MAX_PROPERTIES:
         raise InvalidEvent(
-            f"properties has {len(properties)} entries; at most {MAX_PROPERTIES} are allowed"
+            f"{what} has {len(properties)} entries; at most {MAX_PROPERTIES} are allowed"
         )
     problem = _json_problem(properties, 0)
     if problem is not None:
-        raise InvalidEvent(f"properties{problem}")
+        raise InvalidEvent(f"{what}{problem}")
 
 
 def _json_problem(value: Any, depth: int) -> str | None:

@@ -16,12 +16,15 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
-from .errors import SpoolError
-from .event import build
+from .context import RequestBuilder
+from .context import current as current_request
+from .errors import InvalidEvent, SpoolError
+from .event import build, check_identifiers, check_properties
 from .flusher import FlushResult, connect
 from .health import Health, HealthReport
 from .outbox import Outbox, add, note
 from .prune import enforce_size, log_drops, prune
+from .scrub import Scrubber
 from .store import Store, classify, describe
 from .worker import Worker
 
@@ -45,6 +48,15 @@ class Spooler:
     def __init__(self, **settings: Any) -> None:
         self.settings = Settings.resolve(settings)
         self._store = Store(self.settings)
+        self._scrubber = Scrubber(
+            self.settings.strip_sensitive_keys,
+            self.settings.strip_sensitive_regex,
+            self.settings.strip_sensitive_data,
+        )
+        self._requests = RequestBuilder(self.settings.ip_header, self._scrubber)
+        self._scrub_properties = (
+            self.settings.strip_sensitive_data and self.settings.strip_sensitive_properties
+        )
         self._health = Health()
         self._outbox = Outbox(self._store)
         self._flusher = connect(self.settings, self._outbox, self._health)
@@ -62,7 +74,14 @@ class Spooler:
 
     def track(self, event_name: str, options: dict[str, Any] | None = None) -> bool:
         """Record a custom event durably; see :func:`sqreen.track`."""
-        event = build(event_name, options)
+        if self._scrub_properties and isinstance(options, dict) and options.get("properties"):
+            check_properties(options["properties"])  # the caller's mistakes first
+            options = {**options, "properties": self._scrubber.scrub(options["properties"])}
+        request = current_request()
+        if request is None:
+            event = build(event_name, options)
+        else:
+            event = build(event_name, options, request.user, request.request_json(self._requests))
         try:
             maintenance_due = self._store.insert(event)
         except STORAGE_ERRORS as exc:
@@ -73,6 +92,24 @@ class Spooler:
         if maintenance_due:
             self._worker.wake()
         return True
+
+    def identify(
+        self, user_identifiers: dict[str, str], traits: dict[str, Any] | None = None
+    ) -> bool:
+        """Attach a user to the current request; see :func:`sqreen.identify`."""
+        return identify(user_identifiers, traits)
+
+    def auth_track(self, success: bool, **user_identifiers: str) -> bool:
+        """Record a login attempt; see :func:`sqreen.auth_track`."""
+        if type(success) is not bool:
+            raise InvalidEvent(f"success must be a bool, not {type(success).__name__}")
+        options = {"properties": {"success": success}, "user_identifiers": user_identifiers}
+        return self.track("sqreen.auth_track", _with_user(options, "auth_track"))
+
+    def signup_track(self, **user_identifiers: str) -> bool:
+        """Record a signup; see :func:`sqreen.signup_track`."""
+        options = {"user_identifiers": user_identifiers}
+        return self.track("sqreen.signup_track", _with_user(options, "signup_track"))
 
     def start(self) -> None:
         """Start the background thread now (``track()`` starts it on first use)."""
@@ -203,6 +240,39 @@ def configure(**settings: Any) -> Spooler:
     return spooler
 
 
+def _with_user(options: dict[str, Any], what: str) -> dict[str, Any]:
+    identifiers = options["user_identifiers"]
+    if not identifiers:
+        raise InvalidEvent(f"{what} needs at least one user identifier, such as email='...'")
+    check_identifiers(identifiers, f"{what}'s user identifiers")
+    return options
+
+
+def identify(user_identifiers: dict[str, str], traits: dict[str, Any] | None = None) -> bool:
+    """Attach a user to the current HTTP request: later ``track()`` calls in this request use
+    ``user_identifiers`` unless they pass their own. Returns False outside a request (where it
+    has nothing to attach to, and logs a warning once).
+
+    ``traits`` (a dict of JSON values, like properties) are kept with the request's user.
+    """
+    check_identifiers(user_identifiers, "user_identifiers")
+    if traits is not None:
+        check_properties(traits, "traits")
+    request = current_request()
+    if request is None:
+        global _warned_identify
+        if not _warned_identify:
+            _warned_identify = True
+            log.warning("sqreen.identify() called outside a request: it has no effect there")
+        return False
+    request.user = dict(user_identifiers)
+    request.traits = None if traits is None else dict(traits)
+    return True
+
+
+_warned_identify = False
+
+
 def track(event_name: str, options: dict[str, Any] | None = None) -> bool:
     """Record a custom event in the local spool; return True once it is durably stored.
 
@@ -213,6 +283,17 @@ def track(event_name: str, options: dict[str, Any] | None = None) -> bool:
     """
     spooler = _default or default_spooler()
     return spooler.track(event_name, options)
+
+
+def auth_track(success: bool, **user_identifiers: str) -> bool:
+    """Record a login attempt as the event ``sqreen.auth_track`` (property ``success``) with
+    the given user identifiers (str to str); inside a request it carries the request too."""
+    return (_default or default_spooler()).auth_track(success, **user_identifiers)
+
+
+def signup_track(**user_identifiers: str) -> bool:
+    """Record a signup as the event ``sqreen.signup_track`` with the given user identifiers."""
+    return (_default or default_spooler()).signup_track(**user_identifiers)
 
 
 def flush(timeout: float | None = None) -> FlushResult:

@@ -1,0 +1,142 @@
+"""The current HTTP request, per thread and per asyncio task (``contextvars``).
+
+A middleware records what it saw of a request (:class:`Capture`, unparsed) and makes it current
+for the request's duration. Nothing is parsed or scrubbed unless ``track()`` runs during the
+request: then the request object (client IP, user agent, path, verb, parameters) is built once,
+scrubbed, encoded, and reused by every later event of the same request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from .scrub import MAX_ITEMS, Scrubber
+
+
+@dataclass
+class Capture:
+    """One request as a middleware saw it. ``header`` looks a header up by lower-case name;
+    ``form`` is the body of a small ``application/x-www-form-urlencoded`` request."""
+
+    peer: str | None
+    header: Callable[[str], str | None]
+    path: str
+    verb: str
+    query: str = ""
+    form: bytes | None = None
+
+
+@dataclass
+class RequestContext:
+    """The current request and what the application said about it (``identify()``)."""
+
+    capture: Capture
+    user: dict[str, str] | None = None
+    traits: dict[str, Any] | None = None
+    # The encoded request object, and the builder that made it (spoolers may differ in settings).
+    _encoded: tuple[object, bytes] | None = field(default=None, repr=False)
+
+    def request_json(self, builder: RequestBuilder) -> bytes:
+        if self._encoded is None or self._encoded[0] is not builder:
+            self._encoded = (builder, orjson.dumps(builder.build(self.capture)))
+        return self._encoded[1]
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("sqreen_request", default=None)
+
+
+def current() -> RequestContext | None:
+    """The request being handled in this thread or task, if any."""
+    return _current.get()
+
+
+def enter(capture: Capture) -> Token[RequestContext | None]:
+    """Make ``capture`` the current request; give the token to :func:`leave` when it ends."""
+    return _current.set(RequestContext(capture))
+
+
+def leave(token: Token[RequestContext | None]) -> None:
+    _current.reset(token)
+
+
+class RequestBuilder:
+    """Turns a capture into the event's ``request`` object, by one spooler's settings."""
+
+    def __init__(self, ip_header: str | None, scrubber: Scrubber) -> None:
+        self._ip_header = ip_header.lower() if ip_header else None
+        self._scrubber = scrubber
+
+    def build(self, capture: Capture) -> dict[str, Any]:
+        forwarded = capture.header(self._ip_header) if self._ip_header else None
+        request: dict[str, Any] = {
+            "ip": client_ip(capture.peer, forwarded),
+            "user_agent": capture.header("user-agent"),
+            "path": capture.path,
+            "verb": capture.verb,
+        }
+        params = {}
+        if capture.query:
+            params["query"] = fields(capture.query)
+        if capture.form:
+            params["form"] = fields(capture.form.decode("utf-8", "replace"))
+        if params:
+            request["params"] = params
+        # Scrubbing also makes the whole object safe to encode, whatever the request held.
+        scrubbed: dict[str, Any] = self._scrubber.scrub(
+            {key: value for key, value in request.items() if value}
+        )
+        return scrubbed
+
+
+def fields(encoded: str) -> dict[str, str | list[str]]:
+    """Parse a query string or form body; a repeated name gives a list of its values."""
+    parsed: dict[str, str | list[str]] = {}
+    for name, value in parse_qsl(encoded, keep_blank_values=True, errors="replace")[:MAX_ITEMS]:
+        previous = parsed.get(name)
+        if previous is None:
+            parsed[name] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            parsed[name] = [previous, value]
+    return parsed
+
+
+def client_ip(peer: str | None, forwarded: str | None) -> str | None:
+    """The client end of a forwarding header's chain when it names an IP, else the peer.
+
+    Accepts ``X-Forwarded-For`` style lists and RFC 7239 ``Forwarded`` (``for=...``), with
+    ports and brackets. Garbage in the header (spoofed or not) falls back to the peer.
+    """
+    if forwarded:
+        found = _ip(forwarded.split(",", 1)[0])
+        if found is not None:
+            return found
+    if peer is None:
+        return None
+    return _ip(peer) or peer
+
+
+def _ip(text: str) -> str | None:
+    value = text.strip()
+    for part in value.split(";"):  # Forwarded: for=...;proto=...
+        name, equals, rest = part.strip().partition("=")
+        if equals and name.strip().lower() == "for":
+            value = rest.strip()
+            break
+    value = value.strip('"')
+    if value.startswith("["):  # [v6]:port
+        value = value[1 : value.find("]")] if "]" in value else value
+    elif value.count(":") == 1:  # v4:port
+        value = value.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
