@@ -3,6 +3,7 @@ under a configured key ever reaches the spool."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -11,9 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sqreen.config import DEFAULT_SENSITIVE_KEYS
+from sqreen.config import DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_PATTERN
 from sqreen.context import Capture, RequestBuilder
-from sqreen.scrub import MAX_VALUE_LENGTH, PLACEHOLDER, TOO_DEEP, Scrubber
+from sqreen.scrub import (
+    MAX_VALUE_LENGTH,
+    PLACEHOLDER,
+    TOO_DEEP,
+    Scrubber,
+    looks_like_card_number,
+)
 
 scrubber = Scrubber()
 
@@ -109,6 +116,13 @@ def test_the_pattern_is_bounded_in_time_on_long_input() -> None:
     for _ in range(100):
         scrubber.scrub({"q": hostile, "r": "1-" * 60 + "x"})
     assert time.perf_counter() - started < 1.0
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="0123456789 -x\n\u0663", max_size=40))
+def test_the_fast_card_check_is_the_default_pattern(text: str) -> None:
+    expected = re.search(DEFAULT_SENSITIVE_PATTERN, text) is not None
+    assert looks_like_card_number(text) is expected
 
 
 sensitive_names = st.builds(
