@@ -9,7 +9,7 @@ from __future__ import annotations
 from .outbox import add
 from .schema import DELIVERED, PENDING
 from .selection import Selection
-from .store import Store
+from .store import Store, driver
 
 _SELECTED = "SELECT seq FROM events WHERE {where}"
 # Back in line with a clean slate: no backoff, no attempt count, no rejection reason.
@@ -47,5 +47,5 @@ def purge(store: Store, selection: Selection) -> int:
             _COUNT_UNDELIVERED.format(selected=selected), {**params, "delivered": DELIVERED}
         ).scalar_one()
         deleted = conn.exec_driver_sql(_PURGE.format(selected=selected), params).rowcount
-        add(conn, "dropped.purged", int(undelivered))
+        add(driver(conn), "dropped.purged", int(undelivered))
     return int(deleted)

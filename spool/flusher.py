@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tenacity import (
@@ -25,7 +25,7 @@ from tenacity import (
 from .config import Settings
 from .event import new_id
 from .health import Health
-from .outbox import Outbox, Row, owner_name
+from .outbox import Batch, Outbox, owner_name
 from .transport import BISECT_STATUSES, SPLIT_STATUSES, Reply, Transport
 
 log = logging.getLogger("sqreen.spool")
@@ -95,7 +95,7 @@ class Flusher:
             if remaining <= 0:
                 total += FlushResult(timed_out=True)
                 break
-            rows, dropped, more = self._outbox.claim(
+            batch, dropped, more = self._outbox.claim(
                 owner,
                 settings.batch_size,
                 settings.max_batch_bytes,
@@ -103,10 +103,10 @@ class Flusher:
                 time.time(),
                 ignore_backoff,
             )
-            if not rows:
+            if not batch:
                 break
             until = time.monotonic() + min(remaining, settings.lease * LEASE_SHARE)
-            result = self._deliver(rows, dropped, until, owner)
+            result = self._deliver(batch, dropped, until, owner)
             total += result
             if progress is not None:
                 progress(total)
@@ -124,44 +124,46 @@ class Flusher:
         self._interrupt.wait(seconds)
 
     def _deliver(
-        self, rows: Sequence[Row], dropped: Mapping[str, int], until: float, owner: str
+        self, batch: Batch, dropped: Mapping[str, int], until: float, owner: str
     ) -> FlushResult:
         if time.monotonic() >= until:
-            self._outbox.release(rows, owner)
+            self._outbox.release(batch.seqs, owner)
             return FlushResult(timed_out=True)
-        reply = self._post(rows, dropped, until)
+        reply = self._post(batch, dropped, until)
         now = time.time()
         attempt = {
             "at": now,
-            "events": len(rows),
+            "events": len(batch),
             "outcome": "delivered" if reply.ok else "failed",
             "status": reply.status,
             "error": None if reply.ok else reply.describe(),
         }
         if reply.ok:
-            refused = {r.seq: reply.rejected[r.id] for r in rows if r.id in reply.rejected}
-            accepted = [r for r in rows if r.seq not in refused]
+            named = reply.rejected
+            pairs = zip(batch.seqs, batch.ids, strict=True)
+            refused = {seq: named[i] for seq, i in pairs if i in named} if named else {}
+            accepted = [s for s in batch.seqs if s not in refused] if refused else batch.seqs
             keep = self._settings.keep_delivered > 0
             self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
             return FlushResult(delivered=len(accepted), rejected=len(refused))
         if reply.status in SPLIT_STATUSES | BISECT_STATUSES:
-            if len(rows) == 1:
-                self._outbox.settle([], now, False, {}, {rows[0].seq: reply.describe()}, attempt)
+            if len(batch) == 1:
+                self._outbox.settle((), now, False, {}, {batch.seqs[0]: reply.describe()}, attempt)
                 return FlushResult(rejected=1)
             # Halve: a 413 batch until it fits, a 400 batch down to the events at fault.
-            half = len(rows) // 2
-            first = self._deliver(rows[:half], dropped, until, owner)
-            return first + self._deliver(rows[half:], {}, until, owner)
+            half = len(batch) // 2
+            first = self._deliver(batch[:half], dropped, until, owner)
+            return first + self._deliver(batch[half:], {}, until, owner)
         if reply.status in CONFIG_STATUSES:
             self._health.record("collector_config", reply.describe(), "delivery")
         else:
             self._health.record("collector_unavailable", reply.describe(), "delivery")
         not_before = now + reply.retry_after if reply.retry_after else 0.0
-        self._outbox.failed(rows, reply.describe(), now, not_before, attempt)
-        return FlushResult(failed=len(rows))
+        self._outbox.failed(batch.seqs, reply.describe(), now, not_before, attempt)
+        return FlushResult(failed=len(batch))
 
-    def _post(self, rows: Sequence[Row], dropped: Mapping[str, int], until: float) -> Reply:
-        payloads = [r.payload for r in rows]
+    def _post(self, batch: Batch, dropped: Mapping[str, int], until: float) -> Reply:
+        payloads = batch.payloads
         batch_id = new_id()
 
         def wait(state: RetryCallState) -> float:

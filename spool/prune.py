@@ -14,14 +14,13 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
 from .config import Settings
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
-from .store import Store, read_only_engine
+from .store import Store, driver, read_only_engine
 
 log = logging.getLogger("sqreen.spool")
 
@@ -45,7 +44,7 @@ def prune(store: Store, settings: Settings) -> dict[str, int]:
     now = time.time()
     with store.transaction() as conn:
         aged = _delete(conn, _DROP_OLD, PENDING, now - settings.max_age)
-        add(conn, "dropped.age", aged)
+        add(driver(conn), "dropped.age", aged)
         _delete(conn, _EXPIRE_SETTLED, REJECTED, now - settings.max_age)  # counted when rejected
         _delete(conn, _EXPIRE_SETTLED, DELIVERED, now - settings.keep_delivered)
     return {"age": aged, "size": enforce_size(store, settings.max_bytes)}
@@ -97,7 +96,7 @@ def enforce_size(store: Store, max_bytes: int) -> int:
                 freed, deleted = _drop_oldest(conn, status, excess)
                 excess -= freed
                 if status == PENDING:
-                    add(conn, "dropped.size", deleted)
+                    add(driver(conn), "dropped.size", deleted)
                     dropped += deleted
             _vacuum(conn)
             done = _used_bytes(conn) <= target
@@ -111,7 +110,7 @@ def _vacuum(conn: Connection) -> None:
     """Give free pages back to the file system (they leave the file at the next checkpoint)."""
     # Python's sqlite3 steps a statement without result columns once, and each step of this
     # pragma frees one page: run it once per free page.
-    raw: Any = conn.connection.driver_connection
+    raw = driver(conn)
     for _ in range(raw.execute("PRAGMA freelist_count").fetchone()[0]):
         raw.execute("PRAGMA incremental_vacuum").close()
 

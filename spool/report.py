@@ -22,7 +22,7 @@ from .errors import SpoolError
 from .outbox import unreported_drops
 from .schema import DROP_REASONS, HEAD, PENDING, STATUS_NAMES
 from .selection import Selection
-from .store import check_known, read_revision
+from .store import check_known, driver, read_revision
 
 PAGE = 500
 
@@ -90,7 +90,7 @@ def summarize(
             for name, value in conn.exec_driver_sql("SELECT name, value FROM notes")
         }
         oldest = conn.exec_driver_sql(_OLDEST, {"pending": PENDING}).first()
-        unreported = unreported_drops(conn)
+        unreported = unreported_drops(driver(conn))
     return Summary(
         path=str(path),
         file_bytes=file_bytes,

@@ -191,11 +191,11 @@ class Spooler:
         if not unsaved:
             return
         report = self._health.report()
-        with self._store.transaction() as conn:
+        with self._store.write() as raw:
             for kind, n in unsaved.items():
-                add(conn, f"failed.{kind}", n)
+                add(raw, f"failed.{kind}", n)
             last = {"at": report.last_error_at, "error": report.last_error, "pid": os.getpid()}
-            note(conn, "last_failure", last)
+            note(raw, "last_failure", last)
         self._health.saved(unsaved)
 
     def _warn_no_url(self) -> None:

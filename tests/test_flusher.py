@@ -233,7 +233,7 @@ def test_rows_leased_by_a_dead_flusher_are_retried_after_the_lease(
 ) -> None:
     spooler = make(spool_path, collector)
     track_many(spooler, 10)
-    dead = spooler._outbox.claim("dead-flusher", 5, 10**6, 0.5, time.time()).rows  # never settled
+    dead = spooler._outbox.claim("dead-flusher", 5, 10**6, 0.5, time.time()).batch  # never settled
     assert len(dead) == 5
     assert spooler.flush().delivered == 5
     time.sleep(0.6)
@@ -253,7 +253,7 @@ def test_rows_leased_by_a_process_that_died_here_are_taken_over_at_once(
     host = socket.gethostname()
     try:
         for owner, count in [(f"{host}:{dead.pid}:0", 3), (f"{host}:{alive.pid}:0", 3)]:
-            assert len(spooler._outbox.claim(owner, count, 10**6, 300, time.time()).rows) == count
+            assert len(spooler._outbox.claim(owner, count, 10**6, 300, time.time()).batch) == count
         spooler._outbox.claim(f"elsewhere:{dead.pid}:0", 3, 10**6, 300, time.time())
         # The dead process's rows go now; a live one's, and another host's, wait for the lease.
         assert spooler.flush().delivered == 3
