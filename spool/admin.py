@@ -9,7 +9,7 @@ from __future__ import annotations
 from .outbox import add
 from .schema import DELIVERED, PENDING
 from .selection import Selection
-from .store import Store, driver
+from .store import Store
 
 _SELECTED = "SELECT seq FROM events WHERE {where}"
 # Back in line with a clean slate: no backoff, no attempt count, no rejection reason.
@@ -25,10 +25,10 @@ def requeue(store: Store, selection: Selection) -> int:
     """Put the selected settled events back to pending; return how many."""
     where, params = selection.where()
     selected = _SELECTED.format(where=where)
-    with store.transaction() as conn:
+    with store.write() as conn:
         # Retries first: the update below changes which rows the selection matches.
-        conn.exec_driver_sql(_FORGET_RETRIES.format(selected=selected), params)
-        moved = conn.exec_driver_sql(
+        conn.execute(_FORGET_RETRIES.format(selected=selected), params)
+        moved = conn.execute(
             _REQUEUE.format(selected=selected), {**params, "pending": PENDING}
         ).rowcount
     return int(moved)
@@ -42,10 +42,10 @@ def purge(store: Store, selection: Selection) -> int:
     """
     where, params = selection.where()
     selected = _SELECTED.format(where=where)
-    with store.transaction() as conn:
-        undelivered = conn.exec_driver_sql(
+    with store.write() as conn:
+        undelivered = conn.execute(
             _COUNT_UNDELIVERED.format(selected=selected), {**params, "delivered": DELIVERED}
-        ).scalar_one()
-        deleted = conn.exec_driver_sql(_PURGE.format(selected=selected), params).rowcount
-        add(driver(conn), "dropped.purged", int(undelivered))
+        ).fetchone()[0]
+        deleted = conn.execute(_PURGE.format(selected=selected), params).rowcount
+        add(conn, "dropped.purged", int(undelivered))
     return int(deleted)

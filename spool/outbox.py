@@ -1,6 +1,6 @@
 """Delivery state on the spool's rows: claims (leases), outcomes, drop counters, notes.
 
-Every change here is one short ``BEGIN IMMEDIATE`` transaction through :meth:`Store.transaction`.
+Every change here is one short ``BEGIN IMMEDIATE`` transaction through :meth:`Store.write`.
 """
 
 from __future__ import annotations

@@ -15,8 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import Connection, TextClause, text
-
 from .config import Settings
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
@@ -31,9 +29,9 @@ SIZE_TRIGGER = 0.9
 SIZE_TARGET = 0.75
 SIZE_CHUNK = 1 / 16
 
-_DROP_OLD = text("DELETE FROM events WHERE status = :status AND enqueued_at < :before")
-_EXPIRE_SETTLED = text("DELETE FROM events WHERE status = :status AND settled_at < :before")
-_DROP_OLDEST = text(
+_DROP_OLD = "DELETE FROM events WHERE status = :status AND enqueued_at < :before"
+_EXPIRE_SETTLED = "DELETE FROM events WHERE status = :status AND settled_at < :before"
+_DROP_OLDEST = (
     "DELETE FROM events WHERE seq IN "
     "(SELECT seq FROM events WHERE status = :status ORDER BY seq LIMIT :n)"
 )
@@ -42,9 +40,9 @@ _DROP_OLDEST = text(
 def prune(store: Store, settings: Settings) -> dict[str, int]:
     """Apply the age and size limits now; return how many pending events were dropped, by reason."""
     now = time.time()
-    with store.transaction() as conn:
+    with store.write() as conn:
         aged = _delete(conn, _DROP_OLD, PENDING, now - settings.max_age)
-        add(driver(conn), "dropped.age", aged)
+        add(conn, "dropped.age", aged)
         _delete(conn, _EXPIRE_SETTLED, REJECTED, now - settings.max_age)  # counted when rejected
         _delete(conn, _EXPIRE_SETTLED, DELIVERED, now - settings.keep_delivered)
     return {"age": aged, "size": enforce_size(store, settings.max_bytes)}
@@ -67,7 +65,7 @@ def preview(settings: Settings) -> dict[str, int]:
         source = read_only_engine(settings.path, settings.lock_timeout)
         try:
             with source.connect() as conn, contextlib.closing(sqlite3.connect(copy)) as target:
-                conn.connection.driver_connection.backup(target)  # type: ignore[union-attr]
+                driver(conn).backup(target)
         finally:
             source.dispose()
         store = Store(dataclasses.replace(settings, path=copy))
@@ -88,7 +86,7 @@ def enforce_size(store: Store, max_bytes: int) -> int:
     dropped = 0
     target, chunk = int(max_bytes * SIZE_TARGET), max(1, int(max_bytes * SIZE_CHUNK))
     for _ in range(64):
-        with store.transaction() as conn:
+        with store.write() as conn:
             excess = min(chunk, _used_bytes(conn) - target)
             for status in (DELIVERED, REJECTED, PENDING):
                 if excess <= 0:
@@ -96,7 +94,7 @@ def enforce_size(store: Store, max_bytes: int) -> int:
                 freed, deleted = _drop_oldest(conn, status, excess)
                 excess -= freed
                 if status == PENDING:
-                    add(driver(conn), "dropped.size", deleted)
+                    add(conn, "dropped.size", deleted)
                     dropped += deleted
             _vacuum(conn)
             done = _used_bytes(conn) <= target
@@ -106,34 +104,35 @@ def enforce_size(store: Store, max_bytes: int) -> int:
     return dropped
 
 
-def _vacuum(conn: Connection) -> None:
+def _vacuum(conn: sqlite3.Connection) -> None:
     """Give free pages back to the file system (they leave the file at the next checkpoint)."""
     # Python's sqlite3 steps a statement without result columns once, and each step of this
     # pragma frees one page: run it once per free page.
-    raw = driver(conn)
-    for _ in range(raw.execute("PRAGMA freelist_count").fetchone()[0]):
-        raw.execute("PRAGMA incremental_vacuum").close()
+    for _ in range(_pragma(conn, "freelist_count")):
+        conn.execute("PRAGMA incremental_vacuum").close()
 
 
-def _used_bytes(conn: Connection) -> int:
-    page_size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
-    pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
-    free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
-    return int((pages - free) * page_size)
+def _pragma(conn: sqlite3.Connection, name: str) -> int:
+    return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
 
 
-def _drop_oldest(conn: Connection, status: int, excess: int) -> tuple[int, int]:
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    pages = _pragma(conn, "page_count") - _pragma(conn, "freelist_count")
+    return pages * _pragma(conn, "page_size")
+
+
+def _drop_oldest(conn: sqlite3.Connection, status: int, excess: int) -> tuple[int, int]:
     """Delete about ``excess`` bytes of the oldest rows of ``status``: (bytes freed, rows)."""
-    rows, total = conn.exec_driver_sql(
+    rows, total = conn.execute(
         "SELECT count(*), (SELECT count(*) FROM events) FROM events WHERE status = ?", (status,)
-    ).one()
+    ).fetchone()
     if not rows:
         return 0, 0
     per_row = _used_bytes(conn) / total
     n = min(rows, math.ceil(excess / per_row))
-    deleted = int(conn.execute(_DROP_OLDEST, {"status": status, "n": n}).rowcount)
+    deleted = conn.execute(_DROP_OLDEST, {"status": status, "n": n}).rowcount
     return int(deleted * per_row), deleted
 
 
-def _delete(conn: Connection, statement: TextClause, status: int, before: float) -> int:
-    return int(conn.execute(statement, {"status": status, "before": before}).rowcount)
+def _delete(conn: sqlite3.Connection, statement: str, status: int, before: float) -> int:
+    return conn.execute(statement, {"status": status, "before": before}).rowcount

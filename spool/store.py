@@ -5,7 +5,7 @@ migrations; the per-event insert runs on one pooled DBAPI connection held for th
 process, because Core's statement machinery would cost more than the insert itself.
 
 Transactions are explicit: connections run in the driver's autocommit mode (a lone statement is
-its own transaction) and :meth:`Store.transaction` issues ``BEGIN IMMEDIATE``, so a writer takes
+its own transaction) and :meth:`Store.write` issues ``BEGIN IMMEDIATE``, so a writer takes
 SQLite's write lock up front and waits it out with the busy timeout instead of failing on a
 read-to-write upgrade.
 """
@@ -146,8 +146,10 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction on the writer's own sqlite3 connection: the delivery path's,
-        which runs a few statements per batch and pays for no pool checkout or result rows."""
+        """A write transaction (``BEGIN IMMEDIATE``) on the writer's own sqlite3 connection.
+
+        Every write but the hot-path insert goes through here. Plain sqlite3: statements that
+        move a thousand rows pay for no pool checkout and no SQLAlchemy result rows."""
         with self._gate():
             raw: sqlite3.Connection = self._raw
             if raw is None or self._pid != os.getpid():
@@ -164,8 +166,8 @@ class Store:
     def insert_many(self, events: Sequence[Event]) -> None:
         """Commit many events in one transaction (imports): one commit, not one per event."""
         now = time.time()
-        with self.transaction() as conn:
-            conn.exec_driver_sql(_INSERT, [(e.id, e.name, now, e.payload) for e in events])
+        with self.write() as conn:
+            conn.executemany(_INSERT, [(e.id, e.name, now, e.payload) for e in events])
         self.inserted += len(events)
 
     # -- everything else ------------------------------------------------------------------------
@@ -174,12 +176,6 @@ class Store:
     def connection(self) -> Iterator[Connection]:
         """A connection for reads (each statement its own snapshot), opening the spool if needed."""
         with self._gate(), self._opened().connect() as conn:
-            yield conn
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A write transaction on the spool (see :func:`write_transaction`)."""
-        with self._gate(), write_transaction(self._opened()) as conn:
             yield conn
 
     def migrate(self) -> tuple[str | None, str | None]:
@@ -353,8 +349,8 @@ def _size(name: str) -> int:
 
 
 def driver(conn: Connection) -> sqlite3.Connection:
-    """The sqlite3 connection under ``conn``, for statements that move many rows: its cursor
-    returns plain tuples, without the cost of SQLAlchemy's result rows (half a claim's time)."""
+    """The sqlite3 connection under an SQLAlchemy connection (for the backup API, and helpers
+    shared with :meth:`Store.write`'s transactions)."""
     raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
     return raw
 
