@@ -45,6 +45,8 @@ CHECKPOINT_EVERY = 1000
 # rest while briefly holding writers off (a RESTART checkpoint). The file is then reused, not
 # truncated, so later commits overwrite allocated blocks instead of growing the file again.
 WAL_RESTART_BYTES = 16 * 1024 * 1024
+# How often (in commits) an insert looks at the WAL's size, for the brake below: a stat call.
+WAL_CHECK_EVERY = 16
 
 WAL = "-wal"
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
@@ -103,10 +105,14 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = settings.path
-        # Every use of SQLite in this process goes through this lock, so that fork() can wait
-        # for it: a child forked while another thread is inside SQLite would inherit SQLite's
-        # own mutexes held, and hang on its first statement.
+        # Every use of SQLite in this process holds one of two locks, so that fork() can wait
+        # for both: a child forked while another thread is inside SQLite would inherit SQLite's
+        # own mutexes held, and hang on its first statement. The gate guards the writer
+        # connection (track()'s inserts, write transactions) and opening; the side lock guards
+        # the other pooled connections (checkpoints, reads), so that a checkpoint, which takes
+        # milliseconds, does not make track() wait. Order: side lock, then gate.
         self._lock = threading.RLock()
+        self._side = threading.RLock()
         self._pid = os.getpid()
         self._engine: Engine | None = None
         self._writer: PoolProxiedConnection | None = None
@@ -117,6 +123,7 @@ class Store:
         # Commits by this process, and the count at which insert() asks for maintenance.
         self.inserted = 0
         self.wake_at = self.checkpoint_every
+        self._wal_check_at = WAL_CHECK_EVERY
         before, parent, child = (
             weakref.WeakMethod(m)
             for m in (self._before_fork, self._after_fork, self._forget_after_fork)
@@ -131,6 +138,8 @@ class Store:
 
     def insert(self, event: Event) -> bool:
         """Commit one event; return True when maintenance is due. Raises on storage failure."""
+        if self.inserted >= self._wal_check_at:
+            self._brake()
         with self._gate():
             raw = self._raw
             if raw is None or self._pid != os.getpid():
@@ -163,6 +172,20 @@ class Store:
                 raise
             raw.execute("COMMIT")
 
+    def _brake(self) -> None:
+        """Backpressure for bursts the background checkpoints cannot keep up with.
+
+        Checkpoints run beside the inserts and only a checkpoint that catches up lets the WAL
+        start over; under a burst that outruns them the WAL would grow without bound. So, when
+        it is past twice its limit, the caller waits for the checkpoint in progress (which
+        restarts the WAL) instead of adding to it: rarely, and only under such a burst.
+        """
+        self._wal_check_at = self.inserted + WAL_CHECK_EVERY
+        if _size(f"{self.path}{WAL}") > 2 * self.wal_limit:
+            self.wake_at = self.inserted  # ask for maintenance now, if none is running
+            with self._held(self._side):
+                pass
+
     def insert_many(self, events: Sequence[Event]) -> None:
         """Commit many events in one transaction (imports): one commit, not one per event."""
         now = time.time()
@@ -175,7 +198,9 @@ class Store:
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
         """A connection for reads (each statement its own snapshot), opening the spool if needed."""
-        with self._gate(), self._opened().connect() as conn:
+        with self._gate():
+            engine = self._opened()
+        with self._held(self._side), engine.connect() as conn:
             yield conn
 
     def migrate(self) -> tuple[str | None, str | None]:
@@ -199,14 +224,21 @@ class Store:
         ``truncate`` also empties the WAL file, holding writers off while it finishes.
         """
         with self._gate():
-            raw = self._opened().raw_connection()
+            engine = self._opened()
+        with self._held(self._side):
+            raw = engine.raw_connection()
             try:
                 connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+                # Beside track()'s inserts: copies what the WAL holds now, never blocks them.
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-                if truncate:
-                    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
-                elif _size(f"{self.path}{WAL}") >= self.wal_limit:
-                    connection.execute("PRAGMA wal_checkpoint(RESTART)").close()
+                mode = "TRUNCATE" if truncate else None
+                if mode is None and _size(f"{self.path}{WAL}") >= self.wal_limit:
+                    mode = "RESTART"  # inserts never let a passive checkpoint finish the WAL
+                if mode is not None:
+                    # These need SQLite's write lock: holding the gate hands it over at once,
+                    # where SQLite's busy handler would sleep and lose races to the inserts.
+                    with self._gate():
+                        connection.execute(f"PRAGMA wal_checkpoint({mode})").close()
             finally:
                 raw.close()
 
@@ -230,23 +262,26 @@ class Store:
 
     def close(self) -> None:
         """Close every connection this process opened; the next use reopens."""
-        with self._lock:
+        with self._side, self._lock:
             self._close_locked()
 
     # -- opening and fork -----------------------------------------------------------------------
 
+    def _gate(self) -> contextlib.AbstractContextManager[None]:
+        return self._held(self._lock)
+
     @contextlib.contextmanager
-    def _gate(self) -> Iterator[None]:
+    def _held(self, lock: threading.RLock) -> Iterator[None]:
         # Waiting for another thread of this process counts against the same lock timeout as
         # waiting for another process (SQLite's busy timeout).
-        if not self._lock.acquire(timeout=self.settings.lock_timeout):
+        if not lock.acquire(timeout=self.settings.lock_timeout):
             raise GateTimeout(
                 f"another thread held the spool for over {self.settings.lock_timeout} s"
             )
         try:
             yield
         finally:
-            self._lock.release()
+            lock.release()
 
     def _opened(self) -> Engine:
         if self._engine is None or self._pid != os.getpid():
@@ -255,10 +290,12 @@ class Store:
         return self._engine
 
     def _before_fork(self) -> None:
+        self._side.acquire()
         self._lock.acquire()
 
     def _after_fork(self) -> None:
         self._lock.release()
+        self._side.release()
 
     def _open_writer(self) -> Any:
         if self._pid != os.getpid():
@@ -330,10 +367,12 @@ class Store:
         # the parent's threads at the fork, and would then never be released in the child.
         _inherited.append((self._engine, self._writer, self._raw))
         self._lock = threading.RLock()
+        self._side = threading.RLock()
         self._writer = self._raw = self._engine = None
         self._pid = os.getpid()
         self.inserted = 0
         self.wake_at = self.checkpoint_every
+        self._wal_check_at = WAL_CHECK_EVERY
 
 
 def file_bytes(path: Path) -> int:
