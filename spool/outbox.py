@@ -228,12 +228,16 @@ def _died_here(owner: str, host: str) -> bool:
 
 def unreported_drops(raw: sqlite3.Connection) -> dict[str, int]:
     """Drops counted in the spool but not yet received by the collector, by reason."""
-    values: dict[str, int] = dict(raw.execute("SELECT name, value FROM counters").fetchall())
-    unreported = {
+    return unreported(dict(raw.execute("SELECT name, value FROM counters").fetchall()))
+
+
+def unreported(values: Mapping[str, int]) -> dict[str, int]:
+    """The drops not yet reported, by reason, from the spool's counters."""
+    owed = {
         reason: values.get(f"dropped.{reason}", 0) - values.get(f"reported.{reason}", 0)
         for reason in DROP_REASONS
     }
-    return {reason: n for reason, n in unreported.items() if n > 0}
+    return {reason: n for reason, n in owed.items() if n > 0}
 
 
 def note(raw: sqlite3.Connection, name: str, document: Mapping[str, Any]) -> None:

@@ -19,10 +19,10 @@ from sqlalchemy import Connection, Engine
 
 from .config import mask_url
 from .errors import SpoolError
-from .outbox import unreported_drops
+from .outbox import unreported
 from .schema import DROP_REASONS, HEAD, PENDING, STATUS_NAMES
 from .selection import Selection
-from .store import check_known, driver, read_revision
+from .store import check_known, read_revision
 
 PAGE = 500
 
@@ -90,14 +90,13 @@ def summarize(
             for name, value in conn.exec_driver_sql("SELECT name, value FROM notes")
         }
         oldest = conn.exec_driver_sql(_OLDEST, {"pending": PENDING}).first()
-        unreported = unreported_drops(driver(conn))
     return Summary(
         path=str(path),
         file_bytes=file_bytes,
         schema_revision=revision,
         counts=counts,
         dropped={reason: counters.get(f"dropped.{reason}", 0) for reason in DROP_REASONS},
-        dropped_unreported=unreported,
+        dropped_unreported=unreported(counters),
         failures={
             name.removeprefix("failed."): n
             for name, n in sorted(counters.items())
