@@ -143,9 +143,7 @@ class Store:
         lock = self._lock
         self._acquire(lock)  # by hand: a context manager would cost 2 µs of this call
         try:
-            raw = self._raw
-            if raw is None or self._pid != os.getpid():
-                raw = self._open_writer()
+            raw = self._writer_connection()
             try:
                 raw.execute(_INSERT, (event.id, event.name, time.time(), event.payload))
             except sqlite3.DatabaseError as exc:
@@ -164,9 +162,7 @@ class Store:
         Every write but the hot-path insert goes through here. Plain sqlite3: statements that
         move a thousand rows pay for no pool checkout and no SQLAlchemy result rows."""
         with self._gate():
-            raw: sqlite3.Connection = self._raw
-            if raw is None or self._pid != os.getpid():
-                raw = self._open_writer()
+            raw = self._writer_connection()
             raw.execute("BEGIN IMMEDIATE")
             try:
                 yield raw
@@ -303,6 +299,14 @@ class Store:
     def _after_fork(self) -> None:
         self._lock.release()
         self._side.release()
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The writer's sqlite3 connection, opened (or reopened after a fork) if needed; the
+        caller holds the gate."""
+        raw: sqlite3.Connection | None = self._raw
+        if raw is None or self._pid != os.getpid():
+            raw = self._open_writer()
+        return raw
 
     def _open_writer(self) -> Any:
         if self._pid != os.getpid():
