@@ -214,11 +214,11 @@ def purge(
     """Delete events for good; undelivered ones are counted as dropped (purged)."""
     context: Context = ctx.obj
     selection = _selection(status, name, ids)
-    settings = context.existing()
     if not yes:
-        with show.reader(context, settings) as engine:
+        with context.reader(context.settings()) as engine:
             matching = report.count(engine, selection)
         fail(f"would delete {matching} {status} events; pass --yes to delete them", USAGE)
+    settings = context.existing()
     store = Store(settings)
     with context.errors(settings.path):
         deleted = admin.purge(store, selection)

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from sqlalchemy import Engine
 
 from sqreen.config import Settings
 from sqreen.errors import ConfigError, SpoolError
@@ -51,22 +52,30 @@ class Context:
             fail(exc, USAGE)
 
     def existing(self, **overrides: Any) -> Settings:
-        """Settings for a spool that must already exist and be readable by this version.
-
-        Checked read-only, so that a command never creates a spool, nor moves a damaged one
-        aside, as opening it for writing would.
-        """
+        """Settings for a spool that must already exist and be readable by this version."""
         settings = self.settings(**overrides)
+        with self.reader(settings):
+            pass
+        return settings
+
+    @contextlib.contextmanager
+    def reader(self, settings: Settings) -> Iterator[Engine]:
+        """A read-only engine on the spool, once it is known to exist and be readable by this
+        version; storage errors become one line.
+
+        Read-only, so that a command never creates a spool, nor moves a damaged one aside, as
+        opening it for writing would.
+        """
         if not settings.path.is_file():
             fail(f"no spool at {settings.path}")
-        with self.errors(settings.path):
-            engine = read_only_engine(settings.path, settings.lock_timeout)
-            try:
+        engine = read_only_engine(settings.path, settings.lock_timeout)
+        try:
+            with self.errors(settings.path):
                 with engine.connect() as conn:
                     check_readable(conn)
-            finally:
-                engine.dispose()
-        return settings
+                yield engine
+        finally:
+            engine.dispose()
 
     @contextlib.contextmanager
     def errors(self, path: Path | None = None) -> Iterator[None]:

@@ -6,8 +6,6 @@ the library reads them, so memory does not grow with the spool.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from itertools import islice
 from typing import Annotated, Any
 
@@ -15,12 +13,10 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
 
 from sqreen import report
-from sqreen.config import Settings
 from sqreen.selection import Selection, parse_since, status_choices
-from sqreen.store import file_bytes, read_only_engine
+from sqreen.store import file_bytes
 
 from .context import USAGE, Context, fail
 
@@ -33,17 +29,6 @@ if not out.is_terminal:
 ROWS_PER_TABLE = 100
 
 
-@contextlib.contextmanager
-def reader(context: Context, settings: Settings) -> Iterator[Engine]:
-    """A read-only engine on an existing spool; storage errors become one line."""
-    engine = read_only_engine(settings.path, settings.lock_timeout)
-    try:
-        with context.errors(settings.path):
-            yield engine
-    finally:
-        engine.dispose()
-
-
 @app.callback(invoke_without_command=True)
 def summary(
     ctx: typer.Context,
@@ -53,8 +38,8 @@ def summary(
     if ctx.invoked_subcommand is not None:
         return
     context: Context = ctx.obj
-    settings = context.existing()
-    with reader(context, settings) as engine:
+    settings = context.settings()
+    with context.reader(settings) as engine:
         found = report.summarize(
             engine, settings.path, file_bytes(settings.path), settings.url, bool(settings.token)
         )
@@ -101,8 +86,8 @@ def list_events(
         selection = Selection.of(status, name, since=None if since is None else parse_since(since))
     except ValueError as exc:
         fail(exc, USAGE)
-    settings = context.existing()
-    with reader(context, settings) as engine:
+    settings = context.settings()
+    with context.reader(settings) as engine:
         found = report.events(engine, selection, limit)
         if json:
             for record in found:
@@ -120,8 +105,8 @@ def list_events(
 def show_event(ctx: typer.Context, event_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """One event, as pretty JSON."""
     context: Context = ctx.obj
-    settings = context.existing()
-    with reader(context, settings) as engine:
+    settings = context.settings()
+    with context.reader(settings) as engine:
         record = report.find(engine, event_id)
     if record is None:
         fail(f"no event with id {event_id} in {settings.path}")
