@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import Settings
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
-from .store import Store, driver, read_only_engine
+from .store import Store, driver, pragma, read_only_engine
 
 log = logging.getLogger("sqreen.spool")
 
@@ -108,17 +108,13 @@ def _vacuum(conn: sqlite3.Connection) -> None:
     """Give free pages back to the file system (they leave the file at the next checkpoint)."""
     # Python's sqlite3 steps a statement without result columns once, and each step of this
     # pragma frees one page: run it once per free page.
-    for _ in range(_pragma(conn, "freelist_count")):
+    for _ in range(pragma(conn, "freelist_count")):
         conn.execute("PRAGMA incremental_vacuum").close()
 
 
-def _pragma(conn: sqlite3.Connection, name: str) -> int:
-    return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
-
-
 def _used_bytes(conn: sqlite3.Connection) -> int:
-    pages = _pragma(conn, "page_count") - _pragma(conn, "freelist_count")
-    return pages * _pragma(conn, "page_size")
+    pages = pragma(conn, "page_count") - pragma(conn, "freelist_count")
+    return pages * pragma(conn, "page_size")
 
 
 def _drop_oldest(conn: sqlite3.Connection, status: int, excess: int) -> tuple[int, int]:
