@@ -43,10 +43,10 @@ CHECKPOINT_EVERY = 1000
 # A passive checkpoint never blocks writers, but under a sustained burst it never catches up
 # either, and the WAL only starts over once fully copied. Past this size the worker catches up
 # (Store._catch_up) and copies the rest while briefly holding writers off. Each start-over costs
-# the next insert milliseconds (two disk flushes to wait for, one more of the WAL's new header),
-# so it must be rarer than one insert in a thousand to stay out of p99.9: about 1.2 WAL frames
-# (5 KiB) per commit gives one per 1,600 commits at 8 MiB. The file is then reused, not
-# truncated, so later commits overwrite allocated blocks instead of growing the file again.
+# the next insert milliseconds (disk flushes to wait for), about once per 800 commits at 4 MiB
+# (a commit adds about 5 KiB); a larger WAL would make them rarer but takes its room from the
+# database under max_bytes. The file is then reused, not truncated, so later commits overwrite
+# allocated blocks instead of growing the file again.
 WAL_RESTART_BYTES = 16 * 1024 * 1024
 # The catch-up repeats passive checkpoints until one finds at most this many new frames.
 CATCH_UP_FRAMES = 64
@@ -125,7 +125,7 @@ class Store:
         self._writer: PoolProxiedConnection | None = None
         self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
         # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
-        self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 8)
+        self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 16)
         self.checkpoint_every = max(16, min(CHECKPOINT_EVERY, self.wal_limit // 8192))
         # Commits by this process, and the count at which insert() asks for maintenance.
         self.inserted = 0
