@@ -108,6 +108,7 @@ class Flusher:
             until = time.monotonic() + min(remaining, settings.lease * LEASE_SHARE)
             result = self._deliver(batch, dropped, until, owner)
             total += result
+            self._outbox.store.bulk_committed()
             if progress is not None:
                 progress(total)
             if result.failed or result.timed_out:

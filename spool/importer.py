@@ -21,9 +21,6 @@ from .store import Store
 
 LINE_KEYS = ("name", "properties", "user_identifiers", "timestamp")
 BATCH_SIZE = 2000
-# A checkpoint (which syncs the database file) every few batches, not after each: the WAL stays
-# within a few MiB and the import does not pay for a sync per transaction.
-CHECKPOINT_EVERY = 8
 
 _LINE_KEY_SET = frozenset(LINE_KEYS)
 
@@ -77,7 +74,6 @@ def import_lines(
     """
     result = ImportResult()
     batch: list[Event] = []
-    commits = 0
     for number, line in enumerate(lines, 1):
         result.lines = number
         if not line.strip():
@@ -94,9 +90,7 @@ def import_lines(
             if len(batch) >= batch_size:
                 store.insert_many(batch)
                 batch.clear()
-                commits += 1
-                if commits % CHECKPOINT_EVERY == 0:
-                    store.checkpoint()  # nothing else may (the application may be stopped)
+                store.bulk_committed()  # it checkpoints: nothing else may (no application runs)
     if store is not None:
         if batch:
             store.insert_many(batch)

@@ -171,9 +171,7 @@ class Spooler:
                 self._drained_at = store.inserted
                 log_drops(prune(store, settings))
                 if self._flusher is not None:
-                    # Checkpoint after each batch: this thread is the only one that does, and
-                    # while it drains a backlog the WAL would otherwise grow by every commit.
-                    self._flusher.flush(settings.lease * 2, progress=lambda _: store.checkpoint())
+                    self._flusher.flush(settings.lease * 2)
                 else:
                     self._warn_no_url()
             # Last, so that the pages the flush rewrote (leases, outcomes) leave the WAL too.

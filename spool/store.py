@@ -51,6 +51,10 @@ WAL_RESTART_BYTES = 16 * 1024 * 1024
 # The catch-up repeats passive checkpoints until one finds at most this many new frames.
 CATCH_UP_FRAMES = 64
 CATCH_UP_PASSES = 8
+# Bulk transactions (an import's or a delivery's batches) each rewrite thousands of rows; a
+# checkpoint (which syncs the database file) after every few, not after each, keeps the WAL
+# within a few MiB without a sync per transaction. Left to grow, the WAL costs every reader.
+BULK_CHECKPOINT_EVERY = 8
 # How often (in commits) an insert looks at the WAL's size, for the brake below: a stat call.
 WAL_CHECK_EVERY = 16
 
@@ -131,6 +135,7 @@ class Store:
         self.inserted = 0
         self.wake_at = self.checkpoint_every
         self._wal_check_at = WAL_CHECK_EVERY
+        self._bulk_commits = 0
         before, parent, child = (
             weakref.WeakMethod(m)
             for m in (self._before_fork, self._after_fork, self._forget_after_fork)
@@ -249,6 +254,12 @@ class Store:
                     self._catch_up(connection, frames)
             finally:
                 raw.close()
+
+    def bulk_committed(self) -> None:
+        """Count one bulk transaction, and checkpoint after every few."""
+        self._bulk_commits += 1
+        if self._bulk_commits % BULK_CHECKPOINT_EVERY == 0:
+            self.checkpoint()
 
     def _catch_up(self, connection: sqlite3.Connection, frames: int) -> None:
         """Let the WAL start over, under a burst of inserts, with writers held off briefly.
