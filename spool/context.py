@@ -13,9 +13,10 @@ import socket
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, repeat
+from operator import itemgetter
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote
 
 import orjson
 
@@ -101,19 +102,23 @@ class RequestBuilder:
 def fields(encoded: str) -> dict[str, str | list[str]]:
     """Parse a query string or form body; a repeated name gives a list of its values.
 
-    As ``urllib.parse.parse_qsl`` with blank values kept, but a name or value is unquoted only
-    when it holds an escape: most do not, and unquoting is most of parse_qsl's cost.
+    As ``urllib.parse.parse_qsl`` with blank values kept. Most strings hold no escape and no
+    repeated name: those are split by C loops (``map``, ``dict``), a few µs less per request
+    than a Python loop over the pieces; the others take that loop.
     """
-    parsed: dict[str, str | list[str]] = {}
-    for piece in islice(encoded.split("&"), MAX_ITEMS):
-        if not piece:
-            continue
-        name, _, value = piece.partition("=")
-        if "%" in piece or "+" in piece:
-            name, value = (
-                unquote_plus(name, errors="replace"),
-                unquote_plus(value, errors="replace"),
-            )
+    text = encoded.replace("+", " ")  # before splitting: a literal plus is always escaped
+    pairs = list(map(str.partition, islice(text.split("&"), MAX_ITEMS), repeat("=")))
+    parsed: dict[str, str | list[str]] = dict(
+        zip(map(_NAME, pairs), map(_VALUE, pairs), strict=True)
+    )
+    if "%" not in text and len(parsed) == len(pairs) and "" not in parsed:
+        return parsed
+    parsed = {}
+    for name, separator, value in pairs:
+        if not name and not separator:
+            continue  # an empty piece ("a=1&&b=2")
+        if "%" in name or "%" in value:
+            name, value = unquote(name, errors="replace"), unquote(value, errors="replace")
         previous = parsed.get(name)
         if previous is None:
             parsed[name] = value
@@ -122,6 +127,9 @@ def fields(encoded: str) -> dict[str, str | list[str]]:
         else:
             parsed[name] = [previous, value]
     return parsed
+
+
+_NAME, _VALUE = itemgetter(0), itemgetter(2)
 
 
 def client_ip(peer: str | None, forwarded: str | None) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sqreen.config import DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_PATTERN
-from sqreen.context import Capture, RequestBuilder
+from sqreen.context import Capture, RequestBuilder, fields
 from sqreen.scrub import (
     MAX_VALUE_LENGTH,
     PLACEHOLDER,
@@ -123,6 +124,19 @@ def test_the_pattern_is_bounded_in_time_on_long_input() -> None:
 def test_the_fast_card_check_is_the_default_pattern(text: str) -> None:
     expected = re.search(DEFAULT_SENSITIVE_PATTERN, text) is not None
     assert looks_like_card_number(text) is expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="ab=&%+2 0Fé;", max_size=30))
+def test_parameters_parse_as_parse_qsl_does(text: str) -> None:
+    expected: dict[str, Any] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
+        previous = expected.get(name)
+        if previous is None:
+            expected[name] = value
+        else:
+            expected[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+    assert fields(text) == expected
 
 
 sensitive_names = st.builds(
