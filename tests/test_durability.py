@@ -104,6 +104,34 @@ def test_fork_child_opens_its_own_connection(spooler: sqreen.Spooler, spool_path
     assert integrity(spool_path) == "ok"
 
 
+def test_a_reader_on_the_wal_never_holds_inserts_off(spool_path: Path) -> None:
+    # A RESTART checkpoint would wait for this reader, holding inserts off meanwhile, for up to
+    # lock_timeout: ten minutes here. The WAL's catch-up must go on without it.
+    spooler = sqreen.Spooler(path=spool_path, lock_timeout=600)
+    spooler.track("first")
+    reader = sqlite3.connect(spool_path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    wal = Path(f"{spool_path}-wal")
+    done = threading.Event()
+
+    def burst() -> None:
+        for i in range(3000):  # about 15 MiB of WAL: past the start-over limit, twice
+            assert spooler.track("burst", {"properties": {"i": i, "pad": "x" * 200}})
+        spooler._store.checkpoint()
+        done.set()
+
+    threading.Thread(target=burst, daemon=True).start()
+    assert done.wait(120), "inserts waited for a reader"
+    assert wal.stat().st_size > spooler._store.wal_limit  # the pinned WAL could not start over
+    assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)  # its snapshot
+    reader.execute("ROLLBACK")
+    reader.close()
+    spooler.close()
+    assert len(stored_events(spool_path)) == 3001
+    assert integrity(spool_path) == "ok"
+
+
 def test_wal_is_checkpointed_in_the_background(spooler: sqreen.Spooler, spool_path: Path) -> None:
     wal = Path(f"{spool_path}-wal")
     for i in range(8000):
