@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -88,18 +88,41 @@ def build(
     return Event(event_id, event_name, payload)
 
 
-# The RFC 4122 variant puts 10 in the top bits of the clock-sequence nibble: 8, 9, a or b.
 _VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
-def new_id() -> str:
-    """A random (version 4) UUID string.
+# Ids are made in batches, from one urandom() call each: in track()'s path, between two SQLite
+# commits, making one id alone cost 5 µs of a 50 µs call; taking one from a batch costs a tenth
+# of that. Each batch belongs to the process that made it (the pid): a child forked without
+# Python's at-fork hooks (uWSGI forks in C) must never hand out its parent's remaining ids.
+_ID_BATCH = 64
+_ids: tuple[int, Iterator[str]] = (0, iter(()))
 
-    ``str(uuid.uuid4())`` costs 5 µs here, a tenth of a whole track() call; the same random
-    bits formatted from their hex digits, with the version and variant digits set, cost 1.2 µs.
+
+def new_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` at a fraction of its cost.
+
+    Safe across threads: ``next()`` on a list iterator is atomic, and two threads that find the
+    batch empty at once each make their own.
     """
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    global _ids
+    pid, ids = _ids
+    event_id = next(ids, None)
+    if event_id is None or pid != os.getpid():
+        ids = iter(_make_ids())
+        _ids = (os.getpid(), ids)
+        event_id = next(ids)
+    return event_id
+
+
+def _make_ids() -> list[str]:
+    h = os.urandom(16 * _ID_BATCH).hex()
+    # The version digit is 4; the variant digit's top bits are 10 (8, 9, a or b).
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * _ID_BATCH, 32)
+    ]
 
 
 def check_identifiers(identifiers: object, what: str) -> None:

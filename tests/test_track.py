@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -117,6 +118,26 @@ def test_ids_are_version_4_uuids() -> None:
         parsed = uuid.UUID(text)
         assert str(parsed) == text
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_forked_child_never_reuses_its_parents_ids() -> None:
+    from sqreen.event import new_id
+
+    new_id()  # the parent now holds a batch of ids not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, "\n".join(new_id() for _ in range(200)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = set(pipe.read().decode().split("\n"))
+    os.waitpid(pid, 0)
+    parent = {new_id() for _ in range(200)}
+    assert len(child) == 200 and len(parent) == 200
+    assert not child & parent
 
 
 def test_exported_names_are_the_public_api() -> None:
