@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import sqreen
-from sqreen.store import WAL_RESTART_BYTES
+from sqreen.store import PAGE_SIZE
 
 from .conftest import integrity, run_child, stored_events
 
@@ -134,14 +134,23 @@ def test_a_reader_on_the_wal_never_holds_inserts_off(spool_path: Path) -> None:
 
 def test_wal_is_checkpointed_in_the_background(spooler: sqreen.Spooler, spool_path: Path) -> None:
     wal = Path(f"{spool_path}-wal")
-    for i in range(8000):
+    for i in range(12000):
         spooler.track("burst", {"properties": {"i": i, "pad": "x" * 200}})
     deadline = time.monotonic() + 5
     with sqlite3.connect(spool_path) as conn:
         total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    assert total == 8000
-    limit = WAL_RESTART_BYTES + 4 * 1024 * 1024
+    assert total == 12000
+    # The brake holds the WAL near twice its limit; without checkpoints (auto-checkpointing is
+    # off) each commit would add at least a page to it.
+    limit = 3 * spooler._store.wal_limit
+    assert 12000 * PAGE_SIZE > 1.9 * limit
     while time.monotonic() < deadline and wal.stat().st_size > limit:
         time.sleep(0.05)
-    # Without checkpoints (auto-checkpointing is off) 8000 commits leave a WAL of ~32 MiB.
     assert wal.stat().st_size <= limit
+
+
+def test_a_new_spool_uses_the_small_pages(spooler: sqreen.Spooler, spool_path: Path) -> None:
+    assert spooler.track("first")
+    with sqlite3.connect(spool_path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
+        assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
