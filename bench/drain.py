@@ -15,6 +15,7 @@ import gzip
 import http.client
 import shutil
 import sqlite3
+import statistics
 import tempfile
 import threading
 import time
@@ -82,7 +83,7 @@ def track_latency(spooler: sqreen.Spooler, n: int) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -137,9 +138,13 @@ def main() -> None:
     )
     for label, rate in results.items():
         print(f"{label:24} {rate:9.0f} events/s")
+    # This shared machine's speed drifts by a quarter between runs: the ratio within each round,
+    # where the two ran back to back, says more than a ratio of bests taken from different rounds.
+    ratios = sorted(a / b for a, b in zip(runs["sqreen flush()"], runs["ceiling"], strict=True))
     print(
-        f"{'flush / ceiling':24} {results['sqreen flush()'] / results['ceiling']:9.2f}"
-        "   (target >= 0.7)"
+        f"{'flush / ceiling':24} {statistics.median(ratios):9.2f}   (target >= 0.7; median of the "
+        f"rounds' ratios, {ratios[0]:.2f} to {ratios[-1]:.2f}; of the bests: "
+        f"{results['sqreen flush()'] / results['ceiling']:.2f})"
     )
     (p50_idle, p99_idle), (p50_busy, p99_busy) = percentiles(idle), percentiles(busy)
     print(
