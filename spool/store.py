@@ -48,6 +48,8 @@ CHECKPOINT_EVERY = 1000
 # database under max_bytes. The file is then reused, not truncated, so later commits overwrite
 # allocated blocks instead of growing the file again.
 WAL_RESTART_BYTES = 16 * 1024 * 1024
+# How long (ms) a truncating checkpoint waits for other processes' readers and writers.
+TRUNCATE_WAIT_MS = 100
 # The catch-up repeats passive checkpoints until one finds at most this many new frames.
 CATCH_UP_FRAMES = 64
 CATCH_UP_PASSES = 8
@@ -245,10 +247,7 @@ class Store:
                 # Beside track()'s inserts: copies what the WAL holds now, never blocks them.
                 frames = _passive(connection)
                 if truncate:
-                    # This needs SQLite's write lock: holding the gate hands it over at once,
-                    # where SQLite's busy handler would sleep and lose races to the inserts.
-                    with self._gate():
-                        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+                    self._truncate(connection)
                 elif (
                     frames * (pragma(connection, "page_size") + WAL_FRAME_HEADER) >= self.wal_limit
                 ):
@@ -261,6 +260,22 @@ class Store:
         self._bulk_commits += 1
         if self._bulk_commits % BULK_CHECKPOINT_EVERY == 0:
             self.checkpoint()
+
+    def _truncate(self, connection: sqlite3.Connection) -> None:
+        """Empty the WAL file (the size bound counts it), holding the inserts off meanwhile.
+
+        This needs SQLite's write lock: holding the gate hands it over at once, where SQLite's
+        busy handler would sleep and lose races to the inserts. It also waits for readers to
+        leave the WAL, and the inserts wait with it: only briefly, so that a reader holding a
+        snapshot (another process) delays the truncation to a later checkpoint instead.
+        """
+        with self._gate():
+            connection.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}").close()
+            try:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+            finally:
+                waits = int(self.settings.lock_timeout * 1000)
+                connection.execute(f"PRAGMA busy_timeout = {waits}").close()
 
     def _catch_up(self, connection: sqlite3.Connection, frames: int) -> None:
         """Let the WAL start over, under a burst of inserts, with writers held off briefly.

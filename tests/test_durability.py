@@ -11,10 +11,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import sqreen
 from sqreen.store import PAGE_SIZE
 
-from .conftest import integrity, run_child, stored_events
+from .conftest import counters, integrity, run_child, stored_events
 
 KILLS = 24
 
@@ -104,10 +106,12 @@ def test_fork_child_opens_its_own_connection(spooler: sqreen.Spooler, spool_path
     assert integrity(spool_path) == "ok"
 
 
-def test_a_reader_on_the_wal_never_holds_inserts_off(spool_path: Path) -> None:
-    # A RESTART checkpoint would wait for this reader, holding inserts off meanwhile, for up to
-    # lock_timeout: ten minutes here. The WAL's catch-up must go on without it.
-    spooler = sqreen.Spooler(path=spool_path, lock_timeout=600)
+@pytest.mark.parametrize("max_bytes", [64 * 1024 * 1024, 2 * 1024 * 1024])
+def test_a_reader_on_the_wal_never_holds_inserts_off(spool_path: Path, max_bytes: int) -> None:
+    # A RESTART or TRUNCATE checkpoint waits for this reader, for up to lock_timeout (ten minutes
+    # here), and inserts would wait behind it. Neither the WAL's catch-up (the default bound) nor
+    # the size bound's truncation (the small bound, which 3,000 events exceed) may do that.
+    spooler = sqreen.Spooler(path=spool_path, lock_timeout=600, max_bytes=max_bytes)
     spooler.track("first")
     reader = sqlite3.connect(spool_path, isolation_level=None)
     reader.execute("BEGIN")
@@ -116,9 +120,9 @@ def test_a_reader_on_the_wal_never_holds_inserts_off(spool_path: Path) -> None:
     done = threading.Event()
 
     def burst() -> None:
-        for i in range(3000):  # about 15 MiB of WAL: past the start-over limit, twice
-            assert spooler.track("burst", {"properties": {"i": i, "pad": "x" * 200}})
-        spooler._store.checkpoint()
+        for i in range(3000):  # 3 MiB of rows, some 10 MiB of WAL
+            assert spooler.track("burst", {"properties": {"i": i, "pad": "x" * 900}})
+        spooler._maintain()
         done.set()
 
     threading.Thread(target=burst, daemon=True).start()
@@ -128,7 +132,8 @@ def test_a_reader_on_the_wal_never_holds_inserts_off(spool_path: Path) -> None:
     reader.execute("ROLLBACK")
     reader.close()
     spooler.close()
-    assert len(stored_events(spool_path)) == 3001
+    kept, dropped = len(stored_events(spool_path)), counters(spool_path).get("dropped.size", 0)
+    assert kept + dropped == 3001 and (dropped > 0) == (max_bytes < 4 * 1024 * 1024)
     assert integrity(spool_path) == "ok"
 
 
