@@ -157,6 +157,16 @@ def test_helpers_reject_mistakes(spooler: sqreen.Spooler, call: Any, message: st
         call()
 
 
+PEER = "192.0.2.1"
+
+
+def ip_seen(spool_path: Path, headers: dict[str, str]) -> str:
+    """The client IP stored for a request from PEER carrying ``headers``."""
+    flask_app().test_client().get("/checkout", headers=headers, environ_base={"REMOTE_ADDR": PEER})
+    ip: str = stored_events(spool_path)[0]["request"]["ip"]
+    return ip
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
@@ -164,40 +174,28 @@ def test_helpers_reject_mistakes(spooler: sqreen.Spooler, call: Any, message: st
         ("203.0.113.7:4711", "203.0.113.7"),
         ("[2001:db8::1]:443, 10.0.0.1", "2001:db8::1"),
         ("2001:db8::1", "2001:db8::1"),
-        ("not-an-ip, 203.0.113.7", "192.0.2.1"),
-        ("<script>, 1.2.3.4", "192.0.2.1"),
-        ("", "192.0.2.1"),
-        (None, "192.0.2.1"),
+        ("not-an-ip, 203.0.113.7", PEER),
+        ("<script>, 1.2.3.4", PEER),
+        ("", PEER),
+        (None, PEER),
     ],
 )
 def test_client_ip_from_a_configured_header(
     spooler: sqreen.Spooler, spool_path: Path, header: str | None, expected: str
 ) -> None:
     headers = {} if header is None else {"X-Forwarded-For": header}
-    flask_app().test_client().get(
-        "/checkout", headers=headers, environ_base={"REMOTE_ADDR": "192.0.2.1"}
-    )
-    assert stored_events(spool_path)[0]["request"]["ip"] == expected
+    assert ip_seen(spool_path, headers) == expected
 
 
 def test_forwarding_headers_are_ignored_unless_configured(spool_path: Path) -> None:
     sqreen.configure(path=spool_path)
-    flask_app().test_client().get(
-        "/checkout",
-        headers={"X-Forwarded-For": "203.0.113.7"},
-        environ_base={"REMOTE_ADDR": "192.0.2.1"},
-    )
-    assert stored_events(spool_path)[0]["request"]["ip"] == "192.0.2.1"
+    assert ip_seen(spool_path, {"X-Forwarded-For": "203.0.113.7"}) == PEER
 
 
 def test_rfc7239_forwarded_header(spool_path: Path) -> None:
     sqreen.configure(path=spool_path, ip_header="Forwarded")
-    flask_app().test_client().get(
-        "/checkout",
-        headers={"Forwarded": 'for="[2001:db8::7]:80";proto=https, for=10.0.0.1'},
-        environ_base={"REMOTE_ADDR": "192.0.2.1"},
-    )
-    assert stored_events(spool_path)[0]["request"]["ip"] == "2001:db8::7"
+    forwarded = 'for="[2001:db8::7]:80";proto=https, for=10.0.0.1'
+    assert ip_seen(spool_path, {"Forwarded": forwarded}) == "2001:db8::7"
 
 
 def test_scrubbing_settings(spool_path: Path) -> None:
