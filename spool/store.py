@@ -236,7 +236,8 @@ class Store:
     def checkpoint(self, truncate: bool = False) -> None:
         """Copy the WAL into the database file, keeping the WAL file small.
 
-        ``truncate`` also empties the WAL file, holding writers off while it finishes.
+        ``truncate`` also empties the WAL file, holding writers off while it does (see
+        :meth:`_truncate`: a reader on the WAL in another process may put it off).
         """
         with self._gate():
             engine = self._opened()
