@@ -405,19 +405,23 @@ class Store:
         @event.listens_for(engine, "connect")
         def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
             dbapi_connection.isolation_level = None  # transactions are explicit, see module doc
-            for pragma in (
-                # First: these only take effect on a file that has no header yet. Incremental
-                # vacuum lets pruning give space back to the disk. Each commit writes whole
-                # pages to the WAL, and a spool's commit adds one small row: 2 KiB pages halve
-                # the bytes per commit, so the WAL fills and starts over half as often.
-                f"page_size={PAGE_SIZE}",
-                "auto_vacuum=INCREMENTAL",
-                "journal_mode=WAL",
+            # This connection's own settings first: they touch no file.
+            for setting in (
                 f"synchronous={synchronous}",
                 "wal_autocheckpoint=0",
                 f"journal_size_limit={self.wal_limit}",
             ):
-                dbapi_connection.execute(f"PRAGMA {pragma}").close()
+                dbapi_connection.execute(f"PRAGMA {setting}").close()
+            if pragma(dbapi_connection, "page_count") == 0:
+                # Only a file with no header yet takes these, and setting them on an existing
+                # spool is a write transaction: every new connection would wait for any other
+                # writer's lock. Incremental vacuum lets pruning give space back to the disk.
+                # Each commit writes whole pages to the WAL, and a spool's commit adds one small
+                # row: 2 KiB pages halve the bytes per commit, so the WAL starts over half as
+                # often.
+                for setting in (f"page_size={PAGE_SIZE}", "auto_vacuum=INCREMENTAL"):
+                    dbapi_connection.execute(f"PRAGMA {setting}").close()
+            dbapi_connection.execute("PRAGMA journal_mode=WAL").close()  # a read, once set
 
         return engine
 

@@ -159,3 +159,24 @@ def test_a_new_spool_uses_the_small_pages(spooler: sqreen.Spooler, spool_path: P
     with sqlite3.connect(spool_path) as conn:
         assert conn.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
         assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+
+
+def test_opening_a_connection_writes_nothing(spooler: sqreen.Spooler, spool_path: Path) -> None:
+    # A connection's setup must not write: it would wait for another process's write lock (up
+    # to lock_timeout) and, before its own pragmas are set, checkpoint a large WAL on the spot.
+    assert spooler.track("first")
+    spooler.close()
+    wal = Path(f"{spool_path}-wal")
+    holder = sqlite3.connect(spool_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    try:
+        size = wal.stat().st_size
+        reader = sqreen.Spooler(path=spool_path, lock_timeout=5)
+        started = time.monotonic()
+        assert reader._store.count_pending() == 1
+        assert time.monotonic() - started < 2.5
+        assert wal.stat().st_size == size
+        reader.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
