@@ -34,6 +34,13 @@ _CLAIM = (
     "WHERE events.status = :pending AND coalesce(leases.expires, 0) <= :now "
     "AND coalesce(retries.next_attempt_at, 0) <= :due ORDER BY events.seq LIMIT :limit"
 )
+# The usual claim: the oldest pending rows, none of them leased or backing off. Checking that
+# takes two range probes, where _CLAIM's joins probe both tables for every row.
+_OLDEST = "SELECT seq, id, payload FROM events WHERE status = :pending ORDER BY seq LIMIT :limit"
+_HELD_BACK = (
+    "SELECT EXISTS (SELECT 1 FROM leases WHERE seq BETWEEN :lo AND :hi AND expires > :now) "
+    "OR EXISTS (SELECT 1 FROM retries WHERE seq BETWEEN :lo AND :hi AND next_attempt_at > :due)"
+)
 _LEASE = (
     "INSERT OR REPLACE INTO leases (seq, owner, expires) "
     "SELECT value, :owner, :until FROM json_each(:seqs)"
@@ -41,6 +48,7 @@ _LEASE = (
 _UNLEASE = f"DELETE FROM leases WHERE seq IN {_SEQS}"
 # Deleting an event also deletes its lease and retry rows (trigger events_forget).
 _DELETE = f"DELETE FROM events WHERE seq IN {_SEQS}"
+_DELETE_SPAN = "DELETE FROM events WHERE seq BETWEEN :lo AND :hi"
 _SETTLE = f"UPDATE events SET status = :status, settled_at = :now WHERE seq IN {_SEQS}"
 # Each event backs off by its own attempt count: BACKOFF_BASE * 2^attempts, capped, jittered,
 # and never sooner than the collector's Retry-After.
@@ -118,9 +126,12 @@ class Outbox:
         """
         due = float("inf") if ignore_backoff else now
         with self.store.write() as raw:
-            found = raw.execute(
-                _CLAIM, {"pending": PENDING, "now": now, "due": due, "limit": limit}
-            ).fetchall()
+            params = {"pending": PENDING, "now": now, "due": due, "limit": limit}
+            found = raw.execute(_OLDEST, params).fetchall()
+            if found:
+                span = {"lo": found[0][0], "hi": found[-1][0], "now": now, "due": due}
+                if raw.execute(_HELD_BACK, span).fetchone()[0]:
+                    found = raw.execute(_CLAIM, params).fetchall()
             batch = Batch(*zip(*found, strict=True)) if found else Batch()
             sizes = list(accumulate(map(len, batch.payloads)))
             if sizes and sizes[-1] + len(sizes) > max_bytes:  # each event also takes a comma
@@ -162,8 +173,8 @@ class Outbox:
             if keep:
                 raw.execute(_SETTLE, {"status": DELIVERED, "now": now, "seqs": accepted})
                 raw.execute(_UNLEASE, {"seqs": accepted})
-            else:
-                raw.execute(_DELETE, {"seqs": accepted})
+            elif seqs:
+                delete(raw, seqs, accepted)
             for reason, n in reported.items():
                 add(raw, f"reported.{reason}", n)
             if refused:
@@ -224,6 +235,16 @@ def _died_here(owner: str, host: str) -> bool:
     except PermissionError:  # it exists, under another user
         return False
     return False
+
+
+def delete(raw: sqlite3.Connection, seqs: Sequence[int], encoded: str) -> None:
+    """Delete rows (``encoded``: their seqs as JSON), by range when they are contiguous, as a
+    whole batch usually is: seqs are unique, so n of them spanning n values are that range."""
+    lo, hi = min(seqs), max(seqs)
+    if hi - lo + 1 == len(seqs):
+        raw.execute(_DELETE_SPAN, {"lo": lo, "hi": hi})
+    else:
+        raw.execute(_DELETE, {"seqs": encoded})
 
 
 def unreported_drops(raw: sqlite3.Connection) -> dict[str, int]:
