@@ -90,31 +90,37 @@ class Flusher:
         owner = owner_name()
         self._outbox.release_dead(time.time())
         total = FlushResult()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                total += FlushResult(timed_out=True)
-                break
-            batch, dropped, more = self._outbox.claim(
-                owner,
-                settings.batch_size,
-                settings.max_batch_bytes,
-                settings.lease,
-                time.time(),
-                ignore_backoff,
-            )
-            if not batch:
-                break
-            until = time.monotonic() + min(remaining, settings.lease * LEASE_SHARE)
-            result = self._deliver(batch, dropped, until, owner)
-            total += result
-            self._outbox.store.bulk_committed()
-            if progress is not None:
-                progress(total)
-            if result.failed or result.timed_out:
-                break  # the collector is failing: the rest waits for the next heartbeat
-            if not more:
-                break  # caught up: what arrived since is the next heartbeat's
+        claimed = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    total += FlushResult(timed_out=True)
+                    break
+                batch, dropped, more = self._outbox.claim(
+                    owner,
+                    settings.batch_size,
+                    settings.max_batch_bytes,
+                    settings.lease,
+                    time.time(),
+                    ignore_backoff,
+                )
+                if not batch:
+                    break
+                claimed = True
+                until = time.monotonic() + min(remaining, settings.lease * LEASE_SHARE)
+                result = self._deliver(batch, dropped, until)
+                total += result
+                self._outbox.store.bulk_committed()
+                if progress is not None:
+                    progress(total)
+                if result.failed or result.timed_out:
+                    break  # the collector is failing: the rest waits for the next heartbeat
+                if not more:
+                    break  # caught up: what arrived since is the next heartbeat's
+        finally:
+            if claimed:  # what the last batch left pending (failed, out of time) is free again
+                self._outbox.release(owner)
         return total + FlushResult(pending=self._outbox.store.count_pending())
 
     def interrupt(self) -> None:
@@ -124,12 +130,10 @@ class Flusher:
     def _sleep(self, seconds: float) -> None:
         self._interrupt.wait(seconds)
 
-    def _deliver(
-        self, batch: Batch, dropped: Mapping[str, int], until: float, owner: str
-    ) -> FlushResult:
+    def _deliver(self, batch: Batch, dropped: Mapping[str, int], until: float) -> FlushResult:
         if time.monotonic() >= until:
-            self._outbox.release(batch.seqs, owner)
-            return FlushResult(timed_out=True)
+            return FlushResult(timed_out=True)  # the rows stay pending, the claim is released
+
         reply = self._post(batch, dropped, until)
         now = time.time()
         attempt = {
@@ -153,8 +157,8 @@ class Flusher:
                 return FlushResult(rejected=1)
             # Halve: a 413 batch until it fits, a 400 batch down to the events at fault.
             half = len(batch) // 2
-            first = self._deliver(batch[:half], dropped, until, owner)
-            return first + self._deliver(batch[half:], {}, until, owner)
+            first = self._deliver(batch[:half], dropped, until)
+            return first + self._deliver(batch[half:], {}, until)
         if reply.status in CONFIG_STATUSES:
             self._health.record("collector_config", reply.describe(), "delivery")
         else:

@@ -1,4 +1,4 @@
-"""Delivery state on the spool's rows: claims (leases), outcomes, drop counters, notes.
+"""Delivery state in the spool: claims (leases), outcomes, drop counters, notes.
 
 Every change here is one short ``BEGIN IMMEDIATE`` transaction through :meth:`Store.write`.
 """
@@ -28,25 +28,26 @@ BACKOFF_MAX = 3600.0
 # Sets of rows are passed as one JSON array parameter (json_each), not as an expanded IN list:
 # one bound parameter instead of a thousand, and no per-row work in Python.
 _SEQS = "(SELECT value FROM json_each(:seqs))"
+# A claim holds the span of seqs from its batch's first row to its last. Before claiming, a
+# flusher drops the expired claims and its own (it has settled its previous batch), so the live
+# claims are few and a row is claimable when no claim's span covers it.
+_EXPIRE = "DELETE FROM claims WHERE expires <= :now OR owner = :owner"
 _CLAIM = (
-    "SELECT events.seq, events.id, events.payload FROM events "
-    "LEFT JOIN leases USING (seq) LEFT JOIN retries USING (seq) "
-    "WHERE events.status = :pending AND coalesce(leases.expires, 0) <= :now "
-    "AND coalesce(retries.next_attempt_at, 0) <= :due ORDER BY events.seq LIMIT :limit"
+    "SELECT events.seq, events.id, events.payload FROM events LEFT JOIN retries USING (seq) "
+    "WHERE events.status = :pending AND coalesce(retries.next_attempt_at, 0) <= :due "
+    "AND NOT EXISTS (SELECT 1 FROM claims WHERE events.seq BETWEEN lo AND hi) "
+    "ORDER BY events.seq LIMIT :limit"
 )
-# The usual claim: the oldest pending rows, none of them leased or backing off. Checking that
-# takes two range probes, where _CLAIM's joins probe both tables for every row.
+# The usual claim: the oldest pending rows, none of them claimed or backing off. Checking that
+# takes two small probes, where _CLAIM looks at both tables for every row.
 _OLDEST = "SELECT seq, id, payload FROM events WHERE status = :pending ORDER BY seq LIMIT :limit"
 _HELD_BACK = (
-    "SELECT EXISTS (SELECT 1 FROM leases WHERE seq BETWEEN :lo AND :hi AND expires > :now) "
+    "SELECT EXISTS (SELECT 1 FROM claims WHERE lo <= :hi AND hi >= :lo) "
     "OR EXISTS (SELECT 1 FROM retries WHERE seq BETWEEN :lo AND :hi AND next_attempt_at > :due)"
 )
-_LEASE = (
-    "INSERT OR REPLACE INTO leases (seq, owner, expires) "
-    "SELECT value, :owner, :until FROM json_each(:seqs)"
-)
-_UNLEASE = f"DELETE FROM leases WHERE seq IN {_SEQS}"
-# Deleting an event also deletes its lease and retry rows (trigger events_forget).
+_HOLD = "INSERT INTO claims (owner, lo, hi, expires) VALUES (:owner, :lo, :hi, :until)"
+_RELEASE = "DELETE FROM claims WHERE owner = :owner"
+# Deleting an event also deletes its retry row (trigger events_forget).
 _DELETE = f"DELETE FROM events WHERE seq IN {_SEQS}"
 _DELETE_SPAN = "DELETE FROM events WHERE seq BETWEEN :lo AND :hi"
 _SETTLE = f"UPDATE events SET status = :status, settled_at = :now WHERE seq IN {_SEQS}"
@@ -63,9 +64,8 @@ _REASON = (
     "INSERT INTO retries (seq, attempts, next_attempt_at, last_error) VALUES (:seq, 0, 0, :error) "
     "ON CONFLICT (seq) DO UPDATE SET last_error = excluded.last_error"
 )
-_LIVE_OWNERS = "SELECT DISTINCT owner FROM leases WHERE expires > :now"
-_FORGET_OWNERS = "DELETE FROM leases WHERE owner IN (SELECT value FROM json_each(:owners))"
-_RELEASE = f"DELETE FROM leases WHERE owner = :owner AND seq IN {_SEQS}"
+_LIVE_OWNERS = "SELECT DISTINCT owner FROM claims WHERE expires > :now"
+_FORGET_OWNERS = "DELETE FROM claims WHERE owner IN (SELECT value FROM json_each(:owners))"
 _ADD = (
     "INSERT INTO counters (name, value) VALUES (:name, :n) "
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
@@ -95,7 +95,7 @@ class Batch:
 
 
 class Claim(NamedTuple):
-    """A batch leased for delivery, the drops not yet reported, and whether more rows were due
+    """A batch claimed for delivery, the drops not yet reported, and whether more rows were due
     (the batch was full) when it was claimed."""
 
     batch: Batch
@@ -118,18 +118,20 @@ class Outbox:
         now: float,
         ignore_backoff: bool = False,
     ) -> Claim:
-        """Lease up to ``limit`` due pending rows (at most ``max_bytes`` of payload), oldest
-        first.
+        """Claim up to ``limit`` due pending rows (at most ``max_bytes`` of payload), oldest
+        first, releasing the owner's previous claim.
 
-        Rows leased by another flusher are skipped until their lease expires, so two flushers
-        never post the same rows at once, and rows of a flusher that died are retried later.
+        Rows another flusher claimed are skipped until its claim is released or expires, so two
+        flushers never post the same rows at once, and rows of a flusher that died are retried
+        later.
         """
         due = float("inf") if ignore_backoff else now
         with self.store.write() as raw:
-            params = {"pending": PENDING, "now": now, "due": due, "limit": limit}
+            raw.execute(_EXPIRE, {"now": now, "owner": owner})
+            params = {"pending": PENDING, "due": due, "limit": limit}
             found = raw.execute(_OLDEST, params).fetchall()
             if found:
-                span = {"lo": found[0][0], "hi": found[-1][0], "now": now, "due": due}
+                span = {"lo": found[0][0], "hi": found[-1][0], "due": due}
                 if raw.execute(_HELD_BACK, span).fetchone()[0]:
                     found = raw.execute(_CLAIM, params).fetchall()
             batch = Batch(*zip(*found, strict=True)) if found else Batch()
@@ -138,14 +140,14 @@ class Outbox:
                 fits = bisect_right([size + i for i, size in enumerate(sizes, 1)], max_bytes)
                 batch = batch[: max(1, fits)]
             if batch:
-                seqs = as_json(batch.seqs)
-                raw.execute(_LEASE, {"owner": owner, "until": now + lease, "seqs": seqs})
+                hold = {"owner": owner, "lo": batch.seqs[0], "hi": batch.seqs[-1]}
+                raw.execute(_HOLD, {**hold, "until": now + lease})
             full = len(found) == limit or len(batch) < len(found)
             return Claim(batch, unreported_drops(raw), full)
 
-    def release_dead(self, now: float) -> int:
-        """Release the live leases of flushers that died on this host (killed mid-batch), so
-        their rows are sent now rather than when the lease runs out; return how many rows.
+    def release_dead(self, now: float) -> None:
+        """Release the live claims of flushers that died on this host (killed mid-batch), so
+        their rows are sent now rather than when the lease runs out.
 
         An owner is ``host:pid:nonce``; a pid on another host cannot be checked, and a pid
         that still exists (or was reused) is taken as alive: the lease then simply expires.
@@ -154,8 +156,8 @@ class Outbox:
         with self.store.write() as raw:
             owners = [owner for (owner,) in raw.execute(_LIVE_OWNERS, {"now": now})]
             dead = [owner for owner in owners if _died_here(owner, host)]
-            released = raw.execute(_FORGET_OWNERS, {"owners": orjson.dumps(dead).decode()})
-            return int(released.rowcount) if dead else 0
+            if dead:
+                raw.execute(_FORGET_OWNERS, {"owners": orjson.dumps(dead).decode()})
 
     def settle(
         self,
@@ -172,7 +174,6 @@ class Outbox:
         with self.store.write() as raw:
             if keep:
                 raw.execute(_SETTLE, {"status": DELIVERED, "now": now, "seqs": accepted})
-                raw.execute(_UNLEASE, {"seqs": accepted})
             elif seqs:
                 delete(raw, seqs, accepted)
             for reason, n in reported.items():
@@ -180,7 +181,6 @@ class Outbox:
             if refused:
                 rejected = as_json(list(refused))
                 raw.execute(_SETTLE, {"status": REJECTED, "now": now, "seqs": rejected})
-                raw.execute(_UNLEASE, {"seqs": rejected})
                 raw.executemany(
                     _REASON, [{"seq": s, "error": why[:500]} for s, why in refused.items()]
                 )
@@ -195,7 +195,8 @@ class Outbox:
         not_before: float,
         attempt: Mapping[str, Any],
     ) -> None:
-        """Return rows to pending after a failed attempt, each backing off by its attempts."""
+        """Return rows to pending after a failed attempt, each backing off by its attempts (and
+        held by the claim until it is released)."""
         params = {
             "error": error[:500],
             "now": now,
@@ -207,13 +208,12 @@ class Outbox:
         }
         with self.store.write() as raw:
             raw.execute(_FAIL, params)
-            raw.execute(_UNLEASE, {"seqs": params["seqs"]})
             note(raw, "last_attempt", attempt)
 
-    def release(self, seqs: Sequence[int], owner: str) -> None:
-        """Give rows back without counting an attempt (the flush ran out of time)."""
+    def release(self, owner: str) -> None:
+        """Release the owner's claim: its rows that are still pending can be claimed again."""
         with self.store.write() as raw:
-            raw.execute(_RELEASE, {"owner": owner, "seqs": as_json(seqs)})
+            raw.execute(_RELEASE, {"owner": owner})
 
 
 def owner_name() -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, Table, Text
 
 # Oldest first; the last one is the revision this code reads and writes.
-REVISIONS = ("0001_events", "0002_delivery")
+REVISIONS = ("0001_events", "0002_delivery", "0003_claims")
 HEAD = REVISIONS[-1]
 
 # Row states. Integers keep the hot-path insert and the pending index small.
@@ -39,12 +39,15 @@ events = Table(
     Column("settled_at", Float),
 )
 
-# A flusher's claim: an event leased to an owner until ``expires`` is not claimed again.
-leases = Table(
-    "leases",
+# A flusher's claim on a batch: no pending row with a seq from ``lo`` to ``hi`` (the batch's
+# first and last) is claimed again until the claim is released or ``expires``.
+claims = Table(
+    "claims",
     metadata,
-    Column("seq", Integer, primary_key=True),
+    Column("id", Integer, primary_key=True),
     Column("owner", Text, nullable=False),
+    Column("lo", Integer, nullable=False),
+    Column("hi", Integer, nullable=False),
     Column("expires", Float, nullable=False),
 )
 

@@ -63,7 +63,10 @@ def mixed(spool_path: Path, collector: Any) -> dict[str, list[str]]:
     pending = track(spool_path, 3, "later", keep_delivered=3600)
     with sqlite3.connect(spool_path) as conn:
         seq = conn.execute("SELECT seq FROM events WHERE id = ?", (pending[0],)).fetchone()[0]
-        conn.execute("INSERT INTO leases VALUES (?, 'elsewhere', ?)", (seq, time.time() + 60))
+        conn.execute(
+            "INSERT INTO claims (owner, lo, hi, expires) VALUES ('elsewhere', ?, ?, ?)",
+            (seq, seq, time.time() + 60),
+        )
     return {"rejected": ids[:2], "delivered": ids[2:], "pending": pending}
 
 
@@ -97,7 +100,7 @@ def test_inspect_summary_as_json(spool_path: Path, mixed: dict[str, list[str]]) 
     summary = orjson.loads(result.stdout)
     assert summary["path"] == str(spool_path)
     assert summary["file_bytes"] >= spool_path.stat().st_size
-    assert summary["schema_revision"] == "0002_delivery"
+    assert summary["schema_revision"] == "0003_claims"
     assert summary["counts"] == {"pending": 3, "leased": 1, "rejected": 2, "delivered": 4}
     assert summary["dropped"] == {"age": 0, "size": 0, "rejected": 2, "purged": 0}
     oldest = summary["oldest_pending"]
@@ -299,9 +302,9 @@ def test_import_of_a_missing_file(spool_path: Path, tmp_path: Path) -> None:
 
 def test_migrate_prints_revisions(spool_path: Path) -> None:
     first = cli(spool_path, "migrate")
-    assert first.stdout.strip() == f"{spool_path}: (empty) -> 0002_delivery"
+    assert first.stdout.strip() == f"{spool_path}: (empty) -> 0003_claims"
     again = cli(spool_path, "migrate")
-    assert again.stdout.strip() == f"{spool_path}: 0002_delivery -> 0002_delivery"
+    assert again.stdout.strip() == f"{spool_path}: 0003_claims -> 0003_claims"
 
 
 @pytest.mark.parametrize("args", [["inspect"], ["prune"], ["flush"], ["inspect", "events"]])

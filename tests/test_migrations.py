@@ -5,15 +5,19 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
 import sqreen
 from sqreen import schema
 from sqreen.cli.app import app
+from sqreen.event import build
 
 from .conftest import run_child
 
@@ -152,3 +156,51 @@ def test_migrations_are_found_from_the_installed_wheel(wheel: Path, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
     assert revision(spool) == schema.HEAD
+
+
+def migrate_to(engine: Any, target: str, downgrade: bool = False) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(ROOT / "migrations"))
+        config.attributes["connection"] = conn
+        (command.downgrade if downgrade else command.upgrade)(config, target)
+
+
+def test_leases_live_at_the_upgrade_become_claims(spool_path: Path, collector: Any) -> None:
+    # A spool written by the previous release: four pending events, one of them leased by a
+    # flusher that is still running (it holds the lease for a minute).
+    spool_path.parent.mkdir(parents=True, exist_ok=True)
+    events = [build("old", {}) for _ in range(4)]
+    engine = create_engine(f"sqlite:///{spool_path}")
+    migrate_to(engine, "0002_delivery")
+    with engine.begin() as conn:
+        for event in events:
+            conn.exec_driver_sql(
+                "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, 'old', ?, ?)",
+                (event.id, time.time(), event.payload),
+            )
+        conn.exec_driver_sql(
+            "INSERT INTO leases VALUES (2, 'elsewhere:1:x', ?)", (time.time() + 60,)
+        )
+
+    spooler = sqreen.Spooler(path=spool_path, url=collector.url)
+    result = spooler.flush()
+    spooler.close()
+    assert revision(spool_path) == schema.HEAD
+    assert (result.delivered, result.pending) == (3, 1)
+    assert [e["id"] for e in collector.accepted_events()] == [events[i].id for i in (0, 2, 3)]
+    with sqlite3.connect(spool_path) as conn:
+        held = conn.execute("SELECT id, lease_owner FROM event_state").fetchall()
+    assert held == [(events[1].id, "elsewhere:1:x")]
+
+    # And back: the claim becomes a lease on the row it covers.
+    migrate_to(engine, "0002_delivery", downgrade=True)
+    engine.dispose()
+    with sqlite3.connect(spool_path) as conn:
+        assert conn.execute("SELECT seq, owner FROM leases").fetchall() == [(2, "elsewhere:1:x")]
+        assert conn.execute("SELECT lease_owner FROM event_state").fetchall() == [
+            ("elsewhere:1:x",)
+        ]
