@@ -57,6 +57,9 @@ class Scrubber:
         elif enabled and pattern:
             self._matches = re.compile(pattern).search
         self._decisions: dict[str, bool] = {}
+        # Strings shorter than this come out of text() as they went in: most parameters, which
+        # then cost no call.
+        self.unchanged_below = self._shortest_match if self._matches else MAX_VALUE_LENGTH + 1
 
     def sensitive_key(self, key: str) -> bool:
         decided = self._decisions.get(key)
@@ -109,7 +112,7 @@ class Scrubber:
             if sensitive and self.enabled:
                 scrubbed[name] = PLACEHOLDER
             elif type(item) is str:  # most parameters: skip a call
-                scrubbed[name] = self.text(item)
+                scrubbed[name] = item if len(item) < self.unchanged_below else self.text(item)
             else:
                 scrubbed[name] = self.scrub(item, depth + 1)
         return scrubbed
