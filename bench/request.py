@@ -11,21 +11,32 @@ Each sample is one call, timed alone, in interleaved rounds:
 - second: a second ``track()`` in the same request (the request object is reused);
 - wrapper: the middleware's own time around the application (capture, context).
 
+And, as a floor, raw sqlite3 (one INSERT + COMMIT, as in bench/track.py) of the same event:
+- floor: already encoded;
+- floor+request: with the least request work any capture must do, per call: the query parsed by
+  ``urllib.parse.parse_qsl``, the other dimensions copied from the environ, the request object
+  encoded into the event. No scrubbing, no proxy header, no validation.
+
 Target (issue 5): under 20 µs added per event (median) for a request with 10 parameters.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from track import INSERT, SCHEMA
 
 import sqreen
+from sqreen.event import build
 from sqreen.integrations.wsgi import SqreenMiddleware
 
 PARAMS = {
@@ -54,6 +65,39 @@ def environ() -> dict[str, Any]:
     }
 
 
+def least_request(environ: dict[str, Any]) -> bytes:
+    """The request object with no work past parsing the query: what any capture must do."""
+    query = dict(parse_qsl(environ["QUERY_STRING"], keep_blank_values=True))
+    return orjson.dumps(
+        {
+            "ip": environ["REMOTE_ADDR"],
+            "user_agent": environ["HTTP_USER_AGENT"],
+            "path": environ["PATH_INFO"],
+            "verb": environ["REQUEST_METHOD"],
+            "params": {"query": query},
+        }
+    )
+
+
+def floor(path: Path) -> Callable[[dict[str, Any] | None], None]:
+    """Raw sqlite3: insert and commit the event, with the least request object when given an
+    environ."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(SCHEMA)
+    conn.commit()
+    event = build("search", OPTIONS)
+    head = event.payload[:-1] + b',"request":'
+
+    def call(environ: dict[str, Any] | None) -> None:
+        payload = event.payload if environ is None else head + least_request(environ) + b"}"
+        conn.execute(INSERT, (event.id, event.name, time.time(), payload))
+        conn.commit()
+
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20_000)
@@ -67,7 +111,10 @@ def main() -> None:
             "first": [],
             "second": [],
             "wrapper": [],
+            "floor": [],
+            "floor+request": [],
         }
+        raw = floor(Path(tmp) / "floor.db")
         timed: dict[str, float] = {}
 
         def handler(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -96,14 +143,23 @@ def main() -> None:
                 samples["first"].append(timed["request"])
                 samples["second"].append(timed["second"])
                 samples["wrapper"].append(whole - timed["request"] - timed["second"])
+            for name, request in (("floor", None), ("floor+request", environ())):
+                for _ in range(per_round):
+                    started = time.perf_counter()
+                    raw(request)
+                    samples[name].append(time.perf_counter() - started)
         spooler.close()
-    base = statistics.median(samples["outside"])
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    bases = {"floor+request": medians["floor"], "outside": None, "wrapper": None, "floor": None}
     print(f"track() with a request context, {args.calls:,} calls each, {len(PARAMS)} parameters")
     for name, values in samples.items():
-        median = statistics.median(values)
         p99 = statistics.quantiles(values, n=100)[98]
-        added = f"{(median - base) * 1e6:+7.1f} µs" if name not in ("outside", "wrapper") else ""
-        print(f"  {name:<8} p50 {median * 1e6:7.1f} µs  p99 {p99 * 1e6:8.1f} µs  added {added}")
+        base = bases.get(name, medians["outside"])
+        added = f"{(medians[name] - base) * 1e6:+7.1f} µs" if base is not None else ""
+        print(f"  {name:<14} p50 {medians[name] * 1e6:7.1f} µs  p99 {p99 * 1e6:8.1f} µs  {added}")
+    ours = medians["request"] - medians["outside"]
+    least = medians["floor+request"] - medians["floor"]
+    print(f"  added by a request: ours / the floor's {ours / least:.2f}")
 
 
 if __name__ == "__main__":
