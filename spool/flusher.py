@@ -133,7 +133,6 @@ class Flusher:
     def _deliver(self, batch: Batch, dropped: Mapping[str, int], until: float) -> FlushResult:
         if time.monotonic() >= until:
             return FlushResult(timed_out=True)  # the rows stay pending, the claim is released
-
         reply = self._post(batch, dropped, until)
         now = time.time()
         attempt = {
