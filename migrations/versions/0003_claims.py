@@ -8,6 +8,8 @@ Revision ID: 0003_claims
 Revises: 0002_delivery
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -34,44 +36,48 @@ _OLD_VIEW = (
 
 
 def upgrade() -> None:
-    op.execute("DROP VIEW event_state")
-    op.execute("DROP TRIGGER events_forget")
-    op.create_table(
+    _replace(
+        "leases",
         "claims",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("owner", sa.Text, nullable=False),
-        sa.Column("lo", sa.Integer, nullable=False),
-        sa.Column("hi", sa.Integer, nullable=False),
-        sa.Column("expires", sa.Float, nullable=False),
+        [
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("owner", sa.Text, nullable=False),
+            sa.Column("lo", sa.Integer, nullable=False),
+            sa.Column("hi", sa.Integer, nullable=False),
+            sa.Column("expires", sa.Float, nullable=False),
+        ],
+        "INSERT INTO claims (owner, lo, hi, expires) SELECT owner, seq, seq, expires FROM leases",
+        "DELETE FROM retries WHERE seq = old.seq;",
+        _VIEW,
     )
-    op.execute(
-        "INSERT INTO claims (owner, lo, hi, expires) SELECT owner, seq, seq, expires FROM leases"
-    )
-    op.drop_table("leases")
-    op.execute(
-        "CREATE TRIGGER events_forget AFTER DELETE ON events BEGIN "
-        "DELETE FROM retries WHERE seq = old.seq; END"
-    )
-    op.execute(_VIEW)
 
 
 def downgrade() -> None:
-    op.execute("DROP VIEW event_state")
-    op.execute("DROP TRIGGER events_forget")
-    op.create_table(
+    _replace(
+        "claims",
         "leases",
-        sa.Column("seq", sa.Integer, primary_key=True),
-        sa.Column("owner", sa.Text, nullable=False),
-        sa.Column("expires", sa.Float, nullable=False),
-    )
-    op.execute(
+        [
+            sa.Column("seq", sa.Integer, primary_key=True),
+            sa.Column("owner", sa.Text, nullable=False),
+            sa.Column("expires", sa.Float, nullable=False),
+        ],
         "INSERT OR REPLACE INTO leases (seq, owner, expires) SELECT events.seq, claims.owner, "
         "claims.expires FROM claims JOIN events ON events.seq BETWEEN claims.lo AND claims.hi "
-        "ORDER BY claims.expires"
+        "ORDER BY claims.expires",
+        "DELETE FROM leases WHERE seq = old.seq; DELETE FROM retries WHERE seq = old.seq;",
+        _OLD_VIEW,
     )
-    op.drop_table("claims")
-    op.execute(
-        "CREATE TRIGGER events_forget AFTER DELETE ON events BEGIN "
-        "DELETE FROM leases WHERE seq = old.seq; DELETE FROM retries WHERE seq = old.seq; END"
-    )
-    op.execute(_OLD_VIEW)
+
+
+def _replace(
+    old: str, new: str, columns: list[sa.Column[Any]], copy: str, forget: str, view: str
+) -> None:
+    """Replace table ``old`` by ``new`` (``copy`` moves the rows over); the trigger and the
+    view that name the claim table are dropped first and made again with it."""
+    op.execute("DROP VIEW event_state")
+    op.execute("DROP TRIGGER events_forget")
+    op.create_table(new, *columns)
+    op.execute(copy)
+    op.drop_table(old)
+    op.execute(f"CREATE TRIGGER events_forget AFTER DELETE ON events BEGIN {forget} END")
+    op.execute(view)
