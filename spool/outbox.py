@@ -170,12 +170,11 @@ class Outbox:
     ) -> None:
         """Settle one answered POST in one transaction: rows the collector accepted, the drop
         report it received, rows it refused (seq to reason: rejected, counted) and the note."""
-        accepted = as_json(seqs)
         with self.store.write() as raw:
             if keep:
-                raw.execute(_SETTLE, {"status": DELIVERED, "now": now, "seqs": accepted})
+                raw.execute(_SETTLE, {"status": DELIVERED, "now": now, "seqs": as_json(seqs)})
             elif seqs:
-                delete(raw, seqs, accepted)
+                _delete(raw, seqs)
             for reason, n in reported.items():
                 add(raw, f"reported.{reason}", n)
             if refused:
@@ -237,14 +236,14 @@ def _died_here(owner: str, host: str) -> bool:
     return False
 
 
-def delete(raw: sqlite3.Connection, seqs: Sequence[int], encoded: str) -> None:
-    """Delete rows (``encoded``: their seqs as JSON), by range when they are contiguous, as a
-    whole batch usually is: seqs are unique, so n of them spanning n values are that range."""
+def _delete(raw: sqlite3.Connection, seqs: Sequence[int]) -> None:
+    """Delete rows, by range when they are contiguous, as a whole batch usually is: seqs are
+    unique, so n of them spanning n values are that range."""
     lo, hi = min(seqs), max(seqs)
     if hi - lo + 1 == len(seqs):
         raw.execute(_DELETE_SPAN, {"lo": lo, "hi": hi})
     else:
-        raw.execute(_DELETE, {"seqs": encoded})
+        raw.execute(_DELETE, {"seqs": as_json(seqs)})
 
 
 def unreported_drops(raw: sqlite3.Connection) -> dict[str, int]:
