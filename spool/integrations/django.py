@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import enter, leave
-from . import DEFAULT_MAX_FORM_BYTES, is_form
-from .wsgi import capture
+from . import DEFAULT_MAX_FORM_BYTES
+from .wsgi import capture, form_length
 
 
 class SqreenMiddleware:
@@ -18,14 +18,8 @@ class SqreenMiddleware:
 
     def __call__(self, request: Any) -> Any:
         meta = request.META
-        form = None
-        if is_form(meta.get("CONTENT_TYPE")):
-            try:
-                length = int(meta.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = 0
-            if 0 < length <= DEFAULT_MAX_FORM_BYTES:
-                form = request.body  # Django keeps it: request.POST parses the same bytes
+        # Django keeps the body: request.POST parses the same bytes.
+        form = request.body if form_length(meta, DEFAULT_MAX_FORM_BYTES) else None
         token = enter(capture(meta, form))
         try:
             return self.get_response(request)

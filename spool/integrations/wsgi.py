@@ -47,15 +47,22 @@ def capture(environ: Mapping[str, Any], form: bytes | None) -> Capture:
     )
 
 
-def read_form(environ: dict[str, Any], limit: int) -> bytes | None:
-    """Read a small form body, and put an identical stream back for the application."""
+def form_length(environ: Mapping[str, Any], limit: int) -> int:
+    """The declared length of a form body of at most ``limit`` bytes, else 0: the body is not
+    a form, too large, or of no declared length (chunked: it could not be given back intact)."""
     if not is_form(environ.get("CONTENT_TYPE")):
-        return None
+        return 0
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
-        return None  # no length (chunked): not read, since it could not be given back intact
-    if not 0 < length <= limit:
+        return 0
+    return length if 0 < length <= limit else 0
+
+
+def read_form(environ: dict[str, Any], limit: int) -> bytes | None:
+    """Read a small form body, and put an identical stream back for the application."""
+    length = form_length(environ, limit)
+    if not length:
         return None
     body: bytes = environ["wsgi.input"].read(length)
     environ["wsgi.input"] = io.BytesIO(body)
