@@ -19,8 +19,7 @@ from sqlalchemy import Engine
 from sqreen.config import Settings
 from sqreen.errors import ConfigError, SpoolError
 from sqreen.report import check_readable
-from sqreen.spooler import STORAGE_ERRORS
-from sqreen.store import describe, read_only_engine
+from sqreen.store import STORAGE_ERRORS, describe, read_only_engine
 
 USAGE = 2
 

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 import orjson
 
+from .bound import enforce_size
 from .errors import InvalidEvent
 from .event import Event, build
-from .prune import enforce_size
 from .selection import parse_time
 from .store import Store
 

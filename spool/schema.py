@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, Table, Text
 
 # Oldest first; the last one is the revision this code reads and writes.
-REVISIONS = ("0001_events", "0002_delivery", "0003_claims")
+REVISIONS = ("0001_events", "0002_delivery", "0003_claims", "0004_settled")
 HEAD = REVISIONS[-1]
 
 # Row states. Integers keep the hot-path insert and the pending index small.

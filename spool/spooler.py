@@ -7,14 +7,12 @@ import contextlib
 import logging
 import os
 import random
-import sqlite3
 import threading
 import time
 import weakref
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
+from .bound import Bound
 from .config import Settings
 from .context import RequestBuilder
 from .context import current as current_request
@@ -23,15 +21,13 @@ from .event import build, check_identifiers, check_properties
 from .flusher import FlushResult, connect
 from .health import Health, HealthReport
 from .outbox import Outbox, add, note
-from .prune import enforce_size, log_drops, prune
+from .prune import drop_old, log_drops
 from .scrub import Scrubber
-from .store import Store, classify, describe
+from .store import STORAGE_ERRORS, Store, classify, describe
 from .worker import Worker
 
 log = logging.getLogger("sqreen.spool")
 
-# What storage may raise. Anything else is a bug and propagates.
-STORAGE_ERRORS = (sqlite3.Error, SQLAlchemyError, OSError, SpoolError)
 HEARTBEAT_JITTER = 0.1
 
 _live: weakref.WeakSet[Spooler] = weakref.WeakSet()
@@ -60,9 +56,16 @@ class Spooler:
         self._health = Health()
         self._outbox = Outbox(self._store)
         self._flusher = connect(self.settings, self._outbox, self._health)
-        self._worker = Worker(f"sqreen-spool:{self.settings.path.name}", self._maintain)
+        self._bound = Bound(self._store, self.settings.max_bytes, self._health)
+        # Two threads, so that the spool's upkeep never waits behind the network: maintenance
+        # (checkpoints, the bound, pruning, saving counters) and delivery (the heartbeat's flush).
+        name = f"sqreen-spool:{self.settings.path.name}"
+        self._worker = Worker(f"{name}:maintenance", self._maintain)
+        self._delivery = (
+            None if self._flusher is None else Worker(f"{name}:delivery", self._deliver)
+        )
         self._tracked = False
-        self._next_heartbeat = 0.0
+        self._next_prune = 0.0
         self._drained_at = 0
         self._warned_no_url = False
         _live.add(self)
@@ -112,7 +115,7 @@ class Spooler:
         return self.track("sqreen.signup_track", _with_user(options, "signup_track"))
 
     def start(self) -> None:
-        """Start the background thread now (``track()`` starts it on first use)."""
+        """Start the background threads now (``track()`` starts them on first use)."""
         self._worker.start()
 
     def flush(self, timeout: float | None = None) -> FlushResult:
@@ -136,7 +139,9 @@ class Spooler:
         deadline = time.monotonic() + budget
         if self._flusher is not None:
             self._flusher.interrupt()
-        self._worker.stop(budget)
+        if self._delivery is not None:
+            self._delivery.stop(budget)
+        self._worker.stop(max(0.0, deadline - time.monotonic()))
         result = FlushResult()
         if self._tracked and self._flusher is not None:
             result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
@@ -156,31 +161,40 @@ class Spooler:
             return FlushResult()
 
     def _maintain(self) -> float | None:
-        """The background thread's work: checkpoint, keep the spool bounded, and every
-        heartbeat (or as soon as a full batch is pending) prune and deliver."""
+        """The maintenance thread's work: checkpoint, keep the spool bounded, save the
+        counters; every heartbeat, drop what is too old. It also starts the delivery thread,
+        and wakes it early once a full batch is pending."""
         store, settings = self._store, self.settings
         store.wake_at = store.inserted + min(store.checkpoint_every, settings.batch_size)
         now = time.monotonic()
         try:
-            if now >= self._next_heartbeat or (
-                self._flusher is not None
-                and store.inserted - self._drained_at >= settings.batch_size
-            ):
-                jitter = random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
-                self._next_heartbeat = now + settings.heartbeat_delay * jitter
-                self._drained_at = store.inserted
-                log_drops(prune(store, settings))
-                if self._flusher is not None:
-                    self._flusher.flush(settings.lease * 2)
-                else:
+            if now >= self._next_prune:
+                self._next_prune = now + settings.heartbeat_delay * _jitter()
+                log_drops({"age": drop_old(store, settings)})
+                if self._flusher is None:
                     self._warn_no_url()
-            # Last, so that the pages the flush rewrote (leases, outcomes) leave the WAL too.
-            store.checkpoint()
-            log_drops({"size": enforce_size(store, settings.max_bytes)})
+            self._bound.keep()
             self._save_health()
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "maintenance")
-        return max(0.0, self._next_heartbeat - time.monotonic())
+        if self._delivery is not None:
+            if store.inserted - self._drained_at >= settings.batch_size:
+                self._delivery.wake()
+            else:
+                self._delivery.start()
+        return max(0.0, self._next_prune - time.monotonic())
+
+    def _deliver(self) -> float | None:
+        """The delivery thread's work: drain the spool, at once and then every heartbeat (or
+        when woken because a full batch is pending)."""
+        assert self._flusher is not None
+        delay = self.settings.heartbeat_delay * _jitter()
+        self._drained_at = self._store.inserted
+        try:
+            self._flusher.flush(self.settings.lease * 2)
+        except STORAGE_ERRORS as exc:
+            self._storage_failed(exc, "delivery")
+        return delay
 
     def _save_health(self) -> None:
         """Add this process's new failures to the spool's counters, where `inspect` shows them
@@ -212,6 +226,10 @@ class Spooler:
             if isinstance(exc, SpoolError):
                 raise exc
             raise SpoolError(f"{what} failed ({kind}): {error}") from exc
+
+
+def _jitter() -> float:
+    return random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
 
 
 _default: Spooler | None = None

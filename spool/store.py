@@ -19,20 +19,21 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from . import schema
 from .config import Settings
 from .errors import SchemaTooNew, SpoolError
 from .event import Event
+from .filelock import FileLock
 
 log = logging.getLogger("sqreen.spool")
 
@@ -57,10 +58,17 @@ CATCH_UP_PASSES = 8
 # checkpoint (which syncs the database file) after every few, not after each, keeps the WAL
 # within a few MiB without a sync per transaction. Left to grow, the WAL costs every reader.
 BULK_CHECKPOINT_EVERY = 8
-# How often (in commits) an insert looks at the WAL's size, for the brake below: a stat call.
+# How often (in commits, at most) an insert looks at the files' sizes, for the bound: two stat
+# calls. Nearer the bound it looks more often, down to every commit (see Store._look).
 WAL_CHECK_EVERY = 16
+# Past this many times its limit, the WAL is the inserting caller's to checkpoint (Store._look):
+# the maintenance thread could not keep up with the burst.
+WAL_BRAKE = 2
+# What one commit adds to the files, assumed until measured: a few 2 KiB pages and their headers.
+COMMIT_BYTES = 8192
 
 WAL = "-wal"
+LOCK = "-lock"
 PAGE_SIZE = 2048
 WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
@@ -91,6 +99,10 @@ def describe(exc: BaseException) -> str:
 
 class GateTimeout(SpoolError):
     """Another thread of this process held the spool past the lock timeout."""
+
+
+# What storage may raise. Anything else is a bug and propagates.
+STORAGE_ERRORS = (sqlite3.Error, SQLAlchemyError, OSError, SpoolError)
 
 
 def classify(exc: BaseException) -> str:
@@ -131,13 +143,19 @@ class Store:
         self._engine: Engine | None = None
         self._writer: PoolProxiedConnection | None = None
         self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
+        self.checkpointer = FileLock(Path(f"{self.path}{LOCK}"))
         # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
         self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 16)
         self.checkpoint_every = max(16, min(CHECKPOINT_EVERY, self.wal_limit // 8192))
         # Commits by this process, and the count at which insert() asks for maintenance.
         self.inserted = 0
         self.wake_at = self.checkpoint_every
-        self._wal_check_at = WAL_CHECK_EVERY
+        # The bound (see sqreen.bound): inserts look at the files' sizes every few commits, and
+        # call on_full themselves when there is no headroom left.
+        self.on_full: Callable[[], None] | None = None
+        self._look_at = WAL_CHECK_EVERY
+        self._looked = (0, 0)  # (commits, bytes on disk) at the last look
+        self._growth = float(COMMIT_BYTES)
         self._bulk_commits = 0
         before, parent, child = (
             weakref.WeakMethod(m)
@@ -153,8 +171,8 @@ class Store:
 
     def insert(self, event: Event) -> bool:
         """Commit one event; return True when maintenance is due. Raises on storage failure."""
-        if self.inserted >= self._wal_check_at:
-            self._brake()
+        if self.inserted >= self._look_at:
+            self._look()
         lock = self._lock
         self._acquire(lock)  # by hand: a context manager would cost 2 µs of this call
         try:
@@ -187,19 +205,37 @@ class Store:
                 raise
             raw.execute("COMMIT")
 
-    def _brake(self) -> None:
-        """Backpressure for bursts the background checkpoints cannot keep up with.
+    def _look(self) -> None:
+        """Keep the bound under a burst that the maintenance thread cannot keep up with.
 
-        Checkpoints run beside the inserts and only a checkpoint that catches up lets the WAL
-        start over; under a burst that outruns them the WAL would grow without bound. So, when
-        it is past twice its limit, the caller waits for the checkpoint in progress (which
-        restarts the WAL) instead of adding to it: rarely, and only under such a burst.
+        Checkpoints and cuts run beside the inserts, and a burst (several threads, several
+        processes) can outrun them. So inserts look at the files' sizes: at the bound (see
+        :meth:`headroom`), the caller does the maintenance itself (``on_full``) before adding
+        more. The nearer the files are to the bound, measured in what a commit of any writer
+        has been seen to add to them, the sooner the next look: down to every commit.
         """
-        self._wal_check_at = self.inserted + WAL_CHECK_EVERY
-        if _size(f"{self.path}{WAL}") > 2 * self.wal_limit:
-            self.wake_at = self.inserted  # ask for maintenance now, if none is running
-            with self._held(self._side):
-                pass
+        room, total = self.headroom()
+        commits, before = self._looked
+        if total > before and self.inserted > commits:  # other processes' writes count too
+            self._growth = max((total - before) / (self.inserted - commits), self._growth * 0.9)
+        if room <= 0 and self.on_full is not None:
+            self.wake_at = self.inserted  # the maintenance thread too, if it is idle
+            self.on_full()
+            room, total = self.headroom()
+        self._looked = (self.inserted, total)
+        # Past its limit the WAL is in the catch-up's hands, which other processes may outrun:
+        # each of them then looks at every commit, so that all stop within a commit of the bound.
+        ahead = int(room / (2 * max(self._growth, COMMIT_BYTES / 2)))
+        if room < (WAL_BRAKE - 1) * self.wal_limit:
+            ahead = 1
+        self._look_at = self.inserted + max(1, min(WAL_CHECK_EVERY, ahead))
+
+    def headroom(self) -> tuple[int, int]:
+        """How many bytes the files may still grow before the bound needs relief (none once
+        they reach ``max_bytes``, or the WAL WAL_BRAKE times its limit), and their size."""
+        wal = _size(f"{self.path}{WAL}")
+        total = _size(str(self.path)) + wal
+        return min(self.settings.max_bytes - total, WAL_BRAKE * self.wal_limit - wal), total
 
     def insert_many(self, events: Sequence[Event]) -> None:
         """Commit many events in one transaction (imports): one commit, not one per event."""
@@ -233,12 +269,22 @@ class Store:
             probe.dispose()
         return before, self.revision()
 
-    def checkpoint(self, truncate: bool = False) -> None:
-        """Copy the WAL into the database file, keeping the WAL file small.
+    def checkpoint(self, truncate: bool = False, now: bool = False) -> bool:
+        """Copy the WAL into the database file, keeping the WAL file small; False when a
+        reader of another process kept it from copying everything.
 
         ``truncate`` also empties the WAL file, holding writers off while it does (see
-        :meth:`_truncate`: a reader on the WAL in another process may put it off).
+        :meth:`_truncate`: a reader on the WAL in another process may put it off). ``now``
+        does the same without first trying a passive pass: for a caller at the size bound.
+
+        One checkpoint at a time on the host (:attr:`checkpointer`): a routine one finds
+        another running and skips; ``truncate`` and ``now`` wait for it.
         """
+        wait = self.settings.lock_timeout if truncate or now else 0.0
+        with self.checkpointer.held(wait) as held:
+            return not held or self._checkpoint(truncate, now)
+
+    def _checkpoint(self, truncate: bool, now: bool) -> bool:
         with self._gate():
             engine = self._opened()
         with self._held(self._side):
@@ -246,13 +292,12 @@ class Store:
             try:
                 connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
                 # Beside track()'s inserts: copies what the WAL holds now, never blocks them.
-                frames = _passive(connection)
-                if truncate:
-                    self._truncate(connection)
-                elif (
-                    frames * (pragma(connection, "page_size") + WAL_FRAME_HEADER) >= self.wal_limit
-                ):
-                    self._catch_up(connection, frames)
+                frames = 0 if now else _passive(connection)
+                if truncate or now:
+                    return self._truncate(connection)
+                if frames * (pragma(connection, "page_size") + WAL_FRAME_HEADER) >= self.wal_limit:
+                    return self._catch_up(connection, frames)
+                return True
             finally:
                 raw.close()
 
@@ -262,37 +307,40 @@ class Store:
         if self._bulk_commits % BULK_CHECKPOINT_EVERY == 0:
             self.checkpoint()
 
-    def _truncate(self, connection: sqlite3.Connection) -> None:
-        """Empty the WAL file (the size bound counts it), holding the inserts off meanwhile.
+    def _truncate(self, connection: sqlite3.Connection, mode: str = "TRUNCATE") -> bool:
+        """Copy all of the WAL and empty its file (the size bound counts it), or with
+        ``RESTART`` let the next commit start it over; True when it was done.
 
-        This needs SQLite's write lock: holding the gate hands it over at once, where SQLite's
-        busy handler would sleep and lose races to the inserts. It also waits for readers to
-        leave the WAL, and the inserts wait with it: only briefly, so that a reader holding a
-        snapshot (another process) delays the truncation to a later checkpoint instead.
+        This needs SQLite's write lock: holding the gate hands it over at once within this
+        process, where SQLite's busy handler would sleep and lose races to the inserts. It
+        also waits for readers to leave the WAL, and the inserts wait with it: only briefly, so
+        that a reader holding a snapshot (another process) delays the start-over instead.
         """
         with self._gate():
             connection.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}").close()
             try:
-                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+                busy, _frames, _copied = connection.execute(
+                    f"PRAGMA wal_checkpoint({mode})"
+                ).fetchone()
+                return not busy
             finally:
                 waits = int(self.settings.lock_timeout * 1000)
                 connection.execute(f"PRAGMA busy_timeout = {waits}").close()
 
-    def _catch_up(self, connection: sqlite3.Connection, frames: int) -> None:
-        """Let the WAL start over, under a burst of inserts, with writers held off briefly.
+    def _catch_up(self, connection: sqlite3.Connection, frames: int) -> bool:
+        """Let the WAL start over, under a burst of inserts, with writers held off briefly;
+        False when a reader of another process kept it from copying everything.
 
         The WAL starts over at the first commit after a checkpoint copied all of it, but under a
         burst every passive checkpoint ends behind the inserts, so the WAL only grows. Each pass
-        here copies what came in during the last; once little is left, a last pass runs with the
-        inserts held off and copies the rest. Unlike a RESTART checkpoint it never waits for
-        readers (an ``inspect`` in another process): with one still on the WAL, it grows on.
+        here copies what came in during the last; once little is left, a last pass copies the
+        rest with every writer held off (see :meth:`_truncate`).
         """
         for _ in range(CATCH_UP_PASSES):
             previous, frames = frames, _passive(connection)
             if frames - previous <= CATCH_UP_FRAMES:
                 break
-        with self._gate():
-            _passive(connection)
+        return self._truncate(connection, "RESTART")
 
     def file_bytes(self) -> int:
         """The spool's size on disk: database file and WAL."""
@@ -442,7 +490,8 @@ class Store:
         self._pid = os.getpid()
         self.inserted = 0
         self.wake_at = self.checkpoint_every
-        self._wal_check_at = WAL_CHECK_EVERY
+        self._look_at = WAL_CHECK_EVERY
+        self._looked = (0, 0)
 
 
 def file_bytes(path: Path) -> int:

@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import sqreen
 
@@ -27,6 +28,15 @@ def track_forever(path: str) -> None:
             out.flush()
 
 
+def in_threads(threads: int, work: Callable[[int], None]) -> None:
+    """Run ``work(t)`` in ``threads`` threads at once; return when all are done."""
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
 def track_threads(path: str, threads: str, per_thread: str) -> None:
     """Track ``per_thread`` events from each of ``threads`` threads; exit 1 on any failure."""
     spooler = sqreen.Spooler(path=path)
@@ -41,11 +51,7 @@ def track_threads(path: str, threads: str, per_thread: str) -> None:
             except Exception as exc:
                 failures.append(f"{tag}: {exc!r}")
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(int(threads))]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    in_threads(int(threads), work)
     spooler.close()
     if failures:
         print("\n".join(failures[:5]), file=sys.stderr)
@@ -92,6 +98,31 @@ def flush_forever(path: str, url: str) -> None:
         time.sleep(0.01)
 
 
+def track_outage(path: str, url: str, max_bytes: str, threads: str, count: str) -> None:
+    """Track ``count`` ~1 KiB events from ``threads`` threads as fast as they go into a spool
+    bounded at ``max_bytes`` whose collector is unreachable; print how many were acknowledged."""
+    spooler = sqreen.Spooler(
+        path=path,
+        url=url,
+        max_bytes=int(max_bytes),
+        heartbeat_delay=0.5,
+        http_timeout=2,
+        shutdown_timeout=1,
+    )
+    acknowledged = [0] * int(threads)
+    per_thread = int(count) // int(threads)
+
+    def work(t: int) -> None:
+        for i in range(per_thread):
+            pad = "x" * (900 + i % 100)
+            if spooler.track("outage", {"properties": {"t": t, "i": i, "pad": pad}}):
+                acknowledged[t] += 1
+
+    in_threads(int(threads), work)
+    spooler.close()
+    print(sum(acknowledged), flush=True)
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     {
@@ -101,4 +132,5 @@ if __name__ == "__main__":
         "check_imports": check_imports,
         "track_and_exit": track_and_exit,
         "flush_forever": flush_forever,
+        "track_outage": track_outage,
     }[command](*arguments)

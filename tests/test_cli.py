@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import sqreen
+from sqreen import schema
 from sqreen.cli.app import app
 
 from . import collector as c
@@ -100,7 +101,7 @@ def test_inspect_summary_as_json(spool_path: Path, mixed: dict[str, list[str]]) 
     summary = orjson.loads(result.stdout)
     assert summary["path"] == str(spool_path)
     assert summary["file_bytes"] >= spool_path.stat().st_size
-    assert summary["schema_revision"] == "0003_claims"
+    assert summary["schema_revision"] == schema.HEAD
     assert summary["counts"] == {"pending": 3, "leased": 1, "rejected": 2, "delivered": 4}
     assert summary["dropped"] == {"age": 0, "size": 0, "rejected": 2, "purged": 0}
     oldest = summary["oldest_pending"]
@@ -302,9 +303,9 @@ def test_import_of_a_missing_file(spool_path: Path, tmp_path: Path) -> None:
 
 def test_migrate_prints_revisions(spool_path: Path) -> None:
     first = cli(spool_path, "migrate")
-    assert first.stdout.strip() == f"{spool_path}: (empty) -> 0003_claims"
+    assert first.stdout.strip() == f"{spool_path}: (empty) -> {schema.HEAD}"
     again = cli(spool_path, "migrate")
-    assert again.stdout.strip() == f"{spool_path}: 0003_claims -> 0003_claims"
+    assert again.stdout.strip() == f"{spool_path}: {schema.HEAD} -> {schema.HEAD}"
 
 
 @pytest.mark.parametrize("args", [["inspect"], ["prune"], ["flush"], ["inspect", "events"]])

@@ -1,0 +1,190 @@
+"""The size bound: the spool's database file plus its WAL stay under ``max_bytes`` (with a
+fixed slack), at every moment and whatever the collector does.
+
+Three parts keep it, none of which waits for the network:
+
+- the maintenance thread (see :mod:`sqreen.spooler`) checkpoints the WAL and, once the data
+  reaches :data:`SIZE_TRIGGER` of the bound, drops the oldest rows down to :data:`SIZE_TARGET`;
+- the inserting caller itself does the same (:meth:`Bound.relieve`) when it finds the files at
+  the bound, which only happens when a burst outruns the maintenance thread;
+- ``sqreen-spool prune`` and the heartbeat's prune bring a spool that is any amount over the
+  bound under it in one call (an old spool, a lowered bound), in bounded memory.
+
+Every pending row removed is counted as ``dropped.size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+
+from .health import Health
+from .outbox import add
+from .schema import DELIVERED, PENDING, REJECTED
+from .store import STORAGE_ERRORS, Store, classify, describe, driver, pragma
+
+log = logging.getLogger("sqreen.spool")
+
+# What the invariant allows above the bound: SQLite writes whole pages, and the writers of other
+# processes may each commit once between two looks at the files.
+BOUND_SLACK = 256 * 1024
+BOUND_FACTOR = 1.1
+# The data (pages in use) is cut back once it reaches SIZE_TRIGGER of the bound, to SIZE_TARGET:
+# the rest of the bound is the WAL's (at most 2/16 of it, see Store) and the margin for what the
+# writers add while a cut is under way.
+SIZE_TRIGGER = 0.7
+SIZE_TARGET = 0.55
+# Rows are deleted and pages vacuumed in steps of this share of the bound, each its own short
+# transaction, so that neither memory nor the WAL grows with how far over the bound a spool is.
+SIZE_CHUNK = 1 / 16
+# The database file is shrunk (its free pages given back) only when it is larger than this share
+# of the bound: below it, free pages are simply reused by the next inserts, which is far cheaper
+# than moving pages during a burst.
+FILE_SHARE = 0.9
+# After a relief that could not empty the WAL (a reader or checkpoint of another process in the
+# way), inserts try again after a pause that doubles with each failure in a row, up to
+# RELIEF_RETRY: a passing reader costs little, one that stays (holding a snapshot) is not
+# waited for at every commit.
+RELIEF_FIRST_RETRY = 0.001
+RELIEF_RETRY = 0.5
+
+
+def ceiling(max_bytes: int) -> int:
+    """The most the spool's two files may ever hold together on disk."""
+    return int(max_bytes * BOUND_FACTOR) + BOUND_SLACK
+
+
+class Bound:
+    """Keeps one store under its bound: from the maintenance thread, and from the inserting
+    caller when a burst outruns it (the store calls :meth:`relieve`)."""
+
+    def __init__(self, store: Store, max_bytes: int, health: Health) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self._health = health
+        self._retry_at, self._failures = -math.inf, 0
+        store.on_full = self.relieve
+
+    def keep(self, wait: float = 0.0) -> bool:
+        """Checkpoint, then enforce the bound; False when a reader of another process kept the
+        checkpoint from copying the whole WAL.
+
+        One thread and process at a time on the host (the store's checkpointer lock): with no
+        ``wait`` it is skipped when another one is at it (the maintenance thread's routine);
+        with one, it waits for the other (a relief), then does nothing if that relieved the
+        spool, else empties the WAL at once (holding writers off) before the cut.
+        """
+        with self.store.checkpointer.held(wait) as held:
+            if not held or (wait and self.store.headroom()[0] > 0):
+                return held
+            complete = self.store.checkpoint(now=wait > 0)
+            dropped = enforce_size(self.store, self.max_bytes)
+        if dropped:
+            log.warning("sqreen spool: dropped %d undelivered events (size limit)", dropped)
+        return complete
+
+    def relieve(self) -> None:
+        """Called by an insert that found the files at the bound: cut them back now, in this
+        thread, rather than add to them (the inserts of other processes at the bound wait for
+        it). A failure is counted; the insert goes on."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        try:
+            if self.keep(wait=self.store.settings.lock_timeout):
+                self._failures = 0
+                return
+        except STORAGE_ERRORS as exc:
+            self._health.record(classify(exc), describe(exc), "size bound")
+        self._failures += 1
+        self._retry_at = now + min(RELIEF_RETRY, RELIEF_FIRST_RETRY * 2**self._failures)
+
+
+def enforce_size(store: Store, max_bytes: int) -> int:
+    """Drop rows, settled ones first, then the oldest pending, until the data fits in
+    :data:`SIZE_TARGET` of the bound; give free pages back when the file itself is too large.
+
+    Returns how many pending events were dropped. Works in steps of :data:`SIZE_CHUNK` of the
+    bound, each its own transaction followed by a checkpoint, whatever the excess. Looking
+    costs one read: the data is only cut once it reaches :data:`SIZE_TRIGGER`.
+    """
+    with store.connection() as reading:
+        used, pages = _used_bytes(driver(reading))
+    largest = int(max_bytes * FILE_SHARE)
+    if used < max_bytes * SIZE_TRIGGER and pages <= largest:
+        return 0
+    target, step = int(max_bytes * SIZE_TARGET), max(1, int(max_bytes * SIZE_CHUNK))
+    dropped = 0
+    while used > target:
+        with store.write() as conn:
+            excess, deleted = min(step, used - target), 0
+            for status in (DELIVERED, REJECTED, PENDING):
+                rows = _drop_oldest(conn, status, excess)
+                if rows:
+                    deleted = rows
+                    if status == PENDING:
+                        add(conn, "dropped.size", rows)
+                        dropped += rows
+                    break  # measure what was freed before going on
+            used, pages = _used_bytes(conn)
+        store.checkpoint()  # a freed page is overwritten (SQLite's secure delete): a WAL frame
+        if not deleted:
+            break  # nothing left to drop (the rest is the schema's own pages)
+    while pages > largest:
+        with store.write() as conn:
+            free = pragma(conn, "freelist_count")
+            if free:
+                _vacuum(conn, min(free, max(1, step // pragma(conn, "page_size"))))
+            _, pages = _used_bytes(conn)
+        store.checkpoint(truncate=True)  # the file shrinks as the WAL is copied into it
+        if not free:
+            break
+    return dropped
+
+
+def _vacuum(conn: sqlite3.Connection, pages: int) -> None:
+    """Give ``pages`` free pages back to the file system (they leave the file at the next
+    checkpoint)."""
+    # Python's sqlite3 steps a statement without result columns once, and each step of this
+    # pragma frees one page: run it once per page.
+    for _ in range(pages):
+        conn.execute("PRAGMA incremental_vacuum").close()
+
+
+def _used_bytes(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The bytes of the database's pages in use, and of all its pages."""
+    page_size, pages = pragma(conn, "page_size"), pragma(conn, "page_count")
+    return (pages - pragma(conn, "freelist_count")) * page_size, pages * page_size
+
+
+# The oldest rows of one status, with their size: pending rows are most of the table, in seq
+# order; settled ones are found through their partial index (see migration 0004_settled).
+_OLDEST_PENDING = f"SELECT seq, length(payload) FROM events WHERE status = {PENDING} ORDER BY seq"
+_OLDEST_SETTLED = (
+    "SELECT seq, length(payload) FROM events WHERE status = :status AND status > 0 ORDER BY seq"
+)
+_DROP_THROUGH = "DELETE FROM events WHERE status = :status AND seq <= :last"
+# The least room a row takes, so that a chunk fetches a bounded number of rows.
+ROW_BYTES = 64
+
+
+def _drop_oldest(conn: sqlite3.Connection, status: int, excess: int) -> int:
+    """Delete the oldest rows of ``status`` that free at most about ``excess`` bytes; return
+    how many.
+
+    A row takes more room in its pages than its bytes, by up to about twice for rows of half a
+    page: taking rows whose bytes add up to half the excess never frees more than was asked
+    (the caller measures what was freed and asks again)."""
+    query = _OLDEST_PENDING if status == PENDING else _OLDEST_SETTLED
+    budget, last, rows = excess // 2, None, 0
+    cursor = conn.execute(f"{query} LIMIT :n", {"status": status, "n": excess // ROW_BYTES + 1})
+    for seq, size in cursor:
+        last, rows, budget = seq, rows + 1, budget - size
+        if budget <= 0:
+            break
+    cursor.close()
+    if last is None:
+        return 0
+    return int(conn.execute(_DROP_THROUGH, {"status": status, "last": last}).rowcount)

@@ -1,0 +1,183 @@
+"""The size bound holds at every moment, whatever the collector does.
+
+A sampler reads the spool's two files every 10 ms for the whole run and fails on the first
+sample over the ceiling; at the end every acknowledged event is delivered, pending or counted
+as dropped, exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sqreen
+from sqreen.bound import BOUND_SLACK, ceiling, enforce_size
+from sqreen.store import Store, file_bytes
+
+from .conftest import counters, run_child
+
+MiB = 1024 * 1024
+
+
+class Sampler(threading.Thread):
+    """Reads the spool's size (database file plus WAL) every 10 ms; keeps the largest."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.largest = 0
+        self.samples = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.01):
+            self.largest = max(self.largest, file_bytes(self.path))
+            self.samples += 1
+
+    def __enter__(self) -> Sampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self.join()
+
+
+@contextmanager
+def refusing() -> Iterator[str]:
+    """A loopback URL where nothing listens: every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield f"http://127.0.0.1:{port}/v1/events"
+
+
+@contextmanager
+def silent() -> Iterator[str]:
+    """A loopback server that accepts every connection and never answers."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/v1/events"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+COLLECTORS = {"refusing": refusing, "silent": silent}
+
+
+def pending(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM events WHERE status = 0").fetchone()[0])
+
+
+def test_the_ceiling_is_the_one_promised() -> None:
+    assert BOUND_SLACK <= 256 * 1024
+    assert ceiling(MiB) == int(1.1 * MiB) + BOUND_SLACK
+
+
+@pytest.mark.parametrize("layout", ["threads", "processes"])
+@pytest.mark.parametrize("collector_kind", sorted(COLLECTORS))
+@pytest.mark.parametrize("max_bytes", [1 * MiB, 8 * MiB])
+def test_the_bound_holds_at_every_moment_of_an_outage_burst(
+    spool_path: Path, max_bytes: int, collector_kind: str, layout: str
+) -> None:
+    tracked = 10 * max_bytes // 1000  # ten times the bound in ~1 KiB events
+    processes, threads = (1, 4) if layout == "threads" else (4, 1)
+    sqreen.Spooler(path=spool_path).close()  # the schema first, so the children only insert
+    with COLLECTORS[collector_kind]() as url, Sampler(spool_path) as sampler:
+        children = [
+            run_child(
+                "track_outage",
+                str(spool_path),
+                url,
+                str(max_bytes),
+                str(threads),
+                str(tracked // processes),
+                stdout=subprocess.PIPE,
+            )
+            for _ in range(processes)
+        ]
+        acknowledged = 0
+        for child in children:
+            out, _ = child.communicate(timeout=240)
+            assert child.returncode == 0
+            acknowledged += int(out)
+    assert sampler.samples > 50
+    assert sampler.largest <= ceiling(max_bytes), (sampler.largest, ceiling(max_bytes))
+    counts = counters(spool_path)
+    assert counts.get("dropped.size", 0) > 0
+    # Every acknowledged event is pending or counted as dropped, exactly (nothing was delivered).
+    assert acknowledged == pending(spool_path) + counts.get("dropped.size", 0) + counts.get(
+        "dropped.age", 0
+    )
+    assert acknowledged >= tracked * 0.99  # storage trouble is not how the bound is kept
+
+
+def test_delivery_drains_what_is_left_once_the_collector_is_back(
+    spool_path: Path, collector: Any
+) -> None:
+    max_bytes = 1 * MiB
+    with refusing() as url:
+        spooler = sqreen.Spooler(
+            path=spool_path, url=url, max_bytes=max_bytes, heartbeat_delay=0.2, http_timeout=1
+        )
+        acknowledged = sum(
+            spooler.track("outage", {"properties": {"i": i, "pad": "x" * 900}})
+            for i in range(5 * max_bytes // 1000)
+        )
+        spooler.close(timeout=1)
+    left = pending(spool_path)
+    back = sqreen.Spooler(path=spool_path, url=collector.url)
+    result = back.flush(timeout=30)
+    back.close()
+    assert result.pending == 0 and result.delivered == left
+    dropped = counters(spool_path).get("dropped.size", 0)
+    assert acknowledged == len(collector.accepted_events()) + dropped
+    assert collector.requests[-1].batch.get("dropped", {}).get("size", 0) == dropped or any(
+        r.batch.get("dropped", {}).get("size") == dropped for r in collector.requests
+    )
+
+
+def test_one_prune_brings_a_spool_far_over_the_bound_under_it(tmp_path: Path) -> None:
+    path = tmp_path / "big.db"
+    big = sqreen.Spooler(path=path, max_bytes=1024 * MiB)
+    for i in range(30_000):  # ~30 MiB
+        assert big.track("old", {"properties": {"i": i, "pad": "x" * 900}})
+    big.close()
+    max_bytes = 1 * MiB
+    assert file_bytes(path) > 25 * max_bytes
+    small = sqreen.Spooler(path=path, max_bytes=max_bytes)
+    store: Store = small._store
+    dropped = enforce_size(store, max_bytes)
+    assert file_bytes(path) <= max_bytes
+    kept = pending(path)
+    small.close()
+    assert kept > 0 and kept + dropped == 30_000
+    assert counters(path)["dropped.size"] == dropped
+    assert os.stat(path).st_size <= max_bytes
