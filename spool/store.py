@@ -280,13 +280,13 @@ class Store:
         One checkpoint at a time on the host (:attr:`checkpointer`): a routine one finds
         another running and skips; ``truncate`` and ``now`` wait for it.
         """
+        with self._gate():
+            engine = self._opened()  # first: it makes the spool's directory
         wait = self.settings.lock_timeout if truncate or now else 0.0
         with self.checkpointer.held(wait) as held:
-            return not held or self._checkpoint(truncate, now)
+            return not held or self._checkpoint(engine, truncate, now)
 
-    def _checkpoint(self, truncate: bool, now: bool) -> bool:
-        with self._gate():
-            engine = self._opened()
+    def _checkpoint(self, engine: Engine, truncate: bool, now: bool) -> bool:
         with self._held(self._side):
             raw = engine.raw_connection()
             try:
@@ -307,9 +307,9 @@ class Store:
         if self._bulk_commits % BULK_CHECKPOINT_EVERY == 0:
             self.checkpoint()
 
-    def _truncate(self, connection: sqlite3.Connection, mode: str = "TRUNCATE") -> bool:
-        """Copy all of the WAL and empty its file (the size bound counts it), or with
-        ``RESTART`` let the next commit start it over; True when it was done.
+    def _truncate(self, connection: sqlite3.Connection) -> bool:
+        """Copy all of the WAL and empty its file (the size bound counts it), holding the
+        inserts off; True when it was done.
 
         This needs SQLite's write lock: holding the gate hands it over at once within this
         process, where SQLite's busy handler would sleep and lose races to the inserts. It
@@ -320,7 +320,7 @@ class Store:
             connection.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}").close()
             try:
                 busy, _frames, _copied = connection.execute(
-                    f"PRAGMA wal_checkpoint({mode})"
+                    "PRAGMA wal_checkpoint(TRUNCATE)"
                 ).fetchone()
                 return not busy
             finally:
@@ -334,13 +334,17 @@ class Store:
         The WAL starts over at the first commit after a checkpoint copied all of it, but under a
         burst every passive checkpoint ends behind the inserts, so the WAL only grows. Each pass
         here copies what came in during the last; once little is left, a last pass copies the
-        rest with every writer held off (see :meth:`_truncate`).
+        rest with every writer held off.
         """
         for _ in range(CATCH_UP_PASSES):
             previous, frames = frames, _passive(connection)
             if frames - previous <= CATCH_UP_FRAMES:
                 break
-        return self._truncate(connection, "RESTART")
+        with self.write():  # every writer held off: this process's by the gate, the others'
+            # by SQLite's write lock, which a passive checkpoint does not need. Unlike RESTART it
+            # never waits for readers: with one still on the WAL (inspect), the WAL grows on.
+            _busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return bool(frames == copied)
 
     def file_bytes(self) -> int:
         """The spool's size on disk: database file and WAL."""

@@ -291,7 +291,7 @@ def test_import_of_malformed_files(
     source = tmp_path / "input.jsonl"
     source.write_bytes(content)
     result = cli(spool_path, "import", str(source))
-    assert result.exit_code == code
+    assert result.exit_code == code, result.output
     assert message in result.output
 
 

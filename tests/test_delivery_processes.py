@@ -1,4 +1,5 @@
-"""Delivery across real processes: exit flush, fork, bounded growth, and chaos with SIGKILL."""
+"""Delivery across real processes: exit flush, fork, and chaos with SIGKILL (the size bound's
+own tests are in test_bound.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import sqreen
 
 from . import collector as c
-from .conftest import counters, rows, run_child
+from .conftest import rows, run_child
 
 
 def test_exit_flush_delivers_what_the_process_tracked(spool_path: Path, collector: Any) -> None:
@@ -87,34 +88,6 @@ def test_forked_children_track_and_flush(spool_path: Path, collector: Any) -> No
     posted = Counter(e["id"] for e in collector.accepted_events())
     assert len(posted) == 200 + 3 * 200
     assert max(posted.values()) == 1  # nothing sent twice (no failures, so no legitimate retry)
-
-
-def test_spool_stays_bounded_while_the_collector_is_down(spool_path: Path, collector: Any) -> None:
-    collector.stop()
-    max_bytes = 4 * 1024 * 1024
-    spooler = sqreen.Spooler(
-        path=spool_path,
-        url=collector.url,
-        max_bytes=max_bytes,
-        heartbeat_delay=3600,
-        retry_attempts=1,
-    )
-    pad = "x" * 900
-    tracked = 10 * max_bytes // 1000
-    largest = 0
-    for i in range(tracked):
-        assert spooler.track("bounded", {"properties": {"i": i, "pad": pad}})
-        if i % 200 == 0:
-            largest = max(largest, spooler._store.file_bytes())
-    spooler._maintain()
-    largest = max(largest, spooler._store.file_bytes())
-    spooler.close()
-    assert largest <= 1.1 * max_bytes, largest
-    kept = [r["seq"] for r in rows(spool_path)]
-    dropped = counters(spool_path).get("dropped.size", 0)
-    assert dropped > 0
-    assert len(kept) + dropped == tracked  # every missing event is counted
-    assert kept == list(range(tracked - len(kept) + 1, tracked + 1))  # the newest are kept
 
 
 def test_chaos_every_acknowledged_event_arrives(spool_path: Path, collector: Any) -> None:
