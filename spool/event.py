@@ -25,7 +25,6 @@ OPTION_KEYS = ("properties", "user_identifiers", "timestamp")
 
 _OPTION_KEY_SET = frozenset(OPTION_KEYS)
 _SCALARS = (str, int, bool, type(None))
-_CONTAINERS = (list, tuple)
 
 
 class Event(NamedTuple):
@@ -55,8 +54,7 @@ def build(
         )
     timestamp = properties = identifiers = None
     if options is not None:
-        if type(options) is not dict and not isinstance(options, Mapping):
-            raise InvalidEvent(f"options must be a dict, not {type(options).__name__}")
+        options = read_options(options)
         if not _OPTION_KEY_SET.issuperset(options):
             raise InvalidEvent(_unknown_keys_message(options))
         timestamp = options.get("timestamp")
@@ -66,11 +64,11 @@ def build(
     record: dict[str, Any] = {"id": event_id, "name": event_name, "timestamp": _utc(timestamp)}
     if properties is not None:
         check_properties(properties)
-        if properties:
+        if dict.__len__(properties):  # checked to be a dict, whose own __len__ may lie
             record["properties"] = properties
     if identifiers is not None:
         check_identifiers(identifiers, "user_identifiers")
-        if identifiers:
+        if dict.__len__(identifiers):
             record["user_identifiers"] = identifiers
     elif user:
         record["user_identifiers"] = user
@@ -129,12 +127,29 @@ def check_identifiers(identifiers: object, what: str) -> None:
     """Raise InvalidEvent naming ``what`` unless ``identifiers`` is a dict of str to str."""
     if not isinstance(identifiers, dict):
         raise InvalidEvent(f"{what} must be a dict of str to str, not {type(identifiers).__name__}")
-    for key, value in identifiers.items():
+    for key, value in dict.items(identifiers):  # its storage, whatever a subclass's items() says
         if type(key) is not str or type(value) is not str:
             raise InvalidEvent(
                 f"{what} must map str to str; {key!r}: {value!r} is "
                 f"{type(key).__name__} to {type(value).__name__}"
             )
+
+
+def read_options(options: object) -> dict[Any, Any]:
+    """``track()``'s options, read once into a plain dict: a caller's mapping whose methods
+    raise, or lie about what it holds, is an InvalidEvent, never another exception."""
+    if type(options) is dict:
+        return options
+    if not isinstance(options, Mapping):
+        raise InvalidEvent(f"options must be a dict, not {type(options).__name__}")
+    try:
+        # A dict subclass is copied from its storage (what orjson would encode), whatever its
+        # items() says; another Mapping through its keys and __getitem__.
+        return dict(options) if not isinstance(options, dict) else dict(dict.items(options))
+    except Exception as exc:
+        raise InvalidEvent(
+            f"options ({type(options).__name__}) could not be read: {type(exc).__name__}"
+        ) from None
 
 
 def _unknown_keys_message(options: Mapping[Any, Any]) -> str:
@@ -151,9 +166,9 @@ def check_properties(properties: object, what: str = "properties") -> None:
     """Raise InvalidEvent unless ``properties`` is a dict of at most 16 plain JSON values."""
     if not isinstance(properties, dict):
         raise InvalidEvent(f"{what} must be a dict, not {type(properties).__name__}")
-    if len(properties) > MAX_PROPERTIES:
+    if dict.__len__(properties) > MAX_PROPERTIES:
         raise InvalidEvent(
-            f"{what} has {len(properties)} entries; at most {MAX_PROPERTIES} are allowed"
+            f"{what} has {dict.__len__(properties)} entries; at most {MAX_PROPERTIES} are allowed"
         )
     problem = _json_problem(properties, 0)
     if problem is not None:
@@ -166,6 +181,8 @@ def _json_problem(value: Any, depth: int) -> str | None:
     orjson alone is not enough: it writes NaN as null and encodes datetimes, UUIDs, enums and
     dataclasses, which would reach the collector as something the caller did not write. The path
     is built only on the way out of a failure, as this walk runs on every track() call.
+    Containers are read through the base types' own methods, as orjson reads them: a subclass
+    whose items() or __iter__ says otherwise cannot hide what it holds.
     """
     kind = type(value)
     if kind in _SCALARS:
@@ -175,14 +192,15 @@ def _json_problem(value: Any, depth: int) -> str | None:
     if depth >= MAX_DEPTH:
         return f" is nested more than {MAX_DEPTH} levels deep"
     if isinstance(value, dict):
-        for key, item in value.items():
+        for key, item in dict.items(value):
             if type(key) is not str:
                 return f" has a key {key!r} of type {type(key).__name__}; keys must be str"
             if type(item) not in _SCALARS and (problem := _json_problem(item, depth + 1)):
                 return f"[{key!r}]{problem}"
         return None
-    if kind in _CONTAINERS:
-        for index, item in enumerate(value):
+    if isinstance(value, list | tuple):
+        items = list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value)
+        for index, item in enumerate(items):
             if type(item) not in _SCALARS and (problem := _json_problem(item, depth + 1)):
                 return f"[{index}]{problem}"
         return None
@@ -196,6 +214,14 @@ def _utc(timestamp: object) -> datetime:
         raise InvalidEvent(f"timestamp must be a datetime, not {type(timestamp).__name__}")
     if timestamp.tzinfo is timezone.utc:
         return timestamp
-    if timestamp.tzinfo is None or timestamp.utcoffset() is None:
-        return timestamp.replace(tzinfo=timezone.utc)
-    return timestamp.astimezone(timezone.utc)
+    try:
+        if timestamp.tzinfo is None or timestamp.utcoffset() is None:
+            return timestamp.replace(tzinfo=timezone.utc)
+        return timestamp.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidEvent(f"timestamp {timestamp.isoformat()} is out of range in UTC") from None
+    except Exception as exc:  # a tzinfo whose utcoffset() raises or answers nonsense
+        raise InvalidEvent(
+            f"timestamp's tzinfo ({type(timestamp.tzinfo).__name__}) gives no valid UTC offset: "
+            f"{type(exc).__name__}"
+        ) from None

@@ -32,8 +32,8 @@ _COUNTS = (
 )
 _OLDEST = "SELECT id, name, enqueued_at FROM events WHERE status = :pending ORDER BY seq LIMIT 1"
 _EVENTS = (
-    "SELECT seq, payload, status, enqueued_at, settled_at, attempts, last_error, lease_expires "
-    "FROM event_state WHERE {where} AND seq > :after ORDER BY seq LIMIT :page"
+    "SELECT seq, payload, status, enqueued_at, settled_at, attempts, last_error, lease_expires, "
+    "next_attempt_at FROM event_state WHERE {where} AND seq > :after ORDER BY seq LIMIT :page"
 )
 
 
@@ -165,6 +165,8 @@ def _record(row: Any) -> dict[str, Any]:
         record["attempts"] = row.attempts
     if row.last_error:
         record["last_error"] = row.last_error
+    if row.status == PENDING and row.next_attempt_at > time.time():
+        record["next_attempt_at"] = iso(row.next_attempt_at)  # why it waits: its backoff
     if row.status == PENDING and row.lease_expires > time.time():
         record["leased_until"] = iso(row.lease_expires)
     return record

@@ -63,6 +63,10 @@ class Selection:
         return " AND ".join(clauses), params
 
 
+class OutOfRange(ValueError):
+    """A well-formed time that has no UTC equivalent (before year 1 or after 9999)."""
+
+
 def status_choices() -> str:
     return ", ".join([*STATUSES, ALL])
 
@@ -76,6 +80,8 @@ def parse_since(value: str, now: float | None = None) -> float:
         return (time.time() if now is None else now) - float(amount) * _UNIT_SECONDS[unit.lower()]
     try:
         return parse_time(value).timestamp()
+    except OutOfRange:
+        raise
     except ValueError:
         raise ValueError(
             f"{value!r} is neither an ISO-8601 time nor a duration such as 90s, 15m, 2h, 3d"
@@ -93,4 +99,7 @@ def parse_time(value: str) -> datetime:
         raise ValueError(f"{value!r} is not an ISO-8601 time") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise OutOfRange(f"{value!r} is out of range once converted to UTC") from None

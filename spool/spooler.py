@@ -17,7 +17,7 @@ from .config import Settings
 from .context import RequestBuilder
 from .context import current as current_request
 from .errors import InvalidEvent, SpoolError
-from .event import build, check_identifiers, check_properties
+from .event import build, check_identifiers, check_properties, read_options
 from .flusher import FlushResult, connect
 from .health import Health, HealthReport
 from .outbox import Outbox, add, note
@@ -77,7 +77,9 @@ class Spooler:
 
     def track(self, event_name: str, options: dict[str, Any] | None = None) -> bool:
         """Record a custom event durably; see :func:`sqreen.track`."""
-        if self._scrub_properties and isinstance(options, dict) and options.get("properties"):
+        if options is not None:
+            options = read_options(options)  # once, into plain types
+        if self._scrub_properties and options and options.get("properties"):
             check_properties(options["properties"])  # the caller's mistakes first
             options = {**options, "properties": self._scrubber.scrub(options["properties"])}
         request = current_request()
@@ -91,7 +93,7 @@ class Spooler:
             self._storage_failed(exc, "track")
             return False
         self._tracked = True
-        self._worker.start()
+        self.start()
         if maintenance_due:
             self._worker.wake()
         return True
@@ -117,6 +119,8 @@ class Spooler:
     def start(self) -> None:
         """Start the background threads now (``track()`` starts them on first use)."""
         self._worker.start()
+        if self._delivery is not None:
+            self._delivery.start()
 
     def flush(self, timeout: float | None = None) -> FlushResult:
         """Deliver pending events now, waiting at most ``timeout`` seconds.
@@ -162,8 +166,8 @@ class Spooler:
 
     def _maintain(self) -> float | None:
         """The maintenance thread's work: checkpoint, keep the spool bounded, save the
-        counters; every heartbeat, drop what is too old. It also starts the delivery thread,
-        and wakes it early once a full batch is pending."""
+        counters; every heartbeat, drop what is too old. It wakes the delivery thread early
+        once a full batch is pending."""
         store, settings = self._store, self.settings
         store.wake_at = store.inserted + min(store.checkpoint_every, settings.batch_size)
         now = time.monotonic()
@@ -177,11 +181,8 @@ class Spooler:
             self._save_health()
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "maintenance")
-        if self._delivery is not None:
-            if store.inserted - self._drained_at >= settings.batch_size:
-                self._delivery.wake()
-            else:
-                self._delivery.start()
+        if self._delivery is not None and store.inserted - self._drained_at >= settings.batch_size:
+            self._delivery.wake()
         return max(0.0, self._next_prune - time.monotonic())
 
     def _deliver(self) -> float | None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import email.utils
 import gzip
 import ipaddress
+import logging
+import math
 import os
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,12 +27,21 @@ import orjson
 from .config import Settings
 from .errors import ConfigError
 
+log = logging.getLogger("sqreen.spool")
+
 GZIP_ABOVE = 1024
 GZIP_LEVEL = 1  # most of the gain at a fraction of level 6's cost, on JSON this repetitive
 
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 SPLIT_STATUSES = frozenset({413})
 BISECT_STATUSES = frozenset({400, 422})
+# A collector's Retry-After is honoured up to an hour, the longest backoff a row ever waits: a
+# larger value (a typo, a year-9999 date) would stop background delivery for good, while max_age
+# already bounds how long an event may wait.
+RETRY_AFTER_MAX = 3600.0
+# Of an answer's body, only this much is read (decoded): room for a whole batch's refusals.
+ANSWER_LIMIT = 1024 * 1024
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,11 @@ class Transport:
         check_url(settings.url, settings.allow_insecure_http)
         self.url = settings.url
         self._timeout = settings.http_timeout
-        self._headers = {"Content-Type": "application/json", "User-Agent": user_agent}
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": user_agent,
+            "Accept-Encoding": ", ".join(_WBITS),  # what answer_body() decodes
+        }
         if settings.token:
             self._headers["Authorization"] = f"Bearer {settings.token}"
         self._client: httpx.Client | None = None
@@ -114,19 +130,26 @@ class Transport:
             body = gzip.compress(body, GZIP_LEVEL, mtime=0)
             headers["Content-Encoding"] = "gzip"
         try:
-            response = self._session().post(
+            with self._session().stream(
+                "POST",
                 self.url,
                 content=body,
                 headers=headers,
                 timeout=self._timeout if timeout is None else min(self._timeout, timeout),
-            )
+            ) as response:
+                content = answer_body(response)
         except httpx.TimeoutException as exc:
             return Reply(None, f"timeout: {type(exc).__name__}")
-        except httpx.TransportError as exc:
+        except httpx.LocalProtocolError as exc:  # its text can quote a header, the token's too
+            return Reply(None, f"{type(exc).__name__} (the request could not be sent)")
+        except httpx.HTTPError as exc:  # transport trouble, a body that does not decode, ...
             return Reply(None, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the wire's any other failure is this batch's, not the loop's
+            log.warning("sqreen spool: delivery failed unexpectedly", exc_info=True)
+            return Reply(None, type(exc).__name__)
         if response.is_success:
-            return Reply(response.status_code, "", None, rejected_ids(response))
-        detail = response.text[:200].strip()
+            return Reply(response.status_code, "", None, rejected_ids(content))
+        detail = content[:200].decode("utf-8", "replace").strip()
         return Reply(
             response.status_code,
             f"{response.reason_phrase}: {detail}" if detail else response.reason_phrase,
@@ -149,26 +172,47 @@ class Transport:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), at most
+    :data:`RETRY_AFTER_MAX`; None if absent or bad."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if math.isnan(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(RETRY_AFTER_MAX, max(0.0, seconds))
 
 
-def rejected_ids(response: httpx.Response) -> dict[str, str]:
+def answer_body(response: httpx.Response) -> bytes:
+    """At most :data:`ANSWER_LIMIT` bytes of an answer's body, decoded (gzip, deflate): an
+    endless or huge body, or a compression bomb, costs no more memory than that."""
+    raw = bytearray()
+    for chunk in response.iter_raw():
+        raw += chunk
+        if len(raw) >= ANSWER_LIMIT:
+            break
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return bytes(raw[:ANSWER_LIMIT])
+    if encoding not in _WBITS:
+        raise httpx.DecodingError(f"unsupported Content-Encoding {encoding[:40]!r}")
+    try:
+        return zlib.decompressobj(_WBITS[encoding]).decompress(bytes(raw), ANSWER_LIMIT)
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"answer body is not valid {encoding}: {exc}") from None
+
+
+def rejected_ids(content: bytes) -> dict[str, str]:
     """Per-event refusals from a 2xx body ``{"rejected": [{"id", "reason"}]}``, by id."""
-    if not response.content:
+    if not content:
         return {}
     try:
-        document = orjson.loads(response.content)
+        document = orjson.loads(content)
         items = document.get("rejected") or [] if isinstance(document, dict) else []
         return {str(item["id"]): str(item.get("reason", "")) for item in items}
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):

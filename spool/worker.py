@@ -14,6 +14,9 @@ from collections.abc import Callable
 
 log = logging.getLogger("sqreen.spool")
 
+# After a failure before the work ever said when to run next, it runs again this much later.
+FAILURE_DELAY = 1.0
+
 
 class Worker:
     """Runs ``work()`` once started, then each time it is woken or when the delay it returned
@@ -63,6 +66,7 @@ class Worker:
 
     def _run(self) -> None:
         delay: float | None = 0.0
+        last: float | None = FAILURE_DELAY  # what the work last asked for, kept after a failure
         while not self._stopping:
             if delay != 0.0:
                 self._wakeup.wait(delay)
@@ -71,6 +75,7 @@ class Worker:
                 return
             try:
                 delay = self._work()
-            except Exception:  # the worker must outlive any one failure; the work counts it
+            except Exception:  # the worker must outlive any failure, and keep its schedule
                 log.exception("sqreen spool: background work failed")
-                delay = None
+                delay = last
+            last = delay if delay is not None else last

@@ -123,6 +123,15 @@ def track_outage(path: str, url: str, max_bytes: str, threads: str, count: str) 
     print(sum(acknowledged), flush=True)
 
 
+def flush_once(path: str, url: str) -> None:
+    """Flush the spool to ``url`` once; print what happened and this process's peak memory
+    (MiB; VmHWM, which unlike ru_maxrss starts over at exec)."""
+    result = sqreen.Spooler(path=path, url=url, http_timeout=5).flush(timeout=30)
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    print(f"{result.delivered} {result.failed} {peak // 1024}", flush=True)
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     {
@@ -133,4 +142,5 @@ if __name__ == "__main__":
         "track_and_exit": track_and_exit,
         "flush_forever": flush_forever,
         "track_outage": track_outage,
+        "flush_once": flush_once,
     }[command](*arguments)

@@ -156,6 +156,23 @@ def test_inspect_events_table_and_bad_options(
     bad_since = cli(spool_path, "inspect", "events", "--since", "yesterday")
     assert bad_since.exit_code == 2
     assert "'yesterday' is neither an ISO-8601 time nor a duration" in bad_since.stderr
+    for overflowing in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        out_of_range = cli(spool_path, "inspect", "events", "--since", overflowing)
+        assert out_of_range.exit_code == 2, out_of_range.output
+        assert "out of range" in out_of_range.stderr and "Traceback" not in out_of_range.output
+
+
+def test_import_refuses_a_timestamp_with_no_utc_time(spool_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "input.jsonl"
+    source.write_bytes(
+        b'{"name": "a", "timestamp": "0001-01-01T00:00:00+01:00"}\n'
+        b'{"name": "b", "timestamp": "9999-12-31T23:59:59-01:00"}\n'
+        b'{"name": "c"}\n'
+    )
+    result = cli(spool_path, "import", str(source))
+    assert result.exit_code == 1, result.output
+    assert "line 1: timestamp" in result.output and "line 2: timestamp" in result.output
+    assert [r["name"] for r in rows(spool_path)] == ["c"]
 
 
 def test_inspect_one_event(spool_path: Path, mixed: dict[str, list[str]]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
-from datetime import date, datetime
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 import sqreen
+from sqreen import InvalidEvent
 from sqreen.event import MAX_EVENT_BYTES
 
 from .conftest import stored_events
@@ -95,3 +97,103 @@ def test_limits_are_inclusive(spooler: sqreen.Spooler, spool_path: Path) -> None
 def test_module_level_track_validates_too() -> None:
     with pytest.raises(sqreen.InvalidEvent, match="event_name must be a str"):
         sqreen.track(123)  # type: ignore[arg-type]
+
+
+class _RaisingOffset(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no offset today")
+
+
+class _TextOffset(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> Any:
+        return "+01:00"
+
+
+class _ThirtyHours(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=30)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))),  # before year 1 in UTC
+        datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-1))),
+        datetime(2024, 1, 1, tzinfo=_RaisingOffset()),
+        datetime(2024, 1, 1, tzinfo=_TextOffset()),
+        datetime(2024, 1, 1, tzinfo=_ThirtyHours()),
+    ],
+    ids=["year-0", "year-10000", "offset-raises", "offset-is-text", "offset-30h"],
+)
+def test_a_timestamp_that_has_no_utc_time_is_an_invalid_event(
+    spooler: sqreen.Spooler, timestamp: datetime
+) -> None:
+    with pytest.raises(InvalidEvent, match="timestamp"):
+        spooler.track("e", {"timestamp": timestamp})
+
+
+class _ItemsRaise(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("items")
+
+
+class _LenRaises(dict):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        raise RuntimeError("len")
+
+
+class _Hides(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        return iter(())
+
+
+class _GetRaises(Mapping[str, Any]):
+    def __init__(self, **items: Any) -> None:
+        self._items = items
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("getitem")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise RuntimeError("get")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        _ItemsRaise(properties={"a": 1}),
+        _LenRaises(properties={"a": 1}),
+        {"properties": _ItemsRaise(a=1)},
+        {"properties": _LenRaises(a=1)},
+        {"user_identifiers": _ItemsRaise(email="a@b.c")},
+        _GetRaises(properties={"a": 1}),
+    ],
+    ids=["options-items", "options-len", "props-items", "props-len", "ids-items", "mapping-get"],
+)
+def test_an_odd_mapping_is_stored_as_it_holds_or_refused(
+    spooler: sqreen.Spooler, spool_path: Path, options: Any
+) -> None:
+    try:
+        assert spooler.track("e", options)
+    except InvalidEvent:
+        return
+    (stored,) = stored_events(spool_path)
+    assert stored.get("properties", {}).get("a", 1) == 1
+
+
+@pytest.mark.parametrize(
+    "value", [datetime(2024, 1, 1), uuid.uuid4(), float("nan")], ids=["datetime", "uuid", "nan"]
+)
+def test_a_mapping_cannot_hide_what_it_holds(spooler: sqreen.Spooler, value: Any) -> None:
+    with pytest.raises(InvalidEvent):
+        spooler.track("e", {"properties": _Hides(x=value)})
+    with pytest.raises(InvalidEvent):
+        spooler.track("e", {"properties": {"nested": _Hides(x=value)}})
+    with pytest.raises(InvalidEvent):
+        spooler.track("e", _Hides(properties={"x": value}))
