@@ -33,7 +33,7 @@ from sqreen.store import Store
 
 from . import show
 from .collect import Receiver, ReferenceCollector
-from .context import USAGE, Context, err, fail
+from .context import USAGE, Context, err, fail, plain
 
 app = typer.Typer(
     help="Inspect and operate a sqreen-spool event spool.",
@@ -248,7 +248,7 @@ def import_command(
         nonlocal shown
         shown += 1
         if shown <= SHOWN_INVALID_LINES:
-            err.print(f"line {number}: {reason}", markup=False)
+            err.print(f"line {number}: {plain(reason)}", markup=False)
 
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -302,6 +302,17 @@ def _invalid_summary(invalid: int) -> None:
     err.print(f"{invalid} invalid lines skipped{more}")
 
 
+def _received_id(line: bytes, out: Path, number: int) -> str:
+    """The event id of one line of ``--out``; exit with one line if it is not one."""
+    try:
+        event_id = orjson.loads(line)["id"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        event_id = None
+    if not isinstance(event_id, str):
+        fail(f"--out {out}: line {number} is not an event received earlier (JSON with an id)")
+    return event_id
+
+
 @app.command()
 def collect(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -316,14 +327,20 @@ def collect(
     a reason to malformed batches and rejects invalid events one by one.
     """
     seen: list[str] = []
-    if out is not None and out.exists():
-        with out.open("rb") as previous:
-            seen = [orjson.loads(line)["id"] for line in previous if line.strip()]
-    sink = out.open("ab") if out is not None else None
+    try:
+        if out is not None and out.exists():
+            with out.open("rb") as previous:
+                for number, line in enumerate(previous, 1):
+                    if line.strip():
+                        seen.append(_received_id(line, out, number))
+        sink = out.open("ab") if out is not None else None
+    except OSError as exc:  # a directory, no permission, ...
+        fail(f"--out {out}: {exc.strerror or exc}", USAGE)
 
     def received(event: dict[str, Any]) -> None:
         properties = orjson.dumps(event.get("properties", {})).decode()
-        print(f"{event['timestamp']}  {event['name']}  {event['id']}  {properties}", flush=True)
+        line = f"{event['timestamp']}  {event['name']}  {event['id']}  {properties}"
+        print(plain(line), flush=True)
         if sink is not None:
             sink.write(orjson.dumps(event) + b"\n")
             sink.flush()

@@ -7,11 +7,11 @@ the documented wire format, deduplicates by event id and hands each new event on
 
 from __future__ import annotations
 
-import gzip
 import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,11 +91,22 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    length = int(self.headers.get("Content-Length", 0))
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY:
+                    self.close_connection = True  # the body is not read: nothing else is
+                    self._answer(error(413, f"a body must be 0 to {MAX_BODY} bytes"))
+                    return
+                raw = self.rfile.read(length)
                 headers = dict(self.headers)
                 try:
                     body = decode(self.headers.get("Content-Encoding"), raw)
                     batch = orjson.loads(body)
+                except TooLarge as exc:
+                    self._answer(error(413, str(exc)))
+                    return
                 except ValueError as exc:
                     self._answer(error(400, str(exc)))
                     return
@@ -125,16 +136,31 @@ class Receiver:
         return Request
 
 
+# The most a batch may weigh, on the wire and once decompressed: sixteen of the spool's
+# largest batches (max_batch_bytes, 1 MiB by default).
+MAX_BODY = 16 * 1024 * 1024
+
+
+class TooLarge(ValueError):
+    """A body over MAX_BODY (413)."""
+
+
 def decode(encoding: str | None, raw: bytes) -> bytes:
     """The body without its Content-Encoding; ValueError for one that cannot be undone."""
     if encoding in (None, "", "identity"):
         return raw
     if encoding != "gzip":
         raise ValueError(f"unsupported Content-Encoding {encoding!r}; send gzip or nothing")
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
+        body = inflate.decompress(raw, MAX_BODY + 1)  # a bomb stops here, not in memory
+    except zlib.error as exc:
         raise ValueError(f"body is not valid gzip: {exc}") from None
+    if len(body) > MAX_BODY or inflate.unconsumed_tail:
+        raise TooLarge(f"the body decompresses to over {MAX_BODY} bytes")
+    if not inflate.eof:
+        raise ValueError("body is not valid gzip: it ends early")
+    return body
 
 
 def check_batch(batch: Any) -> tuple[str | None, dict[str, str]]:

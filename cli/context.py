@@ -26,10 +26,20 @@ USAGE = 2
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
+# Control characters (C0, DEL, C1) in stored text or a collector's answer would reach the
+# terminal as escape sequences (clearing it, setting its title): they are shown escaped.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09,)}
+
+
+def plain(text: object) -> str:
+    """``text`` safe to print: its control characters escaped (print it with markup off)."""
+    return str(text).translate(_CONTROLS)
+
+
 def fail(exc: BaseException | str, code: int = 1) -> NoReturn:
     """Print one line on stderr and exit with ``code``."""
     message = exc if isinstance(exc, str) else describe(exc)
-    err.print(f"error: {message}", markup=False)
+    err.print(f"error: {plain(message)}", markup=False)
     raise typer.Exit(code)
 
 

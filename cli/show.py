@@ -13,12 +13,13 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sqreen import report
 from sqreen.selection import Selection, parse_since, status_choices
 from sqreen.store import file_bytes
 
-from .context import USAGE, Context, fail
+from .context import USAGE, Context, fail, plain
 
 app = typer.Typer(help="Show what is in the spool (changes nothing).")
 out = Console(highlight=False)
@@ -64,7 +65,7 @@ def summary(
         lines["last failure"] = f"{found.last_failure['at']} {found.last_failure['error']}"
     table = Table.grid(padding=(0, 2))
     for key, value in lines.items():
-        table.add_row(key, value)
+        table.add_row(key, Text(plain(value)))  # stored text, never markup
     out.print(table)
 
 
@@ -123,13 +124,8 @@ def _table(records: list[dict[str, Any]], show_header: bool) -> Table:
         detail = orjson.dumps(record.get("properties", {})).decode()
         if "last_error" in record:
             detail = f"{detail}  [{record.get('attempts', 0)} attempts] {record['last_error']}"
-        table.add_row(
-            record["enqueued_at"][:19],
-            record["status"],
-            record["name"],
-            record["id"],
-            detail,
-        )
+        cells = (record["enqueued_at"][:19], record["status"], record["name"], record["id"], detail)
+        table.add_row(*(Text(plain(cell)) for cell in cells))  # stored text, never markup
     return table
 
 

@@ -534,8 +534,14 @@ def read_only_engine(path: Path, lock_timeout: float) -> Engine:
     For inspecting: it never creates, migrates, quarantines or checkpoints the file, and a
     read-only connection cannot write even by mistake.
     """
+    query = {"mode": "ro", "uri": "true"}
+    if not os.path.exists(f"{path}{WAL}"):
+        # No process has the spool open (the last one to close it removed its WAL): reading it
+        # as immutable creates no -wal and -shm files, which a read-only connection could not
+        # remove again. A writer starting meanwhile only means this look misses its events.
+        query["immutable"] = "1"
     engine = create_engine(
-        URL.create("sqlite", database=path.resolve().as_uri(), query={"mode": "ro", "uri": "true"}),
+        URL.create("sqlite", database=path.resolve().as_uri(), query=query),
         connect_args={"timeout": lock_timeout, "check_same_thread": False},
     )
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner, Result
 import sqreen
 from sqreen import schema
 from sqreen.cli.app import app
+from sqreen.cli.collect import Answer
 
 from . import collector as c
 from .conftest import counters, rows
@@ -394,3 +395,38 @@ def test_flush_exits_1_when_the_collector_is_down(spool_path: Path, collector: A
     assert "still pending 10" in result.stdout
     assert "error: collector_unavailable: ConnectError" in result.stderr
     assert len(rows(spool_path, "attempts = 1")) == 10  # the attempt is on the rows
+
+
+HOSTILE_TEXT = "[/x] [bold red]FAKE: 0 pending[/] \x1b[2J\x1b]0;owned\x07 \x9b31m"
+
+
+def test_stored_text_is_printed_as_text(spool_path: Path, collector: Any) -> None:
+    spooler = sqreen.Spooler(path=spool_path)
+    assert spooler.track("[bold red]FAKE: 0 pending[/]", {"properties": {"v": HOSTILE_TEXT}})
+    spooler.close()
+    collector.respond_with(c.status(503), c.status(503), c.status(503))
+    collector.default = lambda batch: Answer(503, HOSTILE_TEXT.encode())
+    flushed = cli(spool_path, "--url", collector.url, "flush")
+    assert flushed.exit_code == 1
+    assert "\x1b" not in flushed.output and "\x9b" not in flushed.output
+    for command in (("inspect",), ("inspect", "events")):
+        shown = cli(spool_path, *command)
+        assert shown.exit_code == 0, shown.output  # a MarkupError before
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    listing = cli(spool_path, "inspect", "events").stdout
+    assert "[bold red]FAKE" in listing and "[/x]" in listing
+    assert "\\u001b[2J" in listing and "\\x9b31m" in listing  # escaped, visibly
+
+
+def test_inspecting_a_closed_spool_leaves_no_files_behind(spool_path: Path) -> None:
+    spooler = sqreen.Spooler(path=spool_path)
+    assert spooler.track("e")
+    spooler.close()
+    conn = sqlite3.connect(spool_path)
+    ids = [event_id for (event_id,) in conn.execute("SELECT id FROM events")]
+    conn.close()
+    side = [Path(f"{spool_path}-wal"), Path(f"{spool_path}-shm")]
+    assert not any(f.exists() for f in side)  # the last connection removed them
+    for command in (("inspect",), ("inspect", "events"), ("inspect", "event", ids[0])):
+        assert cli(spool_path, *command).exit_code == 0
+        assert not any(f.exists() for f in side), command

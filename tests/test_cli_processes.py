@@ -7,6 +7,7 @@ import gzip
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +21,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from typer.testing import CliRunner
 
 import sqreen
+from sqreen.cli.app import app
 
 from . import collector as c
 from .conftest import rows, run_child
@@ -289,3 +292,34 @@ def test_inspect_events_streams(spool_path: Path, tmp_path: Path) -> None:
 
     small, large = peak_kib(3000), peak_kib(60_000)
     assert large - small < 4 * 1024, (small, large)  # 60,000 decoded events would be ~40 MiB
+
+
+def test_collect_bounds_what_a_body_may_cost(collect: Collect) -> None:
+    bomb = gzip.compress(b"\0" * (1024 * 1024 * 1024), 9)  # 1 MiB on the wire, 1 GiB inflated
+    answer = httpx.post(collect.url, content=bomb, headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 413
+    host, port = httpx.URL(collect.url).host, httpx.URL(collect.url).port
+    with socket.create_connection((host, port), timeout=10) as conn:  # a length httpx won't send
+        conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\nx")
+        assert conn.recv(100).startswith(b"HTTP/1.1 413 ")
+    overflow = batch(event())
+    overflow["sent_at"] = "0001-01-01T00:00:00+01:00"
+    refused = httpx.post(collect.url, content=orjson.dumps(overflow))
+    assert refused.status_code == 400 and "out of range" in refused.json()["error"]
+    with open(f"/proc/{collect.process.pid}/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    assert peak < 300 * 1024, f"{peak // 1024} MiB"  # 2.1 GB before
+    code, _ = collect.stop()
+    assert code == 0
+
+
+def test_collect_says_in_one_line_what_is_wrong_with_out(tmp_path: Path) -> None:
+    runner = CliRunner()
+    directory = runner.invoke(app, ["collect", "--port", "0", "--out", str(tmp_path)])
+    assert directory.exit_code == 2
+    assert "Is a directory" in directory.stderr and "Traceback" not in directory.output
+    garbage = tmp_path / "received.jsonl"
+    garbage.write_bytes(b'{"id": "a"}\nnot json\n')
+    broken = runner.invoke(app, ["collect", "--port", "0", "--out", str(garbage)])
+    assert broken.exit_code == 1
+    assert "line 2 is not an event" in broken.stderr
