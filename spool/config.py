@@ -145,6 +145,18 @@ def parse_header(value: object) -> str | None:
     return name or None
 
 
+def parse_token(value: object) -> str | None:
+    """A credential, checked without ever being echoed: surrounding white space (a secret
+    mounted from a file ends with a newline) is stripped; what is left must be printable ASCII,
+    the only bytes an HTTP header may carry."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    token = value.strip()
+    if not token.isascii() or not token.isprintable():
+        raise ValueError("it holds characters an HTTP header cannot carry (non-ASCII or control)")
+    return token or None
+
+
 def parse_text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("expected a string")
@@ -168,7 +180,7 @@ def _setting(env: str, parse: Callable[[object], Any], default: Any, repr: bool 
     return dataclasses.field(default=default, repr=repr, metadata={"env": env, "parse": parse})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Settings:
     """The resolved configuration of one spool. Build it with :meth:`resolve`."""
 
@@ -180,7 +192,7 @@ class Settings:
         "SQREEN_SHUTDOWN_TIMEOUT", parse_seconds, DEFAULT_SHUTDOWN_TIMEOUT
     )
     url: str | None = _setting("SQREEN_URL", parse_url, None)
-    token: str | None = _setting("SQREEN_TOKEN", parse_text, None, repr=False)  # never logged
+    token: str | None = _setting("SQREEN_TOKEN", parse_token, None, repr=False)  # never logged
     allow_insecure_http: bool = _setting("SQREEN_SPOOL_ALLOW_INSECURE_HTTP", parse_bool, False)
     heartbeat_delay: float = _setting(
         "SQREEN_HEARTBEAT_DELAY", parse_seconds, DEFAULT_HEARTBEAT_DELAY
@@ -211,6 +223,14 @@ class Settings:
         "SQREEN_STRIP_SENSITIVE_PROPERTIES", parse_bool, False
     )
 
+    def __repr__(self) -> str:
+        def shown(name: str) -> object:
+            value = getattr(self, name)
+            return mask_url(value) if name == "url" and value else value
+
+        fields = (f.name for f in dataclasses.fields(self) if f.repr)
+        return f"Settings({', '.join(f'{name}={shown(name)!r}' for name in fields)})"
+
     @classmethod
     def resolve(
         cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ
@@ -235,7 +255,8 @@ class Settings:
             try:
                 values[name] = parse(raw)
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{source}: invalid value {raw!r}: {exc}") from None
+                shown = "" if not field.repr else f" {raw!r}"  # a secret is never echoed
+                raise ConfigError(f"{source}: invalid value{shown}: {exc}") from None
         if "path" not in values:
             values["path"] = default_path(environ)
         return cls(**values)

@@ -19,12 +19,12 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import orjson
 
-from .config import Settings
+from .config import Settings, mask_url
 from .errors import ConfigError
 
 log = logging.getLogger("sqreen.spool")
@@ -97,7 +97,17 @@ class Transport:
         if settings.url is None:
             raise ConfigError("no collector URL: set SQREEN_URL")
         check_url(settings.url, settings.allow_insecure_http)
-        self.url = settings.url
+        # Credentials in the URL go as an Authorization header, so that no URL that httpx
+        # logs or puts in an error carries them (query values are masked by _MaskedURLs).
+        parts = urlsplit(settings.url)
+        self._auth = None
+        if parts.username is not None or parts.password is not None:
+            self._auth = httpx.BasicAuth(
+                unquote(parts.username or ""), unquote(parts.password or "")
+            )
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self.url = urlunsplit(parts)
+        _install_log_mask()
         self._timeout = settings.http_timeout
         self._headers = {
             "Content-Type": "application/json",
@@ -165,10 +175,31 @@ class Transport:
         # A client inherited across fork() shares its sockets with the parent: make a new one.
         if self._client is None or self._pid != os.getpid():
             self._client = httpx.Client(
-                headers=self._headers, timeout=self._timeout, verify=True, follow_redirects=False
+                headers=self._headers,
+                auth=self._auth,
+                timeout=self._timeout,
+                verify=True,
+                follow_redirects=False,
             )
             self._pid = os.getpid()
         return self._client
+
+
+class _MaskedURLs(logging.Filter):
+    """Masks credential-like query values in the URLs of httpx's own log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(
+                mask_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+def _install_log_mask() -> None:
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, _MaskedURLs) for f in httpx_log.filters):
+        httpx_log.addFilter(_MaskedURLs())
 
 
 def retry_after(value: str | None) -> float | None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 import sqreen
+from sqreen.cli.app import app
 from sqreen.config import Settings
+from sqreen.errors import ConfigError
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -69,3 +75,41 @@ def test_malformed_and_unknown_arguments() -> None:
         sqreen.Spooler(lock_timeout=True)
     with pytest.raises(sqreen.ConfigError, match="unknown setting"):
         sqreen.Spooler(max_byts=10)
+
+
+def test_a_token_from_a_file_loses_its_newline(spool_path: Path, collector: Any) -> None:
+    spooler = sqreen.Spooler(path=spool_path, url=collector.url, token="  s3cret-token\n")
+    assert spooler.track("e")
+    spooler.close()  # the exit flush (or the background thread before it) delivers it
+    assert len(collector.accepted_events()) == 1
+    assert collector.requests[-1].headers["Authorization"] == "Bearer s3cret-token"
+
+
+@pytest.mark.parametrize("token", ["s3cret\x01tail", "s3crét-tøken", b"s3cret-bytes"])
+def test_a_token_a_header_cannot_carry_is_refused_without_being_echoed(token: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.resolve({"token": token})
+    assert "s3cr" not in str(caught.value) and "token" in str(caught.value)
+
+
+def test_the_cli_refuses_a_bad_token_in_one_line(spool_path: Path) -> None:
+    result = CliRunner().invoke(app, ["--path", str(spool_path), "--token", "s3crét", "inspect"])
+    assert result.exit_code == 2
+    assert "s3cr" not in result.output and "Traceback" not in result.output
+
+
+def test_url_credentials_never_reach_a_log_or_repr(
+    spool_path: Path, collector: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = collector.url.replace("http://", "http://user:PASSWD99@") + "?api_token=SECRET42"
+    caplog.set_level(logging.DEBUG)
+    spooler = sqreen.Spooler(path=spool_path, url=url)
+    assert "PASSWD99" not in repr(spooler.settings) and "SECRET42" not in repr(spooler.settings)
+    assert spooler.track("e")
+    spooler.close()
+    assert len(collector.accepted_events()) == 1
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "HTTP Request: POST" in logged  # httpx's own line, with the URL masked
+    assert "PASSWD99" not in logged and "SECRET42" not in logged
+    sent = collector.requests[-1].headers["Authorization"]
+    assert base64.b64decode(sent.split()[1]) == b"user:PASSWD99"  # as an auth header
