@@ -25,7 +25,7 @@ import sqreen
 from sqreen import admin, report
 from sqreen.flusher import FlushResult, connect
 from sqreen.health import Health
-from sqreen.importer import import_lines
+from sqreen.importer import bounded_lines, import_lines
 from sqreen.outbox import Outbox
 from sqreen.prune import preview, prune
 from sqreen.selection import Selection, status_choices
@@ -256,7 +256,7 @@ def import_command(
         if strict:
             # Checked first, then imported: standard input is kept in a temporary file between.
             copy = source if source.seekable() else stack.enter_context(tempfile.TemporaryFile())
-            checked = import_lines(None, _copied(source, copy), report)
+            checked = import_lines(None, _copied(bounded_lines(source), source, copy), report)
             if checked.invalid:
                 _invalid_summary(checked.invalid)
                 fail(f"nothing imported: {checked.invalid} invalid lines (--strict)")
@@ -264,7 +264,7 @@ def import_command(
             source = copy
         store = Store(settings)
         with context.errors(settings.path):
-            result = import_lines(store, source, report, settings.max_bytes)
+            result = import_lines(store, bounded_lines(source), report, settings.max_bytes)
             store.close()
     elapsed = time.monotonic() - started
     rate = f", {result.valid / elapsed:,.0f} events/s" if result.valid >= 1000 else ""
@@ -289,10 +289,12 @@ def _input(file: str) -> Iterator[IO[bytes]]:
         yield handle
 
 
-def _copied(source: IO[bytes], copy: IO[bytes]) -> Iterator[bytes]:
-    for line in source:
-        if copy is not source:
-            copy.write(line)
+def _copied(
+    lines: Iterator[bytes | None], source: IO[bytes], copy: IO[bytes]
+) -> Iterator[bytes | None]:
+    for line in lines:
+        if copy is not source:  # a line too long is invalid, and so never imported
+            copy.write(b"\n" if line is None else line)
         yield line
 
 

@@ -7,20 +7,24 @@ transaction per batch instead of one per event is what makes an import fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import IO
 
 import orjson
 
 from .bound import enforce_size
 from .errors import InvalidEvent
-from .event import Event, build
+from .event import MAX_EVENT_BYTES, Event, build
 from .selection import parse_time
 from .store import Store
 
 LINE_KEYS = ("name", "properties", "user_identifiers", "timestamp")
 BATCH_SIZE = 2000
+# A line longer than this cannot make a valid event (at most MAX_EVENT_BYTES encoded, and JSON
+# escapes take at most a few times the bytes they stand for): refused before it is parsed.
+MAX_LINE_BYTES = 16 * MAX_EVENT_BYTES
 
 _LINE_KEY_SET = frozenset(LINE_KEYS)
 
@@ -38,8 +42,26 @@ class ImportResult:
     dropped: int = 0
 
 
-def parse_line(line: bytes) -> Event:
-    """One event from one JSON line; InvalidEvent saying what is wrong with it."""
+def bounded_lines(source: IO[bytes], limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of ``source``, each read in at most ``limit`` bytes of memory: a longer line
+    is passed over to its end and given as None (too long to make a valid event)."""
+    while line := source.readline(limit + 1):
+        if len(line) <= limit or (line.endswith(b"\n") and len(line) == limit + 1):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of it, chunk by chunk
+            line = source.readline(limit)
+        yield None
+
+
+def parse_line(line: bytes | None) -> Event:
+    """One event from one JSON line (None: one longer than MAX_LINE_BYTES); InvalidEvent
+    saying what is wrong with it."""
+    if line is None:
+        raise InvalidEvent(
+            f"longer than {MAX_LINE_BYTES} bytes, more than any event of at most "
+            f"{MAX_EVENT_BYTES} bytes can take"
+        )
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -62,7 +84,7 @@ def parse_line(line: bytes) -> Event:
 
 def import_lines(
     store: Store | None,
-    lines: Iterable[bytes],
+    lines: Iterable[bytes | None],
     on_invalid: Callable[[int, str], None],
     max_bytes: int | None = None,
     batch_size: int = BATCH_SIZE,
@@ -76,7 +98,7 @@ def import_lines(
     batch: list[Event] = []
     for number, line in enumerate(lines, 1):
         result.lines = number
-        if not line.strip():
+        if line is not None and not line.strip():
             continue
         try:
             event = parse_line(line)

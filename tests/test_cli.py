@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -430,3 +431,19 @@ def test_inspecting_a_closed_spool_leaves_no_files_behind(spool_path: Path) -> N
     for command in (("inspect",), ("inspect", "events"), ("inspect", "event", ids[0])):
         assert cli(spool_path, *command).exit_code == 0
         assert not any(f.exists() for f in side), command
+
+
+def test_import_refuses_a_line_too_long_in_bounded_memory(spool_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "input.jsonl"
+    with source.open("wb") as out:
+        out.write(b'{"name": "before"}\n')
+        out.write(b'{"name": "huge", "properties": {"p": "' + b"x" * (93 * 1024 * 1024) + b'"}}\n')
+        out.write(b'{"name": "after"}\n')
+    tracemalloc.start()
+    result = cli(spool_path, "import", str(source))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.exit_code == 1, result.output
+    assert "line 2: longer than" in result.output
+    assert [r["name"] for r in rows(spool_path)] == ["before", "after"]
+    assert peak < 20 * 1024 * 1024, peak  # 1 GB before
