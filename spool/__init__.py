@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import ConfigError, InvalidEvent, SchemaTooNew, SpoolError, SqreenError
+from .errors import (
+    ConfigError,
+    InvalidEvent,
+    SchemaTooNew,
+    SpoolError,
+    SqreenError,
+    UnsafeSpool,
+)
 from .flusher import FlushResult
 from .health import HealthReport
 from .spooler import (
@@ -34,6 +41,7 @@ __all__ = [
     "SpoolError",
     "Spooler",
     "SqreenError",
+    "UnsafeSpool",
     "__version__",
     "auth_track",
     "configure",

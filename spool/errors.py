@@ -7,7 +7,10 @@ The tree::
     ├── ConfigError (ValueError)    a setting or environment variable is malformed
     └── SpoolError                  the spool cannot store events (raised only with strict=True,
         │                           and by explicit maintenance calls such as migrate)
-        └── SchemaTooNew            the spool was written by a newer sqreen-spool
+        ├── SchemaTooNew            the spool was written by a newer sqreen-spool
+        └── UnsafeSpool             the spool's path is a symbolic link, its directory is
+                                    writable by others (no sticky bit), or its side files
+                                    belong to another user
 
 Storage failures never raise out of ``track()`` unless the spooler is strict: they are logged,
 counted and reported by ``track()`` returning ``False``.
@@ -34,3 +37,7 @@ class SpoolError(SqreenError):
 
 class SchemaTooNew(SpoolError):
     """The spool's schema revision is unknown to this version of sqreen-spool."""
+
+
+class UnsafeSpool(SpoolError):
+    """The spool's files could be read or swapped by another user; nothing is opened."""

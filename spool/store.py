@@ -13,9 +13,11 @@ read-to-write upgrade.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -31,7 +33,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from . import schema
 from .config import Settings
-from .errors import SchemaTooNew, SpoolError
+from .errors import SchemaTooNew, SpoolError, UnsafeSpool
 from .event import Event
 from .filelock import FileLock
 
@@ -111,6 +113,8 @@ def classify(exc: BaseException) -> str:
         return "schema_too_new"
     if isinstance(exc, GateTimeout):
         return "lock_timeout"
+    if isinstance(exc, UnsafeSpool):
+        return "unsafe_path"
     code = sqlite_code(exc)
     if code == SQLITE_FULL:
         return "disk_full"
@@ -603,10 +607,15 @@ def check_known(revision: str | None) -> None:
 
 
 def prepare_path(path: Path) -> None:
-    """Create the spool's directory (0700) and file (0600) before SQLite does.
+    """Create the spool's directory (0700) and file (0600) before SQLite does, refusing
+    (:class:`UnsafeSpool`) what another user could use to read or swap the spool.
 
-    Only directories this call creates get 0700: an existing parent may be shared (``/tmp``).
-    SQLite gives the -wal and -shm files the mode of the database file.
+    Only directories this call creates get 0700: an existing parent may be shared (``/tmp``),
+    but then only with the sticky bit, so that no other user can replace our files. The spool
+    path must not be a symbolic link (a planted one would make us chmod, overwrite or add our
+    tables to its target). The -wal and -shm files, which SQLite opens beside the spool with
+    its mode, must be ours (another user's, pre-created, would stay readable to them); ours are
+    tightened to 0600.
     """
     missing = []
     parent = path.parent
@@ -616,9 +625,35 @@ def prepare_path(path: Path) -> None:
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    shared = os.stat(path.parent)
+    if shared.st_mode & stat.S_IWOTH and not shared.st_mode & stat.S_ISVTX:
+        raise UnsafeSpool(
+            f"the spool's directory {path.parent} is writable by every user and has no sticky "
+            "bit: another user could replace the spool; choose another SQREEN_SPOOL_PATH"
+        )
+    _open_ours(str(path), os.O_RDWR | os.O_CREAT)
+    for suffix in (WAL, "-shm"):
+        _open_ours(f"{path}{suffix}", os.O_RDONLY)
+
+
+def _open_ours(name: str, flags: int) -> None:
+    """Open ``name`` (if it exists, or with ``O_CREAT``) without following a symbolic link;
+    refuse a file of another user, and make ours 0600."""
     try:
-        if os.fstat(fd).st_mode & 0o077:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnsafeSpool(f"{name} is a symbolic link; refusing to follow it") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise UnsafeSpool(
+                f"{name} belongs to another user (uid {info.st_uid}); refusing to open the spool"
+            )
+        if info.st_mode & 0o077:
             os.fchmod(fd, 0o600)
     finally:
         os.close(fd)

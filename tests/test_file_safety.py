@@ -1,0 +1,78 @@
+"""The spool's files cannot be planted, swapped or read by another user (real files, real
+owners: ``os.chown`` needs root, which is how CI runs)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import sqreen
+from sqreen import SpoolError, UnsafeSpool
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making another user's file needs root")
+
+
+def test_a_symlink_at_the_spool_path_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "other-app.db"
+    with sqlite3.connect(target) as conn:
+        conn.execute("CREATE TABLE theirs (x)")
+    os.chmod(target, 0o644)
+    before = target.read_bytes()
+    link = tmp_path / "spool.db"
+    link.symlink_to(target)
+    spooler = sqreen.Spooler(path=link)
+    assert spooler.track("e") is False  # refused, counted, and the host goes on
+    assert spooler.health().failures == {"unsafe_path": 1}
+    assert "symbolic link" in (spooler.health().last_error or "")
+    with pytest.raises(UnsafeSpool):
+        sqreen.Spooler(path=link, strict=True).track("e")
+    assert target.read_bytes() == before and os.stat(target).st_mode & 0o777 == 0o644
+    spooler.close()
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_a_symlink_beside_the_spool_is_refused(tmp_path: Path, suffix: str) -> None:
+    (tmp_path / f"spool.db{suffix}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafeSpool, match="symbolic link"):
+        sqreen.Spooler(path=tmp_path / "spool.db", strict=True).track("e")
+
+
+def test_a_shared_directory_needs_the_sticky_bit(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(SpoolError, match="sticky"):
+        sqreen.Spooler(path=shared / "spool.db", strict=True).track("e")
+    os.chmod(shared, 0o1777)  # as /tmp
+    spooler = sqreen.Spooler(path=shared / "spool.db", strict=True)
+    assert spooler.track("e")
+    spooler.close()
+
+
+def test_our_own_loose_side_files_are_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").touch(mode=0o666)
+        os.chmod(f"{path}{suffix}", 0o666)
+    spooler = sqreen.Spooler(path=path)
+    assert spooler.track("e")
+    for suffix in ("", "-wal", "-shm"):
+        assert os.stat(f"{path}{suffix}").st_mode & 0o077 == 0, suffix
+    spooler.close()
+
+
+@as_root
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_another_user_s_file_is_refused(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / "spool.db"
+    planted = Path(f"{path}{suffix}")
+    planted.touch()
+    os.chmod(planted, 0o666)
+    os.chown(planted, NOBODY, NOBODY)
+    with pytest.raises(UnsafeSpool, match="another user"):
+        sqreen.Spooler(path=path, strict=True).track("e")
+    assert planted.stat().st_uid == NOBODY and planted.stat().st_size == 0
