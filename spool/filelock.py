@@ -22,6 +22,7 @@ from pathlib import Path
 _opening = threading.Lock()
 # A thread of the parent may have held it at fork(): the child's first use must not wait for it.
 os.register_at_fork(after_in_child=lambda: globals().update(_opening=threading.Lock()))
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 # The kernel has no timed flock: a contended lock is polled, briefly at first.
 _FIRST_WAIT, _LONGEST_WAIT = 0.0001, 0.005
 
@@ -57,12 +58,13 @@ class FileLock:
                 yield False
                 return
             self._depth += 1
+            fd = self._fd
             try:
                 yield True
             finally:
                 self._depth -= 1
-                if self._depth == 0:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                if self._depth == 0 and self._fd == fd:  # else reset() closed it, unlocking it
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             threads.release()
 
@@ -78,8 +80,15 @@ class FileLock:
             time.sleep(wait)
             wait = min(wait * 2, _LONGEST_WAIT)
 
+    def reset(self) -> None:
+        """Open the file anew (it was deleted, with the spool). The holder may call it inside
+        :meth:`held`: closing the old file releases its lock, and the next holder locks the
+        new one."""
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = os.open(self.path, _FLAGS, 0o600)
+
     def _open(self) -> None:
         # A parent's descriptor is left open in its child: closing it is the parent's business.
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._fd, self._pid = os.open(self.path, flags, 0o600), os.getpid()
+        self._fd, self._pid = os.open(self.path, _FLAGS, 0o600), os.getpid()
         self._reset()

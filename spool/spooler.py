@@ -172,6 +172,14 @@ class Spooler:
         store.wake_at = store.inserted + min(store.checkpoint_every, settings.batch_size)
         now = time.monotonic()
         try:
+            carried = store.reopen_if_replaced()
+            if carried is not None:
+                self._health.record(
+                    "spool_replaced",
+                    f"{settings.path} was deleted or replaced while open; started a fresh spool "
+                    f"there with the {carried} pending events this process still saw",
+                    "maintenance",
+                )
             if now >= self._next_prune:
                 self._next_prune = now + settings.heartbeat_delay * _jitter()
                 log_drops({"age": drop_old(store, settings)})

@@ -74,6 +74,7 @@ LOCK = "-lock"
 PAGE_SIZE = 2048
 WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+_PENDING_ROWS = f"SELECT id, name, enqueued_at, payload FROM events WHERE status = {schema.PENDING}"
 _INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
 # SQLite primary result codes (stable C API values; the sqlite3 module names them only from 3.11).
 SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 1, 3, 5, 6, 8
@@ -148,6 +149,7 @@ class Store:
         self._writer: PoolProxiedConnection | None = None
         self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
         self.checkpointer = FileLock(Path(f"{self.path}{LOCK}"))
+        self._identity: tuple[int, int] | None = None  # the opened file's (device, inode)
         # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
         self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 16)
         self.checkpoint_every = max(16, min(CHECKPOINT_EVERY, self.wal_limit // 8192))
@@ -368,6 +370,32 @@ class Store:
         with self.connection() as conn:
             return read_revision(conn)
 
+    def reopen_if_replaced(self) -> int | None:
+        """If the spool's path no longer names the file this process has open (deleted by a
+        cleanup job, or replaced), start a fresh spool there and carry this process's view of
+        the pending events over to it; return how many, or None when the file is still there.
+
+        The old file stays readable through the open connection, so the events that went
+        into it after it was deleted are not lost. One stat: for the maintenance thread.
+        """
+        if (
+            self._identity is None
+            or self._pid != os.getpid()
+            or _identity(self.path) == (self._identity)
+        ):
+            return None
+        wait = self.settings.lock_timeout
+        with self.checkpointer.held(wait), self._side, self._gate():
+            raw = self._writer_connection()
+            rows = raw.execute(_PENDING_ROWS).fetchall()
+            self._close_locked()
+            raw = self._writer_connection()  # a fresh spool at the path
+            self.checkpointer.reset()  # its file went with the spool's
+            raw.execute("BEGIN IMMEDIATE")
+            raw.executemany(_INSERT, rows)
+            raw.execute("COMMIT")
+        return len(rows)
+
     def close(self) -> None:
         """Close every connection this process opened; the next use reopens."""
         with self._side, self._lock:
@@ -449,6 +477,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
+        self._identity = _identity(self.path)  # the file opened, after any quarantine
         return engine
 
     def _create_engine(self) -> Engine:
@@ -500,6 +529,14 @@ class Store:
         self.wake_at = self.checkpoint_every
         self._look_at = WAL_CHECK_EVERY
         self._looked = (0, 0)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def file_bytes(path: Path) -> int:

@@ -76,3 +76,22 @@ def test_another_user_s_file_is_refused(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(UnsafeSpool, match="another user"):
         sqreen.Spooler(path=path, strict=True).track("e")
     assert planted.stat().st_uid == NOBODY and planted.stat().st_size == 0
+
+
+def test_a_spool_deleted_while_open_is_started_afresh_with_nothing_lost(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spooler = sqreen.Spooler(path=path, heartbeat_delay=3600)
+    for i in range(10):
+        assert spooler.track("before", {"properties": {"i": i}})
+    for name in tmp_path.iterdir():  # rm spool.db*, as a cleanup job would
+        name.unlink()
+    for i in range(10):
+        assert spooler.track("between", {"properties": {"i": i}})  # into the deleted file
+    spooler._maintain()  # the next heartbeat (or checkpoint) notices
+    assert spooler.health().failures.get("spool_replaced") == 1
+    assert spooler.track("after")
+    spooler.close()
+    with sqlite3.connect(path) as conn:
+        names = [name for (name,) in conn.execute("SELECT name FROM events ORDER BY seq")]
+    assert names == ["before"] * 10 + ["between"] * 10 + ["after"]
+    assert os.stat(path).st_mode & 0o077 == 0
