@@ -27,7 +27,7 @@ import sqreen
 from sqreen.bound import ceiling
 from sqreen.cli.collect import Answer, Receiver
 from sqreen.event import build
-from sqreen.store import file_bytes
+from sqreen.files import file_bytes
 
 MiB = 1024 * 1024
 OPTIONS = {"properties": {"plan": "pro", "pad": "x" * 950}}

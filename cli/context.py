@@ -18,8 +18,9 @@ from sqlalchemy import Engine
 
 from sqreen.config import Settings
 from sqreen.errors import ConfigError, SpoolError
+from sqreen.failures import STORAGE_ERRORS, describe
+from sqreen.files import read_only_engine
 from sqreen.report import check_readable
-from sqreen.store import STORAGE_ERRORS, describe, read_only_engine
 
 USAGE = 2
 

@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sqreen import report
+from sqreen.files import file_bytes
 from sqreen.selection import Selection, parse_since, status_choices
-from sqreen.store import file_bytes
 
 from .context import USAGE, Context, fail, plain
 

@@ -20,10 +20,11 @@ import math
 import sqlite3
 import time
 
+from .failures import STORAGE_ERRORS, classify, describe
 from .health import Health
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
-from .store import STORAGE_ERRORS, Store, classify, describe, driver, pragma
+from .store import Store, driver, pragma
 
 log = logging.getLogger("sqreen.spool")
 

@@ -48,9 +48,53 @@ class RequestContext:
 
     def request_json(self, builder: RequestBuilder) -> bytes:
         if self._encoded is None or self._encoded[0] is not builder:
-            self._encoded = (builder, orjson.dumps(builder.build(self.capture)))
+            self._encoded = (builder, bounded(builder.build(self.capture)))
         return self._encoded[1]
 
+
+def bounded(request: dict[str, Any]) -> bytes:
+    """The request object encoded in at most MAX_REQUEST_BYTES, so that what a client sends
+    can never push an event past its limit (and make track() fail).
+
+    Values are cut at 1,024 characters, but a character may take 6 bytes in JSON (``\u0001``)
+    and there may be 100 of them: past the budget, the parameters are kept in order while they
+    fit (one that does not is left out), the other dimensions cut in bytes, and the request is
+    marked ``"truncated": true``.
+    """
+    encoded = orjson.dumps(request)
+    if len(encoded) <= MAX_REQUEST_BYTES:
+        return encoded
+    params: dict[str, dict[str, Any]] = request.pop("params", {})
+    request["truncated"] = True
+    for key in ("path", "user_agent", "ip", "verb"):
+        if key in request:
+            request[key] = _cut(request[key], MAX_DIMENSION_BYTES)
+    room = MAX_REQUEST_BYTES - len(orjson.dumps(request)) - len(',"params":{}')
+    kept: dict[str, dict[str, Any]] = {}
+    for where, values in params.items():
+        room -= len(orjson.dumps(where)) + len(":{},")
+        for name, value in values.items():
+            size = len(orjson.dumps({name: value}))  # with the braces: about its comma
+            if size <= room:
+                kept.setdefault(where, {})[name] = value
+                room -= size
+    if kept:
+        request["params"] = kept
+    return orjson.dumps(request)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut so that its JSON takes at most about ``limit`` bytes."""
+    while len(orjson.dumps(text)) > limit:
+        text = text[: max(0, len(text) // 2)] + "…"
+        if len(text) <= 1:
+            break
+    return text
+
+
+# The request object's share of an event's 64 KiB: the application's properties keep the rest.
+MAX_REQUEST_BYTES = 16 * 1024
+MAX_DIMENSION_BYTES = 2048
 
 _current: ContextVar[RequestContext | None] = ContextVar("sqreen_request", default=None)
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from .bound import enforce_size
 from .config import Settings
+from .files import read_only_engine
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
-from .store import Store, driver, read_only_engine
+from .store import Store, driver
 
 log = logging.getLogger("sqreen.spool")
 

@@ -109,6 +109,8 @@ class Scrubber:
             sensitive = decisions.get(name)
             if sensitive is None:
                 sensitive = self.sensitive_key(name)
+            if len(name) > MAX_VALUE_LENGTH:  # names are cut like values (after the decision)
+                name = name[:MAX_VALUE_LENGTH] + "…"
             if sensitive and self.enabled:
                 scrubbed[name] = PLACEHOLDER
             elif type(item) is str:  # most parameters: skip a call

@@ -18,12 +18,13 @@ from .context import RequestBuilder
 from .context import current as current_request
 from .errors import InvalidEvent, SpoolError
 from .event import build, check_identifiers, check_properties, read_options
+from .failures import STORAGE_ERRORS, classify, describe
 from .flusher import FlushResult, connect
 from .health import Health, HealthReport
 from .outbox import Outbox, add, note
 from .prune import drop_old, log_drops
 from .scrub import Scrubber
-from .store import STORAGE_ERRORS, Store, classify, describe
+from .store import Store
 from .worker import Worker
 
 log = logging.getLogger("sqreen.spool")

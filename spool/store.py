@@ -13,29 +13,28 @@ read-to-write upgrade.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from . import schema
 from .config import Settings
-from .errors import SchemaTooNew, SpoolError, UnsafeSpool
+from .errors import SchemaTooNew
 from .event import Event
+from .failures import CORRUPT_CODES, SQLITE_ERROR, GateTimeout, sqlite_code
 from .filelock import FileLock
+from .files import LOCK, WAL, file_bytes, identity, prepare_path, quarantine, size_of
 
 log = logging.getLogger("sqreen.spool")
 
@@ -69,65 +68,14 @@ WAL_BRAKE = 2
 # What one commit adds to the files, assumed until measured: a few 2 KiB pages and their headers.
 COMMIT_BYTES = 8192
 
-WAL = "-wal"
-LOCK = "-lock"
 PAGE_SIZE = 2048
 WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 _PENDING_ROWS = f"SELECT id, name, enqueued_at, payload FROM events WHERE status = {schema.PENDING}"
 _INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
-# SQLite primary result codes (stable C API values; the sqlite3 module names them only from 3.11).
-SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 1, 3, 5, 6, 8
-SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 10, 11, 13, 14, 26
-_CORRUPT_CODES = frozenset({SQLITE_CORRUPT, SQLITE_NOTADB})
 # Connections inherited across fork(): the child must neither use nor close them (closing would
 # let SQLite drop locks and state the parent still relies on), so they are kept here for good.
 _inherited: list[object] = []
-
-
-def sqlite_code(exc: BaseException) -> int | None:
-    """The SQLite result code behind ``exc`` (unwrapping SQLAlchemy), or None."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    return None if code is None else int(code) & 0xFF
-
-
-def describe(exc: BaseException) -> str:
-    """One line for logs and the CLI: the driver's message, without SQLAlchemy's wrapping."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    return str(exc) or type(exc).__name__
-
-
-class GateTimeout(SpoolError):
-    """Another thread of this process held the spool past the lock timeout."""
-
-
-# What storage may raise. Anything else is a bug and propagates.
-STORAGE_ERRORS = (sqlite3.Error, SQLAlchemyError, OSError, SpoolError)
-
-
-def classify(exc: BaseException) -> str:
-    """Name the kind of storage failure, for counters and logs."""
-    if isinstance(exc, SchemaTooNew):
-        return "schema_too_new"
-    if isinstance(exc, GateTimeout):
-        return "lock_timeout"
-    if isinstance(exc, UnsafeSpool):
-        return "unsafe_path"
-    code = sqlite_code(exc)
-    if code == SQLITE_FULL:
-        return "disk_full"
-    if code in (SQLITE_BUSY, SQLITE_LOCKED):
-        return "lock_timeout"
-    if code in (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM) or isinstance(exc, PermissionError):
-        return "read_only"
-    if code in _CORRUPT_CODES:
-        return "corrupt"
-    if code == SQLITE_IOERR or isinstance(exc, OSError):
-        return "io_error"
-    return "storage_error"
 
 
 class Store:
@@ -186,7 +134,7 @@ class Store:
             try:
                 raw.execute(_INSERT, (event.id, event.name, time.time(), event.payload))
             except sqlite3.DatabaseError as exc:
-                if sqlite_code(exc) in _CORRUPT_CODES:
+                if sqlite_code(exc) in CORRUPT_CODES:
                     self._close_locked()  # the next call reopens, and quarantines the file
                 raise
             self.inserted += 1
@@ -239,8 +187,8 @@ class Store:
     def headroom(self) -> tuple[int, int]:
         """How many bytes the files may still grow before the bound needs relief (none once
         they reach ``max_bytes``, or the WAL WAL_BRAKE times its limit), and their size."""
-        wal = _size(f"{self.path}{WAL}")
-        total = _size(str(self.path)) + wal
+        wal = size_of(f"{self.path}{WAL}")
+        total = size_of(str(self.path)) + wal
         return min(self.settings.max_bytes - total, WAL_BRAKE * self.wal_limit - wal), total
 
     def insert_many(self, events: Sequence[Event]) -> None:
@@ -268,7 +216,7 @@ class Store:
             with probe.connect() as conn:
                 before = read_revision(conn)
         except DBAPIError as exc:
-            if sqlite_code(exc) not in _CORRUPT_CODES:
+            if sqlite_code(exc) not in CORRUPT_CODES:
                 raise
             before = None  # opening below moves the damaged file aside
         finally:
@@ -381,7 +329,7 @@ class Store:
         if (
             self._identity is None
             or self._pid != os.getpid()
-            or _identity(self.path) == (self._identity)
+            or identity(self.path) == (self._identity)
         ):
             return None
         wait = self.settings.lock_timeout
@@ -461,7 +409,7 @@ class Store:
             ensure_schema(engine)
         except DBAPIError as exc:
             engine.dispose()
-            if sqlite_code(exc) not in _CORRUPT_CODES:
+            if sqlite_code(exc) not in CORRUPT_CODES:
                 raise
             moved = quarantine(self.path)
             log.error(
@@ -477,7 +425,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        self._identity = _identity(self.path)  # the file opened, after any quarantine
+        self._identity = identity(self.path)  # the file opened, after any quarantine
         return engine
 
     def _create_engine(self) -> Engine:
@@ -531,19 +479,6 @@ class Store:
         self._looked = (0, 0)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-def file_bytes(path: Path) -> int:
-    """A spool's size on disk: database file and WAL."""
-    return _size(str(path)) + _size(f"{path}{WAL}")
-
-
 def _passive(connection: sqlite3.Connection) -> int:
     """A passive checkpoint; how many frames the WAL held when it started."""
     _busy, frames, _copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -555,42 +490,11 @@ def pragma(connection: sqlite3.Connection, name: str) -> int:
     return int(connection.execute(f"PRAGMA {name}").fetchone()[0])
 
 
-def _size(name: str) -> int:
-    try:
-        return os.stat(name).st_size
-    except FileNotFoundError:
-        return 0
-
-
 def driver(conn: Connection) -> sqlite3.Connection:
     """The sqlite3 connection under an SQLAlchemy connection (for the backup API, and helpers
     shared with :meth:`Store.write`'s transactions)."""
     raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
     return raw
-
-
-def read_only_engine(path: Path, lock_timeout: float) -> Engine:
-    """An engine that can only read the spool at ``path``.
-
-    For inspecting: it never creates, migrates, quarantines or checkpoints the file, and a
-    read-only connection cannot write even by mistake.
-    """
-    query = {"mode": "ro", "uri": "true"}
-    if not os.path.exists(f"{path}{WAL}"):
-        # No process has the spool open (the last one to close it removed its WAL): reading it
-        # as immutable creates no -wal and -shm files, which a read-only connection could not
-        # remove again. A writer starting meanwhile only means this look misses its events.
-        query["immutable"] = "1"
-    engine = create_engine(
-        URL.create("sqlite", database=path.resolve().as_uri(), query=query),
-        connect_args={"timeout": lock_timeout, "check_same_thread": False},
-    )
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-        dbapi_connection.isolation_level = None
-
-    return engine
 
 
 @contextlib.contextmanager
@@ -641,71 +545,3 @@ def check_known(revision: str | None) -> None:
             f"(latest known: {schema.HEAD!r}); upgrade sqreen-spool, or point SQREEN_SPOOL_PATH "
             "at another file"
         )
-
-
-def prepare_path(path: Path) -> None:
-    """Create the spool's directory (0700) and file (0600) before SQLite does, refusing
-    (:class:`UnsafeSpool`) what another user could use to read or swap the spool.
-
-    Only directories this call creates get 0700: an existing parent may be shared (``/tmp``),
-    but then only with the sticky bit, so that no other user can replace our files. The spool
-    path must not be a symbolic link (a planted one would make us chmod, overwrite or add our
-    tables to its target). The -wal and -shm files, which SQLite opens beside the spool with
-    its mode, must be ours (another user's, pre-created, would stay readable to them); ours are
-    tightened to 0600.
-    """
-    missing = []
-    parent = path.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700)
-    shared = os.stat(path.parent)
-    if shared.st_mode & stat.S_IWOTH and not shared.st_mode & stat.S_ISVTX:
-        raise UnsafeSpool(
-            f"the spool's directory {path.parent} is writable by every user and has no sticky "
-            "bit: another user could replace the spool; choose another SQREEN_SPOOL_PATH"
-        )
-    _open_ours(str(path), os.O_RDWR | os.O_CREAT)
-    for suffix in (WAL, "-shm"):
-        _open_ours(f"{path}{suffix}", os.O_RDONLY)
-
-
-def _open_ours(name: str, flags: int) -> None:
-    """Open ``name`` (if it exists, or with ``O_CREAT``) without following a symbolic link;
-    refuse a file of another user, and make ours 0600."""
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise UnsafeSpool(f"{name} is a symbolic link; refusing to follow it") from None
-    try:
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            raise UnsafeSpool(
-                f"{name} belongs to another user (uid {info.st_uid}); refusing to open the spool"
-            )
-        if info.st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def quarantine(path: Path) -> Path:
-    """Move a damaged spool (and its WAL) aside to ``<name>.corrupt-<timestamp>``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    os.replace(path, target)
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            if suffix == "-wal":
-                os.replace(side, target.with_name(target.name + suffix))
-            else:
-                side.unlink()
-    return target

@@ -14,11 +14,13 @@ import ipaddress
 import logging
 import math
 import os
+import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
@@ -28,6 +30,7 @@ from .config import Settings, mask_url
 from .errors import ConfigError
 
 log = logging.getLogger("sqreen.spool")
+T = TypeVar("T")
 
 GZIP_ABOVE = 1024
 GZIP_LEVEL = 1  # most of the gain at a fraction of level 6's cost, on JSON this repetitive
@@ -139,15 +142,23 @@ class Transport:
         if len(body) > GZIP_ABOVE:
             body = gzip.compress(body, GZIP_LEVEL, mtime=0)
             headers["Content-Encoding"] = "gzip"
-        try:
-            with self._session().stream(
-                "POST",
-                self.url,
-                content=body,
-                headers=headers,
-                timeout=self._timeout if timeout is None else min(self._timeout, timeout),
+        budget = self._timeout if timeout is None else min(self._timeout, timeout)
+        client = self._session()
+
+        def exchange() -> tuple[httpx.Response, bytes]:
+            with client.stream(
+                "POST", self.url, content=body, headers=headers, timeout=budget
             ) as response:
-                content = answer_body(response)
+                return response, answer_body(response)
+
+        try:
+            response, content = within(exchange, budget)
+        except TimeoutError:
+            # httpx's timeouts bound each read, not the request: a collector trickling its
+            # answer a byte at a time would hold the flush, and the exit, for ever. The request
+            # is left to finish on its own, on a client of its own.
+            self._client = None
+            return Reply(None, f"timeout: no whole answer within {budget:g} s")
         except httpx.TimeoutException as exc:
             return Reply(None, f"timeout: {type(exc).__name__}")
         except httpx.LocalProtocolError as exc:  # its text can quote a header, the token's too
@@ -183,6 +194,29 @@ class Transport:
             )
             self._pid = os.getpid()
         return self._client
+
+
+def within(work: Callable[[], T], seconds: float) -> T:
+    """``work()``'s result, or TimeoutError once ``seconds`` have passed: it then goes on in a
+    daemon thread, which neither the caller nor the interpreter's exit waits for."""
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="sqreen-spool:post", daemon=True).start()
+    if not done.wait(max(0.0, seconds)):
+        raise TimeoutError
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 class _MaskedURLs(logging.Filter):

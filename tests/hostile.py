@@ -37,6 +37,19 @@ def endless_chunked(chunk: bytes = b"x" * 65536, seconds: float = 10.0) -> Answe
     return play
 
 
+def trickle(head: bytes, seconds: float = 20.0) -> Answer:
+    """Send ``head``, then one more byte a second, in the headers, until ``seconds`` pass."""
+
+    def play(conn: socket.socket) -> None:
+        conn.sendall(head)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            conn.sendall(b"a")
+            time.sleep(1)
+
+    return play
+
+
 class HostileCollector:
     def __init__(self, default: Answer) -> None:
         self.default = default

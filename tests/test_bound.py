@@ -21,7 +21,8 @@ import pytest
 
 import sqreen
 from sqreen.bound import BOUND_SLACK, ceiling, enforce_size
-from sqreen.store import Store, file_bytes
+from sqreen.files import file_bytes
+from sqreen.store import Store
 
 from .conftest import counters, run_child
 

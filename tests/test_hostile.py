@@ -138,3 +138,26 @@ def test_an_answer_body_costs_bounded_memory(
     assert (delivered, failed) == (3, 0)  # a 2xx, whatever its body
     assert peak_mib < 150, f"{peak_mib} MiB"
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nX-Slow: ", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"],
+    ids=["in-the-headers", "in-the-body"],
+)
+def test_a_trickling_collector_cannot_hold_a_flush_or_the_exit(
+    spool_path: Path, server: hostile.HostileCollector, head: bytes
+) -> None:
+    server.default = hostile.trickle(head)
+    tracked(spool_path)
+    spooler = sqreen.Spooler(path=spool_path, url=server.url, http_timeout=30)
+    started = time.monotonic()
+    result = spooler.flush(timeout=3)  # past 60 s before
+    assert time.monotonic() - started < 5
+    assert result.delivered == 0 and result.pending == 3
+    spooler.close(timeout=0)
+    child = run_child("track_and_exit", str(spool_path), server.url, "5", "2")
+    started = time.monotonic()
+    child.wait(timeout=30)
+    assert child.returncode == 0
+    assert time.monotonic() - started < 10  # past 30 s before, with shutdown_timeout=2

@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import quote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import flask
 import httpx
+import orjson
 import pytest
 
 import sqreen
+from sqreen.event import MAX_EVENT_BYTES
 from sqreen.integrations import asgi, wsgi
 from sqreen.scrub import PLACEHOLDER
 
@@ -390,3 +393,51 @@ def test_importing_sqreen_imports_no_web_framework() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# What a client may send, each within what an HTTP client sends at all (a URL under 64 KiB):
+# (query string, urlencoded form body).
+HOSTILE_REQUESTS = {
+    # \x01 takes 6 bytes in JSON: 16 KiB of form becomes 96 KiB of event.
+    "control-chars-form": ("", "&".join(f"f{i}={chr(1) * 1000}" for i in range(16))),
+    "control-chars-query": ("&".join(f"c{i}={'%01' * 1000}" for i in range(16)), ""),
+    "long-query-values": ("&".join(f"q{i}={'v' * 1024}" for i in range(60)), ""),
+    "huge-name": ("n" * 60_000 + "=1", ""),
+    "euro-values": ("&".join(f"e{i}={quote('€' * 1024)}" for i in range(6)), ""),
+}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def stored_request(spool_path: Path) -> dict[str, Any]:
+    """The request object of the one stored event, which fits in an event; what was cut is
+    marked (the whole object as truncated, or a name or value with an ellipsis)."""
+    (event,) = stored_events(spool_path)
+    assert len(orjson.dumps(event)) <= MAX_EVENT_BYTES
+    request: dict[str, Any] = event["request"]
+    names = [name for values in request.get("params", {}).values() for name in values]
+    assert request.get("truncated") is True or any(name.endswith("…") for name in names)
+    return request
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_REQUESTS))
+def test_a_client_cannot_push_flask_s_event_past_its_limit(
+    spooler: sqreen.Spooler, spool_path: Path, case: str
+) -> None:
+    query, form = HOSTILE_REQUESTS[case]
+    client = flask_app().test_client()
+    answer = client.post(f"/checkout?user=a@b.c&{query}", data=form, headers=FORM)
+    assert answer.status_code == 200  # track() raised InvalidEvent before: a 500
+    assert stored_request(spool_path)["path"] == "/checkout"
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_REQUESTS))
+def test_a_client_cannot_push_starlette_s_event_past_its_limit(
+    spooler: sqreen.Spooler, spool_path: Path, case: str
+) -> None:
+    from starlette.testclient import TestClient
+
+    query, form = HOSTILE_REQUESTS[case]
+    with TestClient(starlette_app()) as client:
+        answer = client.post(f"/async?user=a@b.c&{query}", content=form, headers=FORM)
+    assert answer.status_code == 200
+    assert stored_request(spool_path)["path"] == "/async"

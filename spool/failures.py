@@ -1,0 +1,60 @@
+"""What storage failures are: SQLite's result codes, read through SQLAlchemy's wrapping, and
+the kinds they are counted under (``Spooler.health()``, ``inspect``)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .errors import SchemaTooNew, SpoolError, UnsafeSpool
+
+# SQLite primary result codes (stable C API values; the sqlite3 module names them only from 3.11).
+SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 1, 3, 5, 6, 8
+SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 10, 11, 13, 14, 26
+CORRUPT_CODES = frozenset({SQLITE_CORRUPT, SQLITE_NOTADB})
+
+
+def sqlite_code(exc: BaseException) -> int | None:
+    """The SQLite result code behind ``exc`` (unwrapping SQLAlchemy), or None."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    return None if code is None else int(code) & 0xFF
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs and the CLI: the driver's message, without SQLAlchemy's wrapping."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return str(exc) or type(exc).__name__
+
+
+class GateTimeout(SpoolError):
+    """Another thread of this process held the spool past the lock timeout."""
+
+
+# What storage may raise. Anything else is a bug and propagates.
+STORAGE_ERRORS = (sqlite3.Error, SQLAlchemyError, OSError, SpoolError)
+
+
+def classify(exc: BaseException) -> str:
+    """Name the kind of storage failure, for counters and logs."""
+    if isinstance(exc, SchemaTooNew):
+        return "schema_too_new"
+    if isinstance(exc, GateTimeout):
+        return "lock_timeout"
+    if isinstance(exc, UnsafeSpool):
+        return "unsafe_path"
+    code = sqlite_code(exc)
+    if code == SQLITE_FULL:
+        return "disk_full"
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        return "lock_timeout"
+    if code in (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM) or isinstance(exc, PermissionError):
+        return "read_only"
+    if code in CORRUPT_CODES:
+        return "corrupt"
+    if code == SQLITE_IOERR or isinstance(exc, OSError):
+        return "io_error"
+    return "storage_error"

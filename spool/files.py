@@ -1,0 +1,137 @@
+"""The spool's files on disk: made safely, measured, moved aside, read without writing.
+
+The spool is ``<path>`` with SQLite's ``<path>-wal`` and ``<path>-shm`` beside it, and the
+checkpointer's lock file ``<path>-lock`` (see :mod:`sqreen.filelock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import stat
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+
+from .errors import UnsafeSpool
+
+WAL = "-wal"
+LOCK = "-lock"
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) the path names now, or None when nothing is there."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def file_bytes(path: Path) -> int:
+    """A spool's size on disk: database file and WAL."""
+    return size_of(str(path)) + size_of(f"{path}{WAL}")
+
+
+def size_of(name: str) -> int:
+    """A file's size, 0 when it does not exist."""
+    try:
+        return os.stat(name).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def read_only_engine(path: Path, lock_timeout: float) -> Engine:
+    """An engine that can only read the spool at ``path``.
+
+    For inspecting: it never creates, migrates, quarantines or checkpoints the file, and a
+    read-only connection cannot write even by mistake.
+    """
+    query = {"mode": "ro", "uri": "true"}
+    if not os.path.exists(f"{path}{WAL}"):
+        # No process has the spool open (the last one to close it removed its WAL): reading it
+        # as immutable creates no -wal and -shm files, which a read-only connection could not
+        # remove again. A writer starting meanwhile only means this look misses its events.
+        query["immutable"] = "1"
+    engine = create_engine(
+        URL.create("sqlite", database=path.resolve().as_uri(), query=query),
+        connect_args={"timeout": lock_timeout, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+
+    return engine
+
+
+def prepare_path(path: Path) -> None:
+    """Create the spool's directory (0700) and file (0600) before SQLite does, refusing
+    (:class:`UnsafeSpool`) what another user could use to read or swap the spool.
+
+    Only directories this call creates get 0700: an existing parent may be shared (``/tmp``),
+    but then only with the sticky bit, so that no other user can replace our files. The spool
+    path must not be a symbolic link (a planted one would make us chmod, overwrite or add our
+    tables to its target). The -wal and -shm files, which SQLite opens beside the spool with
+    its mode, must be ours (another user's, pre-created, would stay readable to them); ours are
+    tightened to 0600.
+    """
+    missing = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+    shared = os.stat(path.parent)
+    if shared.st_mode & stat.S_IWOTH and not shared.st_mode & stat.S_ISVTX:
+        raise UnsafeSpool(
+            f"the spool's directory {path.parent} is writable by every user and has no sticky "
+            "bit: another user could replace the spool; choose another SQREEN_SPOOL_PATH"
+        )
+    _open_ours(str(path), os.O_RDWR | os.O_CREAT)
+    for suffix in (WAL, "-shm"):
+        _open_ours(f"{path}{suffix}", os.O_RDONLY)
+
+
+def _open_ours(name: str, flags: int) -> None:
+    """Open ``name`` (if it exists, or with ``O_CREAT``) without following a symbolic link;
+    refuse a file of another user, and make ours 0600."""
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnsafeSpool(f"{name} is a symbolic link; refusing to follow it") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise UnsafeSpool(
+                f"{name} belongs to another user (uid {info.st_uid}); refusing to open the spool"
+            )
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged spool (and its WAL) aside to ``<name>.corrupt-<timestamp>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            if suffix == "-wal":
+                os.replace(side, target.with_name(target.name + suffix))
+            else:
+                side.unlink()
+    return target
