@@ -170,7 +170,10 @@ class Spooler:
         counters; every heartbeat, drop what is too old. It wakes the delivery thread early
         once a full batch is pending."""
         store, settings = self._store, self.settings
-        store.wake_at = store.inserted + min(store.checkpoint_every, settings.batch_size)
+        # Run again after the next checkpoint's worth of commits, or as soon as a full batch is
+        # pending since the last delivery began, whichever comes first.
+        until_full = settings.batch_size - (store.inserted - self._drained_at)
+        store.wake_at = store.inserted + max(1, min(store.checkpoint_every, until_full))
         now = time.monotonic()
         try:
             carried = store.reopen_if_replaced()
@@ -191,6 +194,7 @@ class Spooler:
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "maintenance")
         if self._delivery is not None and store.inserted - self._drained_at >= settings.batch_size:
+            self._drained_at = store.inserted  # counted from now: the delivery drains it all
             self._delivery.wake()
         return max(0.0, self._next_prune - time.monotonic())
 
@@ -199,7 +203,6 @@ class Spooler:
         when woken because a full batch is pending)."""
         assert self._flusher is not None
         delay = self.settings.heartbeat_delay * _jitter()
-        self._drained_at = self._store.inserted
         try:
             self._flusher.flush(self.settings.lease * 2)
         except STORAGE_ERRORS as exc:
