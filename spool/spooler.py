@@ -172,8 +172,10 @@ class Spooler:
         store, settings = self._store, self.settings
         # Run again after the next checkpoint's worth of commits, or as soon as a full batch is
         # pending since the last delivery began, whichever comes first.
-        until_full = settings.batch_size - (store.inserted - self._drained_at)
-        store.wake_at = store.inserted + max(1, min(store.checkpoint_every, until_full))
+        ahead = store.checkpoint_every
+        if self._delivery is not None:
+            ahead = min(ahead, settings.batch_size - (store.inserted - self._drained_at))
+        store.wake_at = store.inserted + max(1, ahead)
         now = time.monotonic()
         try:
             carried = store.reopen_if_replaced()
