@@ -109,11 +109,14 @@ def enforce_size(store: Store, max_bytes: int) -> int:
 
     Returns how many pending events were dropped. Works in steps of :data:`SIZE_CHUNK` of the
     bound, each its own transaction followed by a checkpoint, whatever the excess. Looking
-    costs one read: the data is only cut once it reaches :data:`SIZE_TRIGGER`.
+    costs two stats, and one read once the files reach :data:`SIZE_TRIGGER`: the data is cut
+    once the pages in use reach it.
     """
+    largest = int(max_bytes * FILE_SHARE)
+    if store.file_bytes() < max_bytes * SIZE_TRIGGER:
+        return 0  # the pages in use, and all the pages, take less than the files: two stats
     with store.connection() as reading:
         used, pages = _used_bytes(driver(reading))
-    largest = int(max_bytes * FILE_SHARE)
     if used < max_bytes * SIZE_TRIGGER and pages <= largest:
         return 0
     target, step = int(max_bytes * SIZE_TARGET), max(1, int(max_bytes * SIZE_CHUNK))
