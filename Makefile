@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/import.py
 	$(PY) bench/request.py
 	$(PY) bench/outage.py
+	$(PY) bench/peaks.py
 
 # mypy resolves `sqreen` from a link tree shaped like the installed package, since the
 # editable install maps the folders to it through an import hook mypy cannot follow.
