@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
-from .store import check_known, read_revision, write_transaction
+from .revision import check_known, read_revision, write_transaction
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:

@@ -30,11 +30,11 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from . import schema
 from .config import Settings
-from .errors import SchemaTooNew
 from .event import Event
-from .failures import CORRUPT_CODES, SQLITE_ERROR, GateTimeout, sqlite_code
+from .failures import CORRUPT_CODES, GateTimeout, sqlite_code
 from .filelock import FileLock
 from .files import LOCK, WAL, file_bytes, identity, prepare_path, quarantine, size_of
+from .revision import ensure_schema, read_revision
 
 log = logging.getLogger("sqreen.spool")
 
@@ -495,53 +495,3 @@ def driver(conn: Connection) -> sqlite3.Connection:
     shared with :meth:`Store.write`'s transactions)."""
     raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
     return raw
-
-
-@contextlib.contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that holds SQLite's write lock from its first statement."""
-    with engine.connect() as conn:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
-
-
-def read_revision(conn: Connection) -> str | None:
-    """The spool's schema revision, in one query; None for a spool with no schema yet."""
-    try:
-        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    except DBAPIError as exc:
-        if sqlite_code(exc) != SQLITE_ERROR:  # "no such table" is SQLITE_ERROR
-            raise
-        has_table = conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
-        ).scalar()
-        if has_table:
-            raise
-        return None
-
-
-def ensure_schema(engine: Engine) -> None:
-    """Bring the spool to the schema this code knows, importing Alembic only if needed."""
-    with engine.connect() as conn:
-        revision = read_revision(conn)
-    if revision == schema.HEAD:
-        return
-    check_known(revision)
-    from .migrate import upgrade  # Alembic costs ~150 ms to import: only when migrating
-
-    upgrade(engine)
-
-
-def check_known(revision: str | None) -> None:
-    """Raise SchemaTooNew for a revision this code does not know."""
-    if revision is not None and revision not in schema.REVISIONS:
-        raise SchemaTooNew(
-            f"the spool's schema revision {revision!r} is newer than this sqreen-spool knows "
-            f"(latest known: {schema.HEAD!r}); upgrade sqreen-spool, or point SQREEN_SPOOL_PATH "
-            "at another file"
-        )
