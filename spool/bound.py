@@ -82,8 +82,7 @@ class Bound:
                 return held
             complete = self.store.checkpoint(now=wait > 0)
             dropped = enforce_size(self.store, self.max_bytes)
-        if dropped:
-            log.warning("sqreen spool: dropped %d undelivered events (size limit)", dropped)
+        log_drops({"size": dropped})
         return complete
 
     def relieve(self) -> None:
@@ -101,6 +100,13 @@ class Bound:
             self._health.record(classify(exc), describe(exc), "size bound")
         self._failures += 1
         self._retry_at = now + min(RELIEF_RETRY, RELIEF_FIRST_RETRY * 2**self._failures)
+
+
+def log_drops(dropped: dict[str, int]) -> None:
+    """Log the pending events that a limit dropped, by reason (nothing when none was)."""
+    for reason, n in dropped.items():
+        if n:
+            log.warning("sqreen spool: dropped %d undelivered events (%s limit)", n, reason)
 
 
 def enforce_size(store: Store, max_bytes: int) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import sqlite3
 import tempfile
 import time
@@ -20,8 +19,6 @@ from .files import read_only_engine
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
 from .store import Store, driver
-
-log = logging.getLogger("sqreen.spool")
 
 _DROP_OLD = "DELETE FROM events WHERE status = :status AND enqueued_at < :before"
 _EXPIRE_SETTLED = "DELETE FROM events WHERE status = :status AND settled_at < :before"
@@ -46,12 +43,6 @@ def drop_old(store: Store, settings: Settings) -> int:
         _delete(conn, _EXPIRE_SETTLED, REJECTED, now - settings.max_age)  # counted when rejected
         _delete(conn, _EXPIRE_SETTLED, DELIVERED, now - settings.keep_delivered)
     return aged
-
-
-def log_drops(dropped: dict[str, int]) -> None:
-    for reason, n in dropped.items():
-        if n:
-            log.warning("sqreen spool: dropped %d undelivered events (%s limit)", n, reason)
 
 
 def preview(settings: Settings) -> dict[str, int]:

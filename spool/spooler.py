@@ -12,7 +12,7 @@ import time
 import weakref
 from typing import Any
 
-from .bound import Bound
+from .bound import Bound, log_drops
 from .config import Settings
 from .context import RequestBuilder
 from .context import current as current_request
@@ -22,7 +22,7 @@ from .failures import STORAGE_ERRORS, classify, describe
 from .flusher import FlushResult, connect
 from .health import Health, HealthReport
 from .outbox import Outbox, add, note
-from .prune import drop_old, log_drops
+from .prune import drop_old
 from .scrub import Scrubber
 from .store import Store
 from .worker import Worker

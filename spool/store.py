@@ -329,19 +329,17 @@ class Store:
         if (
             self._identity is None
             or self._pid != os.getpid()
-            or identity(self.path) == (self._identity)
+            or identity(self.path) == self._identity
         ):
             return None
         wait = self.settings.lock_timeout
         with self.checkpointer.held(wait), self._side, self._gate():
-            raw = self._writer_connection()
-            rows = raw.execute(_PENDING_ROWS).fetchall()
+            rows = self._writer_connection().execute(_PENDING_ROWS).fetchall()
             self._close_locked()
-            raw = self._writer_connection()  # a fresh spool at the path
+            self._writer_connection()  # a fresh spool at the path, its directory made again
             self.checkpointer.reset()  # its file went with the spool's
-            raw.execute("BEGIN IMMEDIATE")
-            raw.executemany(_INSERT, rows)
-            raw.execute("COMMIT")
+            with self.write() as conn:  # their own enqueued_at: max_age still counts from it
+                conn.executemany(_INSERT, rows)
         return len(rows)
 
     def close(self) -> None:
