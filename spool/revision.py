@@ -37,9 +37,12 @@ def read_revision(conn: Connection) -> str | None:
         has_table = conn.exec_driver_sql(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
         ).scalar()
-        if has_table:
-            raise
-        return None
+        if not has_table:
+            return None
+    # Another process created the table between the two queries (opening a new spool at once):
+    # read it again, and let any other failure raise.
+    revision: str | None = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    return revision
 
 
 def ensure_schema(engine: Engine) -> None:
