@@ -2,8 +2,9 @@
 
 A middleware records what it saw of a request (:class:`Capture`, unparsed) and makes it current
 for the request's duration. Nothing is parsed or scrubbed unless ``track()`` runs during the
-request: then the request object (client IP, user agent, path, verb, parameters) is built once,
-scrubbed, encoded, and reused by every later event of the same request.
+request: then the request object (client IP, user agent, path, verb, host, scheme, referer,
+route, request id, query parameters; the body's fields too for ``collect_body``) is built
+once, scrubbed, encoded, and reused by every later event of the same request.
 """
 
 from __future__ import annotations
@@ -20,20 +21,27 @@ from urllib.parse import unquote
 
 import orjson
 
+from .event import new_id
 from .scrub import MAX_ITEMS, Scrubber
 
 
 @dataclass
 class Capture:
     """One request as a middleware saw it. ``header`` looks a header up by lower-case name;
-    ``form`` is the body of a small ``application/x-www-form-urlencoded`` request."""
+    ``body`` is a small body of kind ``body_kind`` (``"form"`` or ``"json"``) that the
+    application was handed back intact; ``endpoint`` asks the framework for the route matched
+    (called only once the application runs, when the framework has routed the request)."""
 
     peer: str | None
     header: Callable[[str], str | None]
     path: str
     verb: str
     query: str = ""
-    form: bytes | None = None
+    host: str | None = None
+    scheme: str | None = None
+    body: bytes | None = None
+    body_kind: str | None = None
+    endpoint: Callable[[], object] | None = None
 
 
 @dataclass
@@ -41,15 +49,30 @@ class RequestContext:
     """The current request and what the application said about it (``identify()``)."""
 
     capture: Capture
-    user: dict[str, str] | None = None
+    user: dict[str, str | int] | None = None
     traits: dict[str, Any] | None = None
-    # The encoded request object, and the builder that made it (spoolers may differ in settings).
-    _encoded: tuple[object, bytes] | None = field(default=None, repr=False)
+    _request_id: str | None = field(default=None, repr=False)
+    # The builder (spoolers may differ in settings) and the request object it encoded without
+    # and with the body's fields (``collect_body``).
+    _encoded: list[Any] = field(default_factory=lambda: [None, None, None], repr=False)
 
-    def request_json(self, builder: RequestBuilder) -> bytes:
-        if self._encoded is None or self._encoded[0] is not builder:
-            self._encoded = (builder, bounded(builder.build(self.capture)))
-        return self._encoded[1]
+    def request_json(self, builder: RequestBuilder, collect_body: bool = False) -> bytes:
+        encoded = self._encoded
+        if encoded[0] is not builder:
+            encoded[:] = (builder, None, None)
+        found: bytes | None = encoded[1 + collect_body]
+        if found is None:
+            found = bounded(builder.build(self.capture, self.request_id, collect_body))
+            encoded[1 + collect_body] = found
+        return found
+
+    @property
+    def request_id(self) -> str:
+        """The client's ``X-Request-ID``, else one made for this request: the same for every
+        event of the request, so that they can be grouped."""
+        if self._request_id is None:
+            self._request_id = self.capture.header("x-request-id") or new_id()
+        return self._request_id
 
 
 def bounded(request: dict[str, Any]) -> bytes:
@@ -66,7 +89,7 @@ def bounded(request: dict[str, Any]) -> bytes:
         return encoded
     params: dict[str, dict[str, Any]] = request.pop("params", {})
     request["truncated"] = True
-    for key in ("path", "user_agent", "ip", "verb"):
+    for key in DIMENSIONS:
         if key in request:
             request[key] = _cut(request[key], MAX_DIMENSION_BYTES)
     room = MAX_REQUEST_BYTES - len(orjson.dumps(request)) - len(',"params":{}')
@@ -94,7 +117,19 @@ def _cut(text: str, limit: int) -> str:
 
 # The request object's share of an event's 64 KiB: the application's properties keep the rest.
 MAX_REQUEST_BYTES = 16 * 1024
-MAX_DIMENSION_BYTES = 2048
+# The string dimensions, each cut to a size that lets all of them fit together in the budget.
+DIMENSIONS = (
+    "ip",
+    "user_agent",
+    "path",
+    "verb",
+    "host",
+    "scheme",
+    "referer",
+    "endpoint",
+    "request_id",
+)
+MAX_DIMENSION_BYTES = 1024
 
 _current: ContextVar[RequestContext | None] = ContextVar("sqreen_request", default=None)
 
@@ -120,27 +155,67 @@ class RequestBuilder:
         self._ip_header = ip_header.lower() if ip_header else None
         self._scrubber = scrubber
 
-    def build(self, capture: Capture) -> dict[str, Any]:
-        scrubber = self._scrubber
+    def build(self, capture: Capture, request_id: str, collect_body: bool) -> dict[str, Any]:
+        text = self._scrubber.text
+        header = capture.header
         request: dict[str, Any] = {}
-        forwarded = capture.header(self._ip_header) if self._ip_header else None
+        forwarded = header(self._ip_header) if self._ip_header else None
         ip = client_ip(capture.peer, forwarded)
         if ip:
-            request["ip"] = scrubber.text(ip)
-        user_agent = capture.header("user-agent")
+            request["ip"] = text(ip)
+        user_agent = header("user-agent")
         if user_agent:
-            request["user_agent"] = scrubber.text(user_agent)
-        request["path"] = scrubber.text(capture.path)
-        request["verb"] = scrubber.text(capture.verb)
-        params = {}
+            request["user_agent"] = text(user_agent)
+        request["path"] = text(capture.path)
+        request["verb"] = text(capture.verb)
+        if capture.host:
+            request["host"] = text(capture.host)
+        if capture.scheme:
+            request["scheme"] = text(capture.scheme)
+        referer = header("referer")
+        if referer:
+            request["referer"] = text(self._scrubber.scrub_url(referer))
+        endpoint = _endpoint(capture.endpoint)
+        if endpoint:
+            request["endpoint"] = text(endpoint)
+        request["request_id"] = text(request_id)
+        params: dict[str, Any] = {}
         if capture.query:
             params["query"] = fields(capture.query)
-        if capture.form:
-            params["form"] = fields(capture.form.decode("utf-8", "replace"))
+        if collect_body and capture.body:
+            body = body_fields(capture.body, capture.body_kind)
+            if body is not None:
+                params[capture.body_kind or ""] = body
         if params:
             # Also makes the parameters safe to encode, whatever the request held.
-            request["params"] = scrubber.scrub(params)
+            request["params"] = self._scrubber.scrub(params)
         return request
+
+
+def body_fields(body: bytes, kind: str | None) -> dict[str, Any] | None:
+    """A form's fields, or a JSON body's when it is an object; None for anything else (a
+    JSON array or scalar has no named fields; a body that does not parse is left out)."""
+    if kind == "form":
+        return fields(body.decode("utf-8", "replace"))
+    if kind == "json":
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
+
+
+def _endpoint(route: Callable[[], object] | None) -> str | None:
+    """The framework's name for the route matched, if it has one; never an exception from a
+    framework's internals (an application's custom rule class, say)."""
+    if route is None:
+        return None
+    try:
+        found = route()
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None
 
 
 def fields(encoded: str) -> dict[str, str | list[str]]:

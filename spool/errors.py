@@ -3,7 +3,8 @@
 The tree::
 
     SqreenError
-    ├── InvalidEvent (ValueError)   the caller passed something track() cannot record
+    ├── InvalidEvent (ValueError,   the caller passed something track() cannot record (also a
+    │   TypeError)                  TypeError: the Sqreen agent raised TypeError for these)
     ├── ConfigError (ValueError)    a setting or environment variable is malformed
     └── SpoolError                  the spool cannot store events (raised only with strict=True,
         │                           and by explicit maintenance calls such as migrate)
@@ -23,8 +24,11 @@ class SqreenError(Exception):
     """Base class of every exception raised on purpose by sqreen-spool."""
 
 
-class InvalidEvent(SqreenError, ValueError):
-    """The event or its options cannot be recorded; the message names the problem."""
+class InvalidEvent(SqreenError, ValueError, TypeError):
+    """The event or its options cannot be recorded; the message names the problem.
+
+    A TypeError too, so that code written for the Sqreen agent (which raised TypeError for a
+    non-str name or a non-datetime timestamp) still catches it."""
 
 
 class ConfigError(SqreenError, ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -21,10 +21,29 @@ MAX_NAME_LENGTH = 255
 MAX_PROPERTIES = 16
 MAX_EVENT_BYTES = 64 * 1024
 MAX_DEPTH = 32
-OPTION_KEYS = ("properties", "user_identifiers", "timestamp")
+OPTION_KEYS = ("properties", "user_identifiers", "timestamp", "collect_body")
+# Names of the library's own events (``sq.action.block_user``...): refused from applications.
+RESERVED_PREFIX = "sq."
 
 _OPTION_KEY_SET = frozenset(OPTION_KEYS)
 _SCALARS = (str, int, bool, type(None))
+
+
+class Rules(NamedTuple):
+    """How strictly events are checked. Where the real agent was lenient (an unknown option
+    key, more than 16 properties, a reserved name...), a lenient spooler calls ``warn`` with a
+    kind and a message and goes on as the agent did; a strict one raises InvalidEvent. Plain
+    warnings (track's identifiers differ from identify's) go to ``warn`` in both modes."""
+
+    strict: bool
+    warn: Callable[[str, str], None]
+
+
+def _unheard(kind: str, message: str) -> None:
+    """The strict rules' warn: no lenient rule reaches it, and no request context either."""
+
+
+STRICT = Rules(True, _unheard)
 
 
 class Event(NamedTuple):
@@ -38,38 +57,45 @@ class Event(NamedTuple):
 def build(
     event_name: object,
     options: object,
-    user: Mapping[str, str] | None = None,
-    request: bytes | None = None,
+    user: Mapping[str, str | int] | None = None,
+    request: Callable[[bool], bytes] | None = None,
+    rules: Rules = STRICT,
 ) -> Event:
     """Validate ``track()``'s arguments and encode the event; raise InvalidEvent on a mistake.
 
     ``user`` (from ``identify()``) applies unless the options name ``user_identifiers``;
-    ``request`` is the current request's object, already encoded (once per request).
+    ``request`` gives the current request's object, already encoded (once per request), with
+    its body's fields or without (``collect_body``). ``rules``: see :class:`Rules`.
     """
-    if type(event_name) is not str:
-        raise InvalidEvent(f"event_name must be a str, not {type(event_name).__name__}")
-    if not event_name or len(event_name) > MAX_NAME_LENGTH:
-        raise InvalidEvent(
-            f"event_name must have 1 to {MAX_NAME_LENGTH} characters, not {len(event_name)}"
-        )
+    event_name = check_name(event_name)
     timestamp = properties = identifiers = None
+    collect_body = False
     if options is not None:
         options = read_options(options)
         if not _OPTION_KEY_SET.issuperset(options):
-            raise InvalidEvent(_unknown_keys_message(options))
+            relax(rules, "unknown_option", _unknown_keys_message(options))
         timestamp = options.get("timestamp")
         properties = options.get("properties")
         identifiers = options.get("user_identifiers")
+        wants_body = options.get("collect_body")  # None, as for the others, means absent
+        if wants_body is not None:
+            collect_body = as_bool(wants_body, "collect_body", rules)
     event_id = new_id()
     record: dict[str, Any] = {"id": event_id, "name": event_name, "timestamp": _utc(timestamp)}
     if properties is not None:
-        check_properties(properties)
-        if dict.__len__(properties):  # checked to be a dict, whose own __len__ may lie
+        properties = check_properties(properties, rules=rules, event_name=event_name)
+        if properties:
             record["properties"] = properties
     if identifiers is not None:
-        check_identifiers(identifiers, "user_identifiers")
-        if dict.__len__(identifiers):
+        identifiers = check_identifiers(identifiers, "user_identifiers")
+        if identifiers:
             record["user_identifiers"] = identifiers
+        if user and identifiers and not same_user(identifiers, user):
+            rules.warn(
+                "identifiers_differ",
+                f"event {event_name!r}: its user_identifiers differ from those given to "
+                "identify() for this request; the event keeps its own",
+            )
     elif user:
         record["user_identifiers"] = user
     try:
@@ -77,13 +103,50 @@ def build(
     except orjson.JSONEncodeError as exc:  # integers beyond 64 bits, mostly
         raise InvalidEvent(f"event {event_name!r} cannot be encoded as JSON: {exc}") from None
     if request is not None:
-        payload = b'%s,"request":%s}' % (payload[:-1], request)
+        payload = b'%s,"request":%s}' % (payload[:-1], request(collect_body))
     if len(payload) > MAX_EVENT_BYTES:
         raise InvalidEvent(
             f"event {event_name!r} encodes to {len(payload)} bytes, over the limit of "
             f"{MAX_EVENT_BYTES}"
         )
     return Event(event_id, event_name, payload)
+
+
+def check_name(event_name: object) -> str:
+    """``event_name``, or InvalidEvent unless it is a str of 1 to 255 characters."""
+    if type(event_name) is not str:
+        raise InvalidEvent(f"event_name must be a str, not {type(event_name).__name__}")
+    if not event_name or len(event_name) > MAX_NAME_LENGTH:
+        raise InvalidEvent(
+            f"event_name must have 1 to {MAX_NAME_LENGTH} characters, not {len(event_name)}"
+        )
+    return event_name
+
+
+def relax(rules: Rules, kind: str, message: str) -> None:
+    """Apply one of the agent's relaxed rules: raise when strict, else warn and go on."""
+    if rules.strict:
+        raise InvalidEvent(message)
+    rules.warn(kind, message)
+
+
+def same_user(a: Mapping[str, object], b: Mapping[str, object]) -> bool:
+    """Whether two identifier dicts name the same user: the same keys, and values equal as
+    strings (``user_id=42`` typed on a command line is the int 42 an application identified)."""
+    return a.keys() == b.keys() and all(str(value) == str(b[key]) for key, value in a.items())
+
+
+def as_bool(value: object, what: str, rules: Rules) -> bool:
+    """``value`` where a bool is expected: the agent took any value for its truth."""
+    if type(value) is bool:
+        return value
+    relax(rules, f"{what}_not_bool", f"{what} must be a bool, not {type(value).__name__}")
+    try:
+        return bool(value)
+    except Exception as exc:  # a __bool__ that raises is the caller's mistake, named as such
+        raise InvalidEvent(
+            f"{what} ({type(value).__name__}) has no truth value: {type(exc).__name__}"
+        ) from None
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
@@ -123,32 +186,42 @@ def _make_ids() -> list[str]:
     ]
 
 
-def check_identifiers(identifiers: object, what: str) -> None:
-    """Raise InvalidEvent naming ``what`` unless ``identifiers`` is a dict of str to str."""
-    if not isinstance(identifiers, dict):
-        raise InvalidEvent(f"{what} must be a dict of str to str, not {type(identifiers).__name__}")
-    for key, value in dict.items(identifiers):  # its storage, whatever a subclass's items() says
-        if type(key) is not str or type(value) is not str:
+def check_identifiers(identifiers: object, what: str) -> dict[str, str | int]:
+    """``identifiers`` as a plain dict, or InvalidEvent naming ``what`` unless it is a mapping
+    of str to str or int (the agent's ``UserIdentifier``; a bool or a float is neither)."""
+    identifiers = read_mapping(identifiers, what, "a dict of str to str or int")
+    for key, value in identifiers.items():
+        if type(key) is not str or type(value) not in _IDENTIFIER_TYPES:
             raise InvalidEvent(
-                f"{what} must map str to str; {key!r}: {value!r} is "
+                f"{what} must map str to str or int; {key!r}: {value!r} is "
                 f"{type(key).__name__} to {type(value).__name__}"
             )
+    return identifiers
+
+
+_IDENTIFIER_TYPES = (str, int)
 
 
 def read_options(options: object) -> dict[Any, Any]:
-    """``track()``'s options, read once into a plain dict: a caller's mapping whose methods
-    raise, or lie about what it holds, is an InvalidEvent, never another exception."""
-    if type(options) is dict:
-        return options
-    if not isinstance(options, Mapping):
-        raise InvalidEvent(f"options must be a dict, not {type(options).__name__}")
+    """``track()``'s options, read once into a plain dict."""
+    return read_mapping(options, "options", "a dict")
+
+
+def read_mapping(value: object, what: str, expected: str) -> dict[Any, Any]:
+    """``value`` read once into a plain dict (as the agent's ``dict(options)``): a caller's
+    mapping whose methods raise, or lie about what it holds, is an InvalidEvent naming
+    ``what``, never another exception."""
+    if type(value) is dict:
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(f"{what} must be {expected}, not {type(value).__name__}")
     try:
         # A dict subclass is copied from its storage (what orjson would encode), whatever its
         # items() says; another Mapping through its keys and __getitem__.
-        return dict(options) if not isinstance(options, dict) else dict(dict.items(options))
+        return dict(value) if not isinstance(value, dict) else dict(dict.items(value))
     except Exception as exc:
         raise InvalidEvent(
-            f"options ({type(options).__name__}) could not be read: {type(exc).__name__}"
+            f"{what} ({type(value).__name__}) could not be read: {type(exc).__name__}"
         ) from None
 
 
@@ -162,17 +235,37 @@ def _unknown_keys_message(options: Mapping[Any, Any]) -> str:
     return f"unknown option key(s) {', '.join(parts)}; allowed: {', '.join(OPTION_KEYS)}"
 
 
-def check_properties(properties: object, what: str = "properties") -> None:
-    """Raise InvalidEvent unless ``properties`` is a dict of at most 16 plain JSON values."""
-    if not isinstance(properties, dict):
-        raise InvalidEvent(f"{what} must be a dict, not {type(properties).__name__}")
-    if dict.__len__(properties) > MAX_PROPERTIES:
-        raise InvalidEvent(
-            f"{what} has {dict.__len__(properties)} entries; at most {MAX_PROPERTIES} are allowed"
+def check_properties(
+    properties: object,
+    what: str = "properties",
+    rules: Rules = STRICT,
+    event_name: str | None = None,
+) -> dict[str, Any]:
+    """``properties`` as a plain dict of plain JSON values, or InvalidEvent.
+
+    More than 16 entries: strict, an InvalidEvent; lenient, the first 16 in sorted key order
+    are kept (as the agent kept them), after every value was checked.
+    """
+    properties = check_json(properties, what)
+    if len(properties) > MAX_PROPERTIES:
+        of = f" of event {event_name!r}" if event_name is not None else ""
+        relax(
+            rules,
+            "too_many_properties",
+            f"{what}{of} has {len(properties)} entries; at most {MAX_PROPERTIES} are allowed"
+            + ("" if rules.strict else f"; kept the first {MAX_PROPERTIES} in sorted key order"),
         )
-    problem = _json_problem(properties, 0)
+        properties = dict(sorted(properties.items())[:MAX_PROPERTIES])
+    return properties
+
+
+def check_json(value: object, what: str) -> dict[str, Any]:
+    """``value`` as a plain dict of plain JSON values, or InvalidEvent naming the problem."""
+    found = read_mapping(value, what, "a dict")
+    problem = _json_problem(found, 0)
     if problem is not None:
         raise InvalidEvent(f"{what}{problem}")
+    return found
 
 
 def _json_problem(value: Any, depth: int) -> str | None:

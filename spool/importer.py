@@ -16,7 +16,7 @@ import orjson
 
 from .bound import enforce_size
 from .errors import InvalidEvent
-from .event import MAX_EVENT_BYTES, Event, build
+from .event import MAX_EVENT_BYTES, RESERVED_PREFIX, Event, build
 from .selection import parse_time
 from .store import Store
 
@@ -74,6 +74,8 @@ def parse_line(line: bytes | None) -> Event:
         raise InvalidEvent(f"unknown key(s) {unknown}; allowed: {', '.join(LINE_KEYS)}")
     if "name" not in record:
         raise InvalidEvent('missing "name"')
+    if isinstance(record["name"], str) and record["name"].startswith(RESERVED_PREFIX):
+        raise InvalidEvent(f"event names starting with {RESERVED_PREFIX!r} are reserved for sqreen")
     options = {  # None, as for track(), means absent
         "properties": record.get("properties"),
         "user_identifiers": record.get("user_identifiers"),

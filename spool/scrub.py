@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from typing import Any
+from urllib.parse import unquote_plus
 
 from .config import DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_PATTERN
 
@@ -123,6 +124,22 @@ class Scrubber:
         if depth >= MAX_DEPTH:
             return TOO_DEEP
         return [self.scrub(item, depth + 1) for item in islice(value, MAX_ITEMS)]
+
+    def scrub_url(self, url: str) -> str:
+        """``url`` with the values of its query string scrubbed as parameters are, in place:
+        a referer keeps its shape (``...?q=shoes&password=<Redacted by Sqreen>``)."""
+        base, mark, query = url.partition("?")
+        if not mark or not self.enabled:
+            return url
+        query, hash_mark, fragment = query.partition("#")
+        pieces = query.split("&", MAX_ITEMS)[:MAX_ITEMS]  # as parameters are, past 100 cut
+        for index, piece in enumerate(pieces):
+            name, _, value = piece.partition("=")
+            if self.sensitive_key(unquote_plus(name)) or (
+                len(value) >= self._shortest_match and self.text(unquote_plus(value)) == PLACEHOLDER
+            ):
+                pieces[index] = f"{name}={PLACEHOLDER}"
+        return f"{base}?{'&'.join(pieces)}{hash_mark}{fragment}"
 
     def text(self, text: str) -> str:
         """One string: the placeholder if it matches the pattern, else itself, cut to size."""

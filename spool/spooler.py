@@ -10,14 +10,27 @@ import random
 import threading
 import time
 import weakref
+from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from .bound import Bound, log_drops
 from .config import Settings
 from .context import RequestBuilder
 from .context import current as current_request
-from .errors import InvalidEvent, SpoolError
-from .event import build, check_identifiers, check_properties, read_options
+from .errors import SpoolError
+from .event import (
+    RESERVED_PREFIX,
+    Rules,
+    as_bool,
+    build,
+    check_identifiers,
+    check_json,
+    check_name,
+    check_properties,
+    read_options,
+    relax,
+)
 from .failures import STORAGE_ERRORS, classify, describe
 from .flusher import FlushResult, connect
 from .health import Health, HealthReport
@@ -55,6 +68,7 @@ class Spooler:
             self.settings.strip_sensitive_data and self.settings.strip_sensitive_properties
         )
         self._health = Health()
+        self._rules = Rules(self.settings.strict, self._health.warn)
         self._outbox = Outbox(self._store)
         self._flusher = connect(self.settings, self._outbox, self._health)
         self._bound = Bound(self._store, self.settings.max_bytes, self._health)
@@ -76,18 +90,35 @@ class Spooler:
         """The spool file's path."""
         return str(self.settings.path)
 
-    def track(self, event_name: str, options: dict[str, Any] | None = None) -> bool:
+    def track(self, event_name: str, options: Mapping[str, Any] | None = None) -> bool:
         """Record a custom event durably; see :func:`sqreen.track`."""
+        if type(event_name) is str and event_name.startswith(RESERVED_PREFIX):
+            relax(
+                self._rules,
+                "reserved_name",
+                f"event names starting with {RESERVED_PREFIX!r} are reserved for sqreen's own "
+                f"events; {event_name!r} was not recorded",
+            )
+            return False
+        return self._record(event_name, options)
+
+    def _record(self, event_name: object, options: Mapping[str, Any] | None) -> bool:
+        """Record an event, reserved names included: the library's own events come this way."""
+        rules = self._rules
         if options is not None:
             options = read_options(options)  # once, into plain types
-        if self._scrub_properties and options and options.get("properties"):
-            check_properties(options["properties"])  # the caller's mistakes first
-            options = {**options, "properties": self._scrubber.scrub(options["properties"])}
+            if self._scrub_properties and options.get("properties"):
+                # The caller's mistakes first, then what is scrubbed.
+                properties = check_properties(
+                    options["properties"], rules=rules, event_name=check_name(event_name)
+                )
+                options = {**options, "properties": self._scrubber.scrub(properties)}
         request = current_request()
         if request is None:
-            event = build(event_name, options)
+            event = build(event_name, options, rules=rules)
         else:
-            event = build(event_name, options, request.user, request.request_json(self._requests))
+            body = partial(request.request_json, self._requests)
+            event = build(event_name, options, request.user, body, rules)
         try:
             maintenance_due = self._store.insert(event)
         except STORAGE_ERRORS as exc:
@@ -100,22 +131,46 @@ class Spooler:
         return True
 
     def identify(
-        self, user_identifiers: dict[str, str], traits: dict[str, Any] | None = None
+        self, user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None
     ) -> bool:
         """Attach a user to the current request; see :func:`sqreen.identify`."""
         return identify(user_identifiers, traits)
 
-    def auth_track(self, success: bool, **user_identifiers: str) -> bool:
+    def auth_track(self, success: bool, **user_identifiers: str | int) -> bool:
         """Record a login attempt; see :func:`sqreen.auth_track`."""
-        if type(success) is not bool:
-            raise InvalidEvent(f"success must be a bool, not {type(success).__name__}")
-        options = {"properties": {"success": success}, "user_identifiers": user_identifiers}
-        return self.track("sqreen.auth_track", _with_user(options, "auth_track"))
+        success = as_bool(success, "success", self._rules)
+        identifiers = self._identifiers(user_identifiers, "auth_track")
+        if identifiers is None:
+            return False
+        options = {"properties": {"success": success}, "user_identifiers": identifiers}
+        recorded = self._record("sqreen.auth_track", options)
+        if success:
+            _attach(identifiers)
+        return recorded
 
-    def signup_track(self, **user_identifiers: str) -> bool:
+    def signup_track(self, **user_identifiers: str | int) -> bool:
         """Record a signup; see :func:`sqreen.signup_track`."""
-        options = {"user_identifiers": user_identifiers}
-        return self.track("sqreen.signup_track", _with_user(options, "signup_track"))
+        identifiers = self._identifiers(user_identifiers, "signup_track")
+        if identifiers is None:
+            return False
+        recorded = self._record("sqreen.signup_track", {"user_identifiers": identifiers})
+        _attach(identifiers)
+        return recorded
+
+    def _identifiers(
+        self, user_identifiers: dict[str, str | int], what: str
+    ) -> dict[str, str | int] | None:
+        """The helpers' identifiers, checked; None (warned) when there are none, which the
+        agent ignored silently."""
+        if not user_identifiers:
+            relax(
+                self._rules,
+                f"{what}_without_identifiers",
+                f"{what} needs at least one user identifier, such as email='...'; "
+                "nothing was recorded",
+            )
+            return None
+        return check_identifiers(user_identifiers, f"{what}'s user identifiers")
 
     def start(self) -> None:
         """Start the background threads now (``track()`` starts them on first use)."""
@@ -271,59 +326,65 @@ def configure(**settings: Any) -> Spooler:
     return spooler
 
 
-def _with_user(options: dict[str, Any], what: str) -> dict[str, Any]:
-    identifiers = options["user_identifiers"]
-    if not identifiers:
-        raise InvalidEvent(f"{what} needs at least one user identifier, such as email='...'")
-    check_identifiers(identifiers, f"{what}'s user identifiers")
-    return options
-
-
-def identify(user_identifiers: dict[str, str], traits: dict[str, Any] | None = None) -> bool:
+def identify(
+    user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None
+) -> bool:
     """Attach a user to the current HTTP request: later ``track()`` calls in this request use
-    ``user_identifiers`` unless they pass their own. Returns False outside a request (where it
-    has nothing to attach to, and logs a warning once).
+    ``user_identifiers`` (a mapping of str to str or int) unless they pass their own. Returns
+    False outside a request (where it has nothing to attach to, and logs a warning once).
 
-    ``traits`` (a dict of JSON values, like properties) are kept with the request's user.
+    ``traits`` (a mapping of JSON values) are kept with the request's user.
     """
-    check_identifiers(user_identifiers, "user_identifiers")
-    if traits is not None:
-        check_properties(traits, "traits")
-    request = current_request()
-    if request is None:
-        global _warned_identify
-        if not _warned_identify:
-            _warned_identify = True
-            log.warning("sqreen.identify() called outside a request: it has no effect there")
-        return False
-    request.user = dict(user_identifiers)
-    request.traits = None if traits is None else dict(traits)
-    return True
+    identifiers = check_identifiers(user_identifiers, "user_identifiers")
+    kept = None if traits is None else check_json(traits, "traits")
+    if _attach(identifiers, kept):
+        return True
+    global _warned_identify
+    if not _warned_identify:
+        _warned_identify = True
+        log.warning("sqreen.identify() called outside a request: it has no effect there")
+    return False
 
 
 _warned_identify = False
 
 
-def track(event_name: str, options: dict[str, Any] | None = None) -> bool:
+def _attach(identifiers: dict[str, str | int], traits: dict[str, Any] | None = None) -> bool:
+    """Make ``identifiers`` the current request's user; False outside a request."""
+    request = current_request()
+    if request is None:
+        return False
+    request.user = identifiers
+    if traits is not None:
+        request.traits = traits
+    return True
+
+
+def track(event_name: str, options: Mapping[str, Any] | None = None) -> bool:
     """Record a custom event in the local spool; return True once it is durably stored.
 
-    ``options`` may hold ``properties`` (a dict of at most 16 JSON values), ``user_identifiers``
-    (a dict of str to str) and ``timestamp`` (a datetime; naive means UTC; default now).
-    Mistakes raise :class:`sqreen.InvalidEvent`. Storage trouble returns False, is logged and
-    counted (or raises :class:`sqreen.SpoolError` when the spooler is strict).
+    ``options`` (any mapping) may hold ``properties`` (at most 16 JSON values),
+    ``user_identifiers`` (str to str or int), ``timestamp`` (a datetime; naive means UTC;
+    default now) and ``collect_body`` (a bool: the event also carries the request body's
+    fields). Mistakes raise :class:`sqreen.InvalidEvent`; what the Sqreen agent tolerated (an
+    unknown key, more than 16 properties, an ``sq.`` name) is warned about instead, unless the
+    spooler is strict. Storage trouble returns False, is logged and counted (or raises
+    :class:`sqreen.SpoolError` when the spooler is strict).
     """
     spooler = _default or default_spooler()
     return spooler.track(event_name, options)
 
 
-def auth_track(success: bool, **user_identifiers: str) -> bool:
+def auth_track(success: bool, **user_identifiers: str | int) -> bool:
     """Record a login attempt as the event ``sqreen.auth_track`` (property ``success``) with
-    the given user identifiers (str to str); inside a request it carries the request too."""
+    the given user identifiers (str or int values); inside a request it carries the request
+    too, and a successful one identifies the request's user (as :func:`identify`)."""
     return (_default or default_spooler()).auth_track(success, **user_identifiers)
 
 
-def signup_track(**user_identifiers: str) -> bool:
-    """Record a signup as the event ``sqreen.signup_track`` with the given user identifiers."""
+def signup_track(**user_identifiers: str | int) -> bool:
+    """Record a signup as the event ``sqreen.signup_track`` with the given user identifiers;
+    inside a request it also identifies the request's user (as :func:`identify`)."""
     return (_default or default_spooler()).signup_track(**user_identifiers)
 
 

@@ -43,13 +43,14 @@ def flask_app() -> flask.Flask:
         user = flask.request.values.get("user")
         if user:
             sqreen.identify({"email": user}, {"plan": "pro"})
-        sqreen.track("checkout", {"properties": {"user": user}})
+        sqreen.track("checkout", {"properties": {"user": user}, "collect_body": True})
         return flask.request.form.get("name", "ok")  # the form is still there for the app
 
     @app.route("/login", methods=["POST"])
     def login() -> str:
         ok = flask.request.form["password"] == "right"
         sqreen.auth_track(ok, email=flask.request.form["email"])
+        sqreen.track("after_login")  # a successful login identified the request's user
         return "in" if ok else "out"
 
     app.wsgi_app = wsgi.SqreenMiddleware(app.wsgi_app)  # type: ignore[method-assign]
@@ -60,7 +61,11 @@ def test_flask_request_dimensions_and_identify(spooler: sqreen.Spooler, spool_pa
     client = flask_app().test_client()
     response = client.get(
         "/checkout?user=ada@example.com&page=2&tag=a&tag=b",
-        headers={"User-Agent": "curl/8.0"},
+        headers={
+            "User-Agent": "curl/8.0",
+            "Referer": "https://shop.example/cart?coupon=SPRING&api_key=k-1#top",
+            "X-Request-ID": "req-7",
+        },
         environ_base={"REMOTE_ADDR": "198.51.100.4"},
     )
     assert response.status_code == 200
@@ -71,6 +76,11 @@ def test_flask_request_dimensions_and_identify(spooler: sqreen.Spooler, spool_pa
         "user_agent": "curl/8.0",
         "path": "/checkout",
         "verb": "GET",
+        "host": "localhost",
+        "scheme": "http",
+        "referer": f"https://shop.example/cart?coupon=SPRING&api_key={PLACEHOLDER}#top",
+        "endpoint": "/checkout",
+        "request_id": "req-7",
         "params": {"query": {"user": "ada@example.com", "page": "2", "tag": ["a", "b"]}},
     }
 
@@ -132,11 +142,15 @@ def test_auth_and_signup_track(spooler: sqreen.Spooler, spool_path: Path) -> Non
     client.post("/login", data={"email": "ada@example.com", "password": "wrong"})
     client.post("/login", data={"email": "ada@example.com", "password": "right"})
     assert sqreen.signup_track(email="bo@example.com", id="7")
-    failed, succeeded, signup = stored_events(spool_path)
+    failed, after_failed, succeeded, after_success, signup = stored_events(spool_path)
     assert (failed["name"], failed["properties"]) == ("sqreen.auth_track", {"success": False})
+    assert "user_identifiers" not in after_failed  # a failed login identifies no one
     assert succeeded["properties"] == {"success": True}
     assert succeeded["user_identifiers"] == {"email": "ada@example.com"}
-    assert succeeded["request"]["params"]["form"]["password"] == PLACEHOLDER
+    assert succeeded["request"]["path"] == "/login"
+    assert "form" not in succeeded["request"].get("params", {})  # no collect_body
+    assert after_success["user_identifiers"] == {"email": "ada@example.com"}
+    assert after_success["request"]["request_id"] == succeeded["request"]["request_id"]
     assert signup["name"] == "sqreen.signup_track" and "properties" not in signup
     assert signup["user_identifiers"] == {"email": "bo@example.com", "id": "7"}
 
@@ -144,14 +158,13 @@ def test_auth_and_signup_track(spooler: sqreen.Spooler, spool_path: Path) -> Non
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: sqreen.auth_track(1, email="a"), "success must be a bool, not int"),
-        (lambda: sqreen.auth_track(True), "auth_track needs at least one user identifier"),
         (
-            lambda: sqreen.auth_track(True, id=7),
-            "auth_track's user identifiers must map str to str",
+            lambda: sqreen.auth_track(True, id=7.0),
+            "auth_track's user identifiers must map str to str or int",
         ),
-        (lambda: sqreen.signup_track(), "signup_track needs at least one user identifier"),
-        (lambda: sqreen.identify({"id": 7}), "user_identifiers must map str to str"),
+        (lambda: sqreen.signup_track(id=None), "signup_track's user identifiers must map str"),
+        (lambda: sqreen.identify({"id": True}), "user_identifiers must map str to str or int"),
+        (lambda: sqreen.identify(["id"]), "user_identifiers must be a dict of str to str or int"),
         (lambda: sqreen.identify({"id": "7"}, {"t": {1}}), "traits['t'] is a set"),
     ],
 )
@@ -282,7 +295,7 @@ def starlette_app() -> Any:
         for _ in range(5):
             await asyncio.sleep(0)  # let the other requests' tasks run in between
         form = await request.form()
-        sqreen.track("async", {"properties": {"user": user}})
+        sqreen.track("async", {"properties": {"user": user}, "collect_body": True})
         return PlainTextResponse(str(form.get("name", "")))
 
     def sync_endpoint(request: Request) -> PlainTextResponse:
@@ -311,11 +324,16 @@ def test_starlette_sync_and_async_endpoints(spooler: sqreen.Spooler, spool_path:
         assert client.get("/sync?user=bo").text == "bo"
     asynchronous, synchronous = stored_events(spool_path)
     assert asynchronous["user_identifiers"] == {"email": "ada"}
-    assert asynchronous["request"] == {
+    request = asynchronous["request"]
+    assert len(request.pop("request_id")) == 36  # none sent: one made for the request
+    assert request == {
         "ip": "203.0.113.9",
         "user_agent": "t/1",
         "path": "/async",
         "verb": "POST",
+        "host": "testserver",
+        "scheme": "http",
+        "endpoint": "/async",
         "params": {"query": {"user": "ada"}, "form": {"name": "Ada", "secret": PLACEHOLDER}},
     }
     assert synchronous["user_identifiers"] == {"email": "bo"}
@@ -352,12 +370,12 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.urls import path
 
-def view(request):
+def view(request, step):
     sqreen.identify({{"email": request.GET["user"]}})
-    sqreen.track("django", {{"properties": {{"name": request.POST.get("name")}}}})
+    sqreen.track("django", {{"properties": {{"name": request.POST.get("name")}}, "collect_body": True}})
     return HttpResponse(request.POST.get("name", ""))
 
-urlpatterns = [path("signup/", view)]
+urlpatterns = [path("signup/<int:step>/", view)]
 settings.configure(
     DEBUG=False, ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="test",
     MIDDLEWARE=["sqreen.integrations.django.SqreenMiddleware"], INSTALLED_APPS=[],
@@ -366,7 +384,7 @@ django.setup()
 from django.test import Client
 sqreen.configure(path={str(spool_path)!r})
 response = Client().post(
-    "/signup/?user=ada", "name=Ada&password=hunter2",
+    "/signup/2/?user=ada", "name=Ada&password=hunter2",
     content_type="application/x-www-form-urlencoded",
     HTTP_USER_AGENT="django-test", REMOTE_ADDR="198.51.100.8",
 )
@@ -376,11 +394,16 @@ assert response.content == b"Ada", response.content
     (event,) = stored_events(spool_path)
     assert event["properties"] == {"name": "Ada"}
     assert event["user_identifiers"] == {"email": "ada"}
-    assert event["request"] == {
+    request = event["request"]
+    assert len(request.pop("request_id")) == 36
+    assert request == {
         "ip": "198.51.100.8",
         "user_agent": "django-test",
-        "path": "/signup/",
+        "path": "/signup/2/",
         "verb": "POST",
+        "host": "testserver",
+        "scheme": "http",
+        "endpoint": "signup/<int:step>/",
         "params": {"query": {"user": "ada"}, "form": {"name": "Ada", "password": PLACEHOLDER}},
     }
 

@@ -190,16 +190,20 @@ def test_no_value_under_a_sensitive_key_survives(case: tuple[dict[str, Any], lis
     st.lists(st.tuples(sensitive_names, secrets), min_size=1, max_size=8),
     st.lists(st.tuples(plain_names, st.text("abc", max_size=5)), max_size=5),
 )
-def test_no_sensitive_query_or_form_value_survives_request_building(
-    sensitive: list[tuple[str, str]], plain: list[tuple[str, str]]
+@pytest.mark.parametrize("kind", ["form", "json"])
+def test_no_sensitive_query_body_or_referer_value_survives_request_building(
+    kind: str, sensitive: list[tuple[str, str]], plain: list[tuple[str, str]]
 ) -> None:
     from urllib.parse import urlencode
 
     query = urlencode(sensitive + plain)
+    pairs = dict(sensitive + plain)
+    body = query.encode() if kind == "form" else orjson.dumps({"outer": {"inner": pairs}})
+    headers = {"referer": f"https://shop.example/p?{query}"}
     builder = RequestBuilder(None, scrubber)
-    request = builder.build(
-        Capture("127.0.0.1", lambda name: None, "/", "POST", query, query.encode())
-    )
+    capture = Capture("127.0.0.1", headers.get, "/", "POST", query, body=body, body_kind=kind)
+    request = builder.build(capture, "rid", collect_body=True)
+    assert request["params"][kind]  # the body was captured
     encoded = orjson.dumps(request).decode()
     for _, secret in sensitive:
         assert secret not in encoded

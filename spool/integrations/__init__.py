@@ -8,14 +8,20 @@ framework, and ``import sqreen`` imports none of them.
 
 from __future__ import annotations
 
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-# Form bodies up to this size are read for their parameters (and handed on intact); larger
-# ones are left alone, unread.
-DEFAULT_MAX_FORM_BYTES = 16 * 1024
+# Form and JSON bodies up to this size are read for their fields (and handed on intact), for
+# the events that ask for them (``collect_body``); larger ones are left alone, unread.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024
 
 
-def is_form(content_type: str | None) -> bool:
-    return (
-        content_type is not None
-        and content_type.split(";", 1)[0].strip().lower() == FORM_CONTENT_TYPE
-    )
+def body_kind(content_type: str | None) -> str | None:
+    """``"form"`` or ``"json"`` for the bodies whose fields an event may carry, else None."""
+    if content_type is None:
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return "json"
+    return None

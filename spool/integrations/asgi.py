@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..context import Capture, enter, leave
-from . import DEFAULT_MAX_FORM_BYTES, is_form
+from . import DEFAULT_MAX_BODY_BYTES, body_kind
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,9 +19,9 @@ class SqreenMiddleware:
     """Makes each HTTP request current for ``sqreen.track()`` while the application handles it
     (in its task, and in the threads it runs sync endpoints in, which copy the context)."""
 
-    def __init__(self, app: ASGIApp, max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.app = app
-        self.max_form_bytes = max_form_bytes
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,10 +31,12 @@ class SqreenMiddleware:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", ())
         }
-        form: bytes | None = None
-        if is_form(headers.get("content-type")) and _length(headers) <= self.max_form_bytes:
-            form, receive = await _read_body(receive, self.max_form_bytes)
+        body: bytes | None = None
+        kind = body_kind(headers.get("content-type"))
+        if kind is not None and _length(headers) <= self.max_body_bytes:
+            body, receive = await _read_body(receive, self.max_body_bytes)
         client = scope.get("client")
+        server = scope.get("server")
         path = scope.get("root_path", "") + scope.get("path", "")
         token = enter(
             Capture(
@@ -43,13 +45,33 @@ class SqreenMiddleware:
                 path=path or "/",
                 verb=scope.get("method", "GET"),
                 query=scope.get("query_string", b"").decode("latin-1"),
-                form=form,
+                host=headers.get("host") or (_host(server) if server else None),
+                scheme=scope.get("scheme", "http"),
+                body=body,
+                body_kind=kind,
+                # Starlette's router puts the route it matched into this same scope.
+                endpoint=lambda: _starlette_route(scope),
             )
         )
         try:
             await self.app(scope, receive, send)
         finally:
             leave(token)
+
+
+def _host(server: Any) -> str | None:
+    try:
+        host, port = server
+    except (TypeError, ValueError):  # a server that says something else: no host
+        return None
+    return f"{host}:{port}" if port is not None else str(host)
+
+
+def _starlette_route(scope: Scope) -> object:
+    route = scope.get("route")
+    if route is not None:
+        return getattr(route, "path", None)
+    return getattr(scope.get("endpoint"), "__name__", None)
 
 
 def _length(headers: dict[str, str]) -> int:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import enter, leave
-from . import DEFAULT_MAX_FORM_BYTES
-from .wsgi import capture, form_length
+from . import DEFAULT_MAX_BODY_BYTES
+from .wsgi import body_length, capture
 
 
 class SqreenMiddleware:
@@ -18,9 +18,19 @@ class SqreenMiddleware:
 
     def __call__(self, request: Any) -> Any:
         meta = request.META
-        # Django keeps the body: request.POST parses the same bytes.
-        form = request.body if form_length(meta, DEFAULT_MAX_FORM_BYTES) else None
-        token = enter(capture(meta, form))
+        length, kind = body_length(meta, DEFAULT_MAX_BODY_BYTES)
+        body = None
+        if length:
+            # Django keeps the body: request.POST and the view's request.body read these bytes.
+            try:
+                body = request.body
+            except Exception:  # an earlier middleware streamed it (RawPostDataException)
+                body = None
+
+        def route() -> object:  # resolved once the view runs, after every middleware
+            return getattr(getattr(request, "resolver_match", None), "route", None)
+
+        token = enter(capture(meta, body, kind, route))
         try:
             return self.get_response(request)
         finally:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..context import Capture, enter, leave
-from . import DEFAULT_MAX_FORM_BYTES, is_form
+from . import DEFAULT_MAX_BODY_BYTES, body_kind
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -15,22 +15,28 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class SqreenMiddleware:
     """Makes each request current for ``sqreen.track()`` while the application handles it."""
 
-    def __init__(self, app: WSGIApp, max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> None:
+    def __init__(self, app: WSGIApp, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.app = app
-        self.max_form_bytes = max_form_bytes
+        self.max_body_bytes = max_body_bytes
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        token = enter(capture(environ, read_form(environ, self.max_form_bytes)))
+        token = enter(capture(environ, *read_body(environ, self.max_body_bytes)))
         try:
             return self.app(environ, start_response)
         finally:
             leave(token)
 
 
-def capture(environ: Mapping[str, Any], form: bytes | None) -> Capture:
-    """What a WSGI environ (or Django's ``request.META``) says of its request."""
+def capture(
+    environ: Mapping[str, Any],
+    body: bytes | None,
+    kind: str | None,
+    endpoint: Callable[[], object] | None = None,
+) -> Capture:
+    """What a WSGI environ (or Django's ``request.META``) says of its request. The route is
+    Flask's (werkzeug keeps its request in the environ) unless ``endpoint`` says otherwise."""
 
     def header(name: str) -> str | None:
         key = name.upper().replace("-", "_")
@@ -43,27 +49,37 @@ def capture(environ: Mapping[str, Any], form: bytes | None) -> Capture:
         path=(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/",
         verb=environ.get("REQUEST_METHOD", "GET"),
         query=environ.get("QUERY_STRING", ""),
-        form=form,
+        host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
+        scheme=environ.get("wsgi.url_scheme"),
+        body=body,
+        body_kind=kind,
+        endpoint=endpoint or (lambda: _flask_rule(environ)),
     )
 
 
-def form_length(environ: Mapping[str, Any], limit: int) -> int:
-    """The declared length of a form body of at most ``limit`` bytes, else 0: the body is not
-    a form, too large, or of no declared length (chunked: it could not be given back intact)."""
-    if not is_form(environ.get("CONTENT_TYPE")):
-        return 0
+def _flask_rule(environ: Mapping[str, Any]) -> object:
+    return getattr(getattr(environ.get("werkzeug.request"), "url_rule", None), "rule", None)
+
+
+def body_length(environ: Mapping[str, Any], limit: int) -> tuple[int, str | None]:
+    """The declared length and kind of a form or JSON body of at most ``limit`` bytes, else
+    ``(0, None)``: another kind, too large, or of no declared length (chunked: it could not be
+    given back intact)."""
+    kind = body_kind(environ.get("CONTENT_TYPE"))
+    if kind is None:
+        return 0, None
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
-        return 0
-    return length if 0 < length <= limit else 0
+        return 0, None
+    return (length, kind) if 0 < length <= limit else (0, None)
 
 
-def read_form(environ: dict[str, Any], limit: int) -> bytes | None:
-    """Read a small form body, and put an identical stream back for the application."""
-    length = form_length(environ, limit)
+def read_body(environ: dict[str, Any], limit: int) -> tuple[bytes | None, str | None]:
+    """Read a small form or JSON body, and put an identical stream back for the application."""
+    length, kind = body_length(environ, limit)
     if not length:
-        return None
+        return None, None
     body: bytes = environ["wsgi.input"].read(length)
     environ["wsgi.input"] = io.BytesIO(body)
-    return body
+    return body, kind
