@@ -372,7 +372,8 @@ from django.urls import path
 
 def view(request, step):
     sqreen.identify({{"email": request.GET["user"]}})
-    sqreen.track("django", {{"properties": {{"name": request.POST.get("name")}}, "collect_body": True}})
+    properties = {{"name": request.POST.get("name")}}
+    sqreen.track("django", {{"properties": properties, "collect_body": True}})
     return HttpResponse(request.POST.get("name", ""))
 
 urlpatterns = [path("signup/<int:step>/", view)]
