@@ -14,8 +14,17 @@ environ. What the context adds is inside minus outside, for:
 
 As a floor, raw sqlite3 (one INSERT + COMMIT, as in bench/track.py) of the same event, already
 encoded (outside) and with the least request work any capture must do, per call (inside): the
-query parsed by ``urllib.parse.parse_qsl``, the other dimensions copied from the environ, the
-request object encoded into the event. No scrubbing, no proxy header, no validation.
+query parsed by ``urllib.parse.parse_qsl``, the other dimensions copied from the environ (a
+request id made by ``uuid4``), the request object encoded into the event. No scrubbing, no
+proxy header, no validation.
+
+And the request object's own cost: per request inside, the first ``track()`` minus the second
+(building, scrubbing and encoding the request object is all that differs between them).
+``--against DIR`` also runs another checkout's library (its ``spool/`` folder, loaded under
+another name) in the same rounds, for a before/after of that cost:
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python bench/request.py --against /tmp/before/spool
 
 Target (issue 5): under 20 µs added per event (median) for a request with 10 parameters.
 """
@@ -23,10 +32,14 @@ Target (issue 5): under 20 µs added per event (median) for a request with 10 pa
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +74,10 @@ def environ() -> dict[str, Any]:
         "PATH_INFO": "/search",
         "QUERY_STRING": urlencode(PARAMS),
         "REMOTE_ADDR": "198.51.100.4",
+        "HTTP_HOST": "shop.example",
+        "wsgi.url_scheme": "https",
         "HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) bench",
+        "HTTP_REFERER": "https://shop.example/?q=shoes&utm_source=newsletter",
         "HTTP_X_FORWARDED_FOR": "203.0.113.7, 10.0.0.1",
     }
 
@@ -75,6 +91,10 @@ def least_request(environ: dict[str, Any]) -> bytes:
             "user_agent": environ["HTTP_USER_AGENT"],
             "path": environ["PATH_INFO"],
             "verb": environ["REQUEST_METHOD"],
+            "host": environ["HTTP_HOST"],
+            "scheme": environ["wsgi.url_scheme"],
+            "referer": environ["HTTP_REFERER"],
+            "request_id": environ.get("HTTP_X_REQUEST_ID") or str(uuid.uuid4()),
             "params": {"query": query},
         }
     )
@@ -99,10 +119,63 @@ def floor(path: Path) -> Callable[[dict[str, Any] | None], None]:
     return call
 
 
+def load(folder: str, name: str = "baseline") -> Any:
+    """The library in ``folder`` as the package ``name``, beside this checkout's ``sqreen``."""
+    spec = importlib.util.spec_from_file_location(
+        name, Path(folder) / "__init__.py", submodule_search_locations=[folder]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    importlib.import_module(f"{name}.integrations.wsgi")
+    return module
+
+
+def tracking_app(library: Any, timed: dict[str, float]) -> Callable[..., Any]:
+    """A WSGI handler calling ``library.track()`` twice, timing each call into ``timed``."""
+
+    def handler(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        for row in ("first", "second"):
+            started = time.perf_counter()
+            library.track("search", OPTIONS)
+            timed[row] = time.perf_counter() - started
+        return [b""]
+
+    return handler
+
+
+def object_builder(library: Any, spooler: Any) -> Callable[[dict[str, Any]], float]:
+    """A request through ``library``'s WSGI middleware to an app that only builds the request
+    object (as the first ``track()`` of a request does) and returns the seconds it took: the
+    cost of building it, without SQLite's commit and its background work."""
+    context = sys.modules[f"{library.__name__}.context"]
+    middleware = sys.modules[f"{library.__name__}.integrations.wsgi"].SqreenMiddleware
+    builder = spooler._requests
+    with_flag = "collect_body" in inspect.signature(context.RequestContext.request_json).parameters
+    took: list[float] = [0.0]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        request = context.current()
+        started = time.perf_counter()
+        request.request_json(builder, False) if with_flag else request.request_json(builder)
+        took[0] = time.perf_counter() - started
+        return [b""]
+
+    wrapped = middleware(app)
+
+    def run(environ: dict[str, Any]) -> float:
+        wrapped(environ, lambda *a: None)
+        return took[0]
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--against", help="another checkout's spool/ folder, run alongside")
     args = parser.parse_args()
     rows = ("request", "first", "second")
     samples: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -110,15 +183,15 @@ def main() -> None:
         spooler = sqreen.configure(path=Path(tmp) / "spool.db", ip_header="X-Forwarded-For")
         raw = floor(Path(tmp) / "floor.db")
         timed: dict[str, float] = {}
-
-        def handler(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-            for row in ("first", "second"):
-                started = time.perf_counter()
-                sqreen.track("search", OPTIONS)
-                timed[row] = time.perf_counter() - started
-            return [b""]
-
+        handler = tracking_app(sqreen, timed)
         apps = {"outside": handler, "inside": SqreenMiddleware(handler)}
+        objects = {"ours": object_builder(sqreen, spooler)}
+        if args.against:
+            baseline = load(args.against)
+            theirs = baseline.configure(path=Path(tmp) / "baseline.db", ip_header="X-Forwarded-For")
+            middleware = sys.modules["baseline.integrations.wsgi"].SqreenMiddleware
+            apps["baseline"] = middleware(tracking_app(baseline, timed))
+            objects["baseline"] = object_builder(baseline, theirs)
         per_round = args.calls // args.rounds
         for _ in range(args.rounds):
             for where, app in apps.items():
@@ -132,6 +205,10 @@ def main() -> None:
                     )
                     samples["first", where].append(timed["first"])
                     samples["second", where].append(timed["second"])
+                    samples["build", where].append(timed["first"] - timed["second"])
+            for where, build_object in objects.items():
+                for _ in range(per_round):
+                    samples["object", where].append(build_object(environ()))
             for where, request in (("outside", None), ("inside", environ())):
                 for _ in range(per_round):
                     started = time.perf_counter()
@@ -139,7 +216,7 @@ def main() -> None:
                     samples["floor", where].append(time.perf_counter() - started)
         spooler.close()
     p50 = {key: statistics.median(values) * 1e6 for key, values in samples.items()}
-    added = {row: p50[row, "inside"] - p50[row, "outside"] for (row, _) in p50}
+    added = {row: p50[row, "inside"] - p50[row, "outside"] for row in (*rows, "floor")}
     print(
         f"A WSGI app's handler calling track() twice, without and with SqreenMiddleware (the "
         f"request has {len(PARAMS)} parameters): p50 of {args.calls:,} calls each, in µs"
@@ -157,6 +234,21 @@ def main() -> None:
             f"{added[row]:+8.1f}"
         )
     print(f"  added by a request: ours / the floor's {added['request'] / added['floor']:.2f}")
+    print(
+        f"  the request object: {p50['object', 'ours']:.1f} µs to build alone "
+        f"({p50['build', 'inside']:.1f} µs between the first track() and the second)"
+    )
+    if args.against:
+        before, after = p50["object", "baseline"], p50["object", "ours"]
+        added_before = p50["request", "baseline"] - p50["request", "outside"]
+        print(f"  with {args.against} (the same rounds):")
+        ratio = after / before
+        print(f"    the request object: {before:.1f} µs; this checkout / that one {ratio:.2f}")
+        print(
+            f"    added by a request: {added_before:.1f} µs; this checkout / that one "
+            f"{added['request'] / added_before:.2f} (commits included: more bytes per event "
+            "mean more WAL and checkpoint work)"
+        )
 
 
 if __name__ == "__main__":

@@ -10,22 +10,22 @@ once, scrubbed, encoded, and reused by every later event of the same request.
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import os
 import socket
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from itertools import islice, repeat
-from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
-from .event import new_id
 from .scrub import MAX_ITEMS, Scrubber
 
 
-@dataclass
+@dataclass(slots=True)
 class Capture:
     """One request as a middleware saw it. ``header`` looks a header up by lower-case name;
     ``body`` is a small body of kind ``body_kind`` (``"form"`` or ``"json"``) that the
@@ -44,7 +44,7 @@ class Capture:
     endpoint: Callable[[], object] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
     """The current request and what the application said about it (``identify()``)."""
 
@@ -71,7 +71,7 @@ class RequestContext:
         """The client's ``X-Request-ID``, else one made for this request: the same for every
         event of the request, so that they can be grouped."""
         if self._request_id is None:
-            self._request_id = self.capture.header("x-request-id") or new_id()
+            self._request_id = self.capture.header("x-request-id") or new_request_id()
         return self._request_id
 
 
@@ -157,6 +157,7 @@ class RequestBuilder:
 
     def build(self, capture: Capture, request_id: str, collect_body: bool) -> dict[str, Any]:
         text = self._scrubber.text
+        short = self._scrubber.unchanged_below  # shorter strings come out of text() unchanged
         header = capture.header
         request: dict[str, Any] = {}
         forwarded = header(self._ip_header) if self._ip_header else None
@@ -166,44 +167,64 @@ class RequestBuilder:
         user_agent = header("user-agent")
         if user_agent:
             request["user_agent"] = text(user_agent)
-        request["path"] = text(capture.path)
-        request["verb"] = text(capture.verb)
-        if capture.host:
-            request["host"] = text(capture.host)
-        if capture.scheme:
-            request["scheme"] = text(capture.scheme)
+        # Short dimensions skip the call: this runs for every request that tracks an event.
+        path, verb, host, scheme = capture.path, capture.verb, capture.host, capture.scheme
+        request["path"] = path if len(path) < short else text(path)
+        request["verb"] = verb if len(verb) < short else text(verb)
+        if host:
+            request["host"] = host if len(host) < short else text(host)
+        if scheme:
+            request["scheme"] = scheme if len(scheme) < short else text(scheme)
         referer = header("referer")
         if referer:
             request["referer"] = text(self._scrubber.scrub_url(referer))
         endpoint = _endpoint(capture.endpoint)
         if endpoint:
-            request["endpoint"] = text(endpoint)
+            request["endpoint"] = endpoint if len(endpoint) < short else text(endpoint)
         request["request_id"] = text(request_id)
         params: dict[str, Any] = {}
         if capture.query:
-            params["query"] = fields(capture.query)
-        if collect_body and capture.body:
-            body = body_fields(capture.body, capture.body_kind)
-            if body is not None:
-                params[capture.body_kind or ""] = body
+            params["query"] = self._scrubber.scrub_fields(fields(capture.query))
+        if collect_body and capture.body and capture.body_kind == "form":
+            form = fields(capture.body.decode("utf-8", "replace"))
+            params["form"] = self._scrubber.scrub_fields(form)
+        elif collect_body and capture.body and capture.body_kind == "json":
+            found = json_object(capture.body)
+            if found is not None:
+                # Also makes the body safe to encode, whatever it held.
+                params["json"] = self._scrubber.scrub(found)
         if params:
-            # Also makes the parameters safe to encode, whatever the request held.
-            request["params"] = self._scrubber.scrub(params)
+            request["params"] = params
         return request
 
 
-def body_fields(body: bytes, kind: str | None) -> dict[str, Any] | None:
-    """A form's fields, or a JSON body's when it is an object; None for anything else (a
-    JSON array or scalar has no named fields; a body that does not parse is left out)."""
-    if kind == "form":
-        return fields(body.decode("utf-8", "replace"))
-    if kind == "json":
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        return parsed if isinstance(parsed, dict) else None
-    return None
+# Request ids: a random prefix per process (made again in a forked child) and a counter, as
+# unique as a UUID for grouping a request's events, at a fraction of its cost per request.
+_request_ids: tuple[int, str] = (0, "")
+_request_count = itertools.count()
+
+
+def new_request_id() -> str:
+    """32 hex digits, like the agent's ``uuid4().hex`` request ids."""
+    global _request_ids
+    pid, prefix = _request_ids
+    if pid != os.getpid():
+        prefix = os.urandom(8).hex()
+        _request_ids = (os.getpid(), prefix)
+    return f"{prefix}{next(_request_count) & _COUNT_MASK:016x}"
+
+
+_COUNT_MASK = (1 << 64) - 1
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """A JSON body's fields when it is an object; None for anything else (an array or a
+    scalar has no named fields; a body that does not parse is left out)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _endpoint(route: Callable[[], object] | None) -> str | None:
@@ -226,12 +247,18 @@ def fields(encoded: str) -> dict[str, str | list[str]]:
     than a Python loop over the pieces; the others take that loop.
     """
     text = encoded.replace("+", " ")  # before splitting: a literal plus is always escaped
-    pairs = list(map(str.partition, islice(text.split("&"), MAX_ITEMS), repeat("=")))
-    parsed: dict[str, str | list[str]] = dict(
-        zip(map(_NAME, pairs), map(_VALUE, pairs), strict=True)
-    )
-    if "%" not in text and len(parsed) == len(pairs) and "" not in parsed:
-        return parsed
+    pieces = text.split("&")
+    if "%" not in text and len(pieces) <= MAX_ITEMS:
+        try:
+            parsed: dict[str, str | list[str]] = dict(
+                map(str.split, pieces, repeat("="), repeat(1))
+            )
+        except ValueError:  # a piece without "=" (or an empty one): the loop below
+            pass
+        else:
+            if len(parsed) == len(pieces) and "" not in parsed:
+                return parsed
+    pairs = list(map(str.partition, islice(pieces, MAX_ITEMS), repeat("=")))
     parsed = {}
     for name, separator, value in pairs:
         if not name and not separator:
@@ -246,9 +273,6 @@ def fields(encoded: str) -> dict[str, str | list[str]]:
         else:
             parsed[name] = [previous, value]
     return parsed
-
-
-_NAME, _VALUE = itemgetter(0), itemgetter(2)
 
 
 def client_ip(peer: str | None, forwarded: str | None) -> str | None:

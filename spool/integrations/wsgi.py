@@ -39,8 +39,7 @@ def capture(
     Flask's (werkzeug keeps its request in the environ) unless ``endpoint`` says otherwise."""
 
     def header(name: str) -> str | None:
-        key = name.upper().replace("-", "_")
-        value = environ.get(key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}")
+        value = environ.get(_ENVIRON_KEYS.get(name) or _environ_key(name))
         return value if isinstance(value, str) else None
 
     return Capture(
@@ -55,6 +54,18 @@ def capture(
         body_kind=kind,
         endpoint=endpoint or (lambda: _flask_rule(environ)),
     )
+
+
+# Header names (lower case) to environ keys: the few names looked up per request, cached.
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
+def _environ_key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+    if len(_ENVIRON_KEYS) < 64:
+        _ENVIRON_KEYS[name] = key
+    return key
 
 
 def _flask_rule(environ: Mapping[str, Any]) -> object:
