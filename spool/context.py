@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from itertools import islice, repeat
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import orjson
@@ -239,7 +239,10 @@ def _endpoint(route: Callable[[], object] | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def fields(encoded: str) -> dict[str, str | list[str]]:
+FieldMap = dict[str, str | list[str]]
+
+
+def fields(encoded: str) -> FieldMap:
     """Parse a query string or form body; a repeated name gives a list of its values.
 
     As ``urllib.parse.parse_qsl`` with blank values kept. Most strings hold no escape and no
@@ -250,16 +253,14 @@ def fields(encoded: str) -> dict[str, str | list[str]]:
     pieces = text.split("&")
     if "%" not in text and len(pieces) <= MAX_ITEMS:
         try:
-            parsed: dict[str, str | list[str]] = dict(
-                map(str.split, pieces, repeat("="), repeat(1))
-            )
+            split = cast(FieldMap, dict(map(str.split, pieces, repeat("="), repeat(1))))
         except ValueError:  # a piece without "=" (or an empty one): the loop below
             pass
         else:
-            if len(parsed) == len(pieces) and "" not in parsed:
-                return parsed
+            if len(split) == len(pieces) and "" not in split:
+                return split
     pairs = list(map(str.partition, islice(pieces, MAX_ITEMS), repeat("=")))
-    parsed = {}
+    parsed: FieldMap = {}
     for name, separator, value in pairs:
         if not name and not separator:
             continue  # an empty piece ("a=1&&b=2")

@@ -137,7 +137,8 @@ class Scrubber:
             sensitive = decisions.get(name)
             if sensitive is None:
                 if len(name) > MAX_VALUE_LENGTH:
-                    return self._scrub_mapping(parsed, 0)  # names to cut: the general walk
+                    walked: dict[str, Any] = self._scrub_mapping(parsed, 0)  # names to cut
+                    return walked
                 sensitive = self.sensitive_key(name)
             if sensitive and enabled:
                 parsed[name] = PLACEHOLDER
