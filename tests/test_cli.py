@@ -256,29 +256,37 @@ def test_import_reports_invalid_lines_and_keeps_the_rest(spool_path: Path, tmp_p
         b'{"name": "x", "properties": {"m": [1, {}]}, "timestamp": "2018-03-15T15:42:00+01:00"}',
         b'{"name": "y", "timestamp": true}',
         b'"just a string"',
-        b'{"name": "z", "user_identifiers": {"id": 7}}',
+        b'{"name": "z", "user_identifiers": {"id": 7.5}}',
+        b'{"name": "sq.action.block_ip"}',
+        b'{"name": "p", "properties": {%s}}'
+        % b", ".join(b'"p%d": %d' % (i, i) for i in range(17)),
+        b'{"name": "ok", "user_identifiers": {"id": 7}}',
     ]
     source = tmp_path / "past.jsonl"
     source.write_bytes(b"\n".join(lines) + b"\n")
     result = cli(spool_path, "import", str(source))
     assert result.exit_code == 1
-    assert "imported 3 events" in result.stdout
+    assert "imported 4 events" in result.stdout
     for number, reason in [
         (3, "not valid JSON"),
         (4, "unknown key(s) 'propreties'"),
         (7, "timestamp must be an ISO-8601 string or epoch seconds, not a boolean"),
         (8, "expected a JSON object, not a string"),
-        (9, "user_identifiers must map str to str"),
+        (9, "user_identifiers must map str to str or int"),
+        (10, "event names starting with 'sq.' are reserved"),  # the strict rules, always
+        (11, "properties of event 'p' has 17 entries; at most 16"),
     ]:
         assert f"line {number}: {reason}" in result.stderr
-    assert "5 invalid lines skipped" in result.stderr
+    assert "7 invalid lines skipped" in result.stderr
     stored = [orjson.loads(r["payload"]) for r in rows(spool_path)]
     assert [(e["name"], e["timestamp"]) for e in stored] == [
         ("signup", "2018-03-15T14:42:00+00:00"),
         ("login", "2018-03-15T14:42:00.500000+00:00"),
         ("x", "2018-03-15T14:42:00+00:00"),
+        ("ok", stored[3]["timestamp"]),
     ]
     assert stored[0]["properties"] == {"plan": "pro"}
+    assert stored[3]["user_identifiers"] == {"id": 7}
 
 
 def test_strict_import_writes_nothing_when_a_line_is_invalid(spool_path: Path) -> None:
