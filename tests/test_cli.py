@@ -258,8 +258,7 @@ def test_import_reports_invalid_lines_and_keeps_the_rest(spool_path: Path, tmp_p
         b'"just a string"',
         b'{"name": "z", "user_identifiers": {"id": 7.5}}',
         b'{"name": "sq.action.block_ip"}',
-        b'{"name": "p", "properties": {%s}}'
-        % b", ".join(b'"p%d": %d' % (i, i) for i in range(17)),
+        b'{"name": "p", "properties": {%s}}' % b", ".join(b'"p%d": %d' % (i, i) for i in range(17)),
         b'{"name": "ok", "user_identifiers": {"id": 7}}',
     ]
     source = tmp_path / "past.jsonl"

@@ -117,7 +117,7 @@ def test_collect_receives_what_a_spooler_delivers(
 
 
 def test_collect_checks_the_wire_format(tmp_path: Path, collect: Collect) -> None:
-    good, bad = event(), event(properties={"x": 1}, user_identifiers={"id": 5})
+    good, bad = event(), event(properties={"x": 1}, user_identifiers={"id": 5.5})
 
     def post(body: bytes, **headers: str) -> httpx.Response:
         return httpx.post(collect.url + "any/path", content=body, headers=headers)
@@ -126,7 +126,10 @@ def test_collect_checks_the_wire_format(tmp_path: Path, collect: Collect) -> Non
     assert answer.status_code == 200
     assert answer.json()["accepted"] == 1
     assert answer.json()["rejected"] == [
-        {"id": bad["id"], "reason": "user_identifiers must map str to str; 'id': 5 is str to int"}
+        {
+            "id": bad["id"],
+            "reason": "user_identifiers must map str to str or int; 'id': 5.5 is str to float",
+        }
     ]
     again = post(gzip.compress(orjson.dumps(batch(good))), **{"Content-Encoding": "gzip"})
     assert again.json() == {"accepted": 0, "duplicates": 1}
