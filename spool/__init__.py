@@ -7,18 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import (
-    ConfigError,
-    InvalidEvent,
-    SchemaTooNew,
-    SpoolError,
-    SqreenError,
-    UnsafeSpool,
-)
-from .flusher import FlushResult
-from .health import HealthReport
-from .spooler import (
-    Spooler,
+from .default import (
     auth_track,
     configure,
     flush,
@@ -26,6 +15,18 @@ from .spooler import (
     signup_track,
     track,
 )
+from .errors import (
+    ConfigError,
+    InvalidEvent,
+    SchemaTooNew,
+    SpoolError,
+    SqreenError,
+    UnsafeSpool,
+    UserBlocked,
+)
+from .flusher import FlushResult
+from .health import HealthReport
+from .spooler import Spooler
 
 try:
     __version__ = version("sqreen-spool")
@@ -42,6 +43,7 @@ __all__ = [
     "Spooler",
     "SqreenError",
     "UnsafeSpool",
+    "UserBlocked",
     "__version__",
     "auth_track",
     "configure",

@@ -51,6 +51,8 @@ class RequestContext:
     capture: Capture
     user: dict[str, str | int] | None = None
     traits: dict[str, Any] | None = None
+    # The security response this request is answered with (sqreen.actions.Action), if any.
+    blocked: Any = None
     _request_id: str | None = field(default=None, repr=False)
     # The builder (spoolers may differ in settings) and the request object it encoded without
     # and with the body's fields (``collect_body``).
@@ -155,13 +157,17 @@ class RequestBuilder:
         self._ip_header = ip_header.lower() if ip_header else None
         self._scrubber = scrubber
 
+    def client_ip(self, capture: Capture) -> str | None:
+        """The request's client IP by these settings (see :func:`client_ip`)."""
+        forwarded = capture.header(self._ip_header) if self._ip_header else None
+        return client_ip(capture.peer, forwarded)
+
     def build(self, capture: Capture, request_id: str, collect_body: bool) -> dict[str, Any]:
         text = self._scrubber.text
         short = self._scrubber.unchanged_below  # shorter strings come out of text() unchanged
         header = capture.header
         request: dict[str, Any] = {}
-        forwarded = header(self._ip_header) if self._ip_header else None
-        ip = client_ip(capture.peer, forwarded)
+        ip = self.client_ip(capture)
         if ip:
             request["ip"] = text(ip)
         user_agent = header("user-agent")

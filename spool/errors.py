@@ -6,6 +6,8 @@ The tree::
     ├── InvalidEvent (ValueError,   the caller passed something track() cannot record (also a
     │   TypeError)                  TypeError: the Sqreen agent raised TypeError for these)
     ├── ConfigError (ValueError)    a setting or environment variable is malformed
+    ├── UserBlocked                 a security response blocks (or redirects) the user just
+    │                               identified: the middleware answers 403 (or 303)
     └── SpoolError                  the spool cannot store events (raised only with strict=True,
         │                           and by explicit maintenance calls such as migrate)
         ├── SchemaTooNew            the spool was written by a newer sqreen-spool
@@ -33,6 +35,19 @@ class InvalidEvent(SqreenError, ValueError, TypeError):
 
 class ConfigError(SqreenError, ValueError):
     """A setting (argument or environment variable) is malformed; the message names it."""
+
+
+class UserBlocked(SqreenError):
+    """A security response names the user the application just identified (``identify()``,
+    a successful ``auth_track()``, ``signup_track()``): the request must not go on. The
+    middleware turns it into a 403, or a 303 to ``url`` for a redirect."""
+
+    def __init__(self, action_id: str, url: str | None = None) -> None:
+        super().__init__(
+            f"blocked by security response {action_id}" + (f" (redirect to {url})" if url else "")
+        )
+        self.action_id = action_id
+        self.url = url
 
 
 class SpoolError(SqreenError):

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import (
     RetryCallState,
@@ -22,6 +23,7 @@ from tenacity import (
     wait_random,
 )
 
+from .action_store import COLLECTOR, read_actions, replace_collector_actions
 from .config import Settings
 from .event import new_id
 from .health import Health
@@ -73,6 +75,8 @@ class Flusher:
         self._transport = transport
         self._health = health
         self._interrupt = threading.Event()
+        # Called after the collector's answer changed the stored security responses.
+        self.on_actions: Callable[[], None] | None = None
         self._retry_wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
 
     def flush(
@@ -149,6 +153,8 @@ class Flusher:
             accepted = [s for s in batch.seqs if s not in refused] if refused else batch.seqs
             keep = self._settings.keep_delivered > 0
             self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
+            if reply.actions is not None:
+                self._store_actions(reply.actions, now)
             return FlushResult(delivered=len(accepted), rejected=len(refused))
         if reply.status in SPLIT_STATUSES | BISECT_STATUSES:
             if len(batch) == 1:
@@ -165,6 +171,13 @@ class Flusher:
         not_before = now + reply.retry_after if reply.retry_after else 0.0
         self._outbox.failed(batch.seqs, reply.describe(), now, not_before, attempt)
         return FlushResult(failed=len(batch))
+
+    def _store_actions(self, documents: list[Any], now: float) -> None:
+        """The collector's answer carried its complete list of security responses."""
+        actions = read_actions(documents, now, self._health.warn, COLLECTOR)
+        replace_collector_actions(self._outbox.store, actions, now)
+        if self.on_actions is not None:
+            self.on_actions()
 
     def _post(self, batch: Batch, dropped: Mapping[str, int], until: float) -> Reply:
         payloads = batch.payloads

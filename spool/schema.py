@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Float, Integer, LargeBinary, MetaData, Table, Text
 
 # Oldest first; the last one is the revision this code reads and writes.
-REVISIONS = ("0001_events", "0002_delivery", "0003_claims", "0004_settled")
+REVISIONS = ("0001_events", "0002_delivery", "0003_claims", "0004_settled", "0005_actions")
 HEAD = REVISIONS[-1]
 
 # Row states. Integers keep the hot-path insert and the pending index small.
@@ -79,3 +79,16 @@ notes = Table(
 )
 
 DROP_REASONS = ("age", "size", "rejected", "purged")
+
+# Security responses to enforce, from the collector's answers and from an operator.
+actions = Table(
+    "actions",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("action_id", Text, primary_key=True),
+    Column("action", Text, nullable=False),
+    Column("parameters", Text, nullable=False),
+    Column("send_response", Integer, nullable=False),
+    Column("expires_at", Float),
+    Column("received_at", Float, nullable=False),
+)

@@ -1,4 +1,4 @@
-"""The public ``Spooler`` object and the process-wide default one behind ``sqreen.track()``."""
+"""The public ``Spooler`` object: one spool file and the work around it."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import contextlib
 import logging
 import os
 import random
-import threading
 import time
 import weakref
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+from .actions import Action
 from .bound import Bound, log_drops
 from .config import Settings
-from .context import RequestBuilder
+from .context import RequestBuilder, RequestContext
 from .context import current as current_request
-from .errors import SpoolError
+from .enforce import Enforcer
+from .errors import SpoolError, UserBlocked
 from .event import (
     RESERVED_PREFIX,
     Rules,
@@ -43,8 +44,10 @@ from .worker import Worker
 log = logging.getLogger("sqreen.spool")
 
 HEARTBEAT_JITTER = 0.1
+SECURITY_WAKE_EVERY = 0.25
 
 _live: weakref.WeakSet[Spooler] = weakref.WeakSet()
+_warned_identify = False
 
 
 class Spooler:
@@ -72,6 +75,9 @@ class Spooler:
         self._outbox = Outbox(self._store)
         self._flusher = connect(self.settings, self._outbox, self._health)
         self._bound = Bound(self._store, self.settings.max_bytes, self._health)
+        self.enforcer = Enforcer(self.settings.path)
+        if self._flusher is not None:
+            self._flusher.on_actions = self.enforcer.invalidate
         # Two threads, so that the spool's upkeep never waits behind the network: maintenance
         # (checkpoints, the bound, pruning, saving counters) and delivery (the heartbeat's flush).
         name = f"sqreen-spool:{self.settings.path.name}"
@@ -83,6 +89,7 @@ class Spooler:
         self._next_prune = 0.0
         self._drained_at = 0
         self._warned_no_url = False
+        self._woke_for_security = 0.0
         _live.add(self)
 
     @property
@@ -134,7 +141,15 @@ class Spooler:
         self, user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None
     ) -> bool:
         """Attach a user to the current request; see :func:`sqreen.identify`."""
-        return identify(user_identifiers, traits)
+        identifiers = check_identifiers(user_identifiers, "user_identifiers")
+        kept = None if traits is None else check_json(traits, "traits")
+        if self._attach(identifiers, kept):
+            return True
+        global _warned_identify
+        if not _warned_identify:
+            _warned_identify = True
+            log.warning("sqreen.identify() called outside a request: it has no effect there")
+        return False
 
     def auth_track(self, success: bool, **user_identifiers: str | int) -> bool:
         """Record a login attempt; see :func:`sqreen.auth_track`."""
@@ -144,8 +159,9 @@ class Spooler:
             return False
         options = {"properties": {"success": success}, "user_identifiers": identifiers}
         recorded = self._record("sqreen.auth_track", options)
+        self._security_event()
         if success:
-            _attach(identifiers)
+            self._attach(identifiers)
         return recorded
 
     def signup_track(self, **user_identifiers: str | int) -> bool:
@@ -154,8 +170,53 @@ class Spooler:
         if identifiers is None:
             return False
         recorded = self._record("sqreen.signup_track", {"user_identifiers": identifiers})
-        _attach(identifiers)
+        self._security_event()
+        self._attach(identifiers)
         return recorded
+
+    def screen(self, request: RequestContext) -> Action | None:
+        """The IP security response for a request that is starting, if any (recorded as its
+        ``sq.action.*`` event): the middleware then answers it instead of the application."""
+        actions = self.enforcer.current()
+        if not actions.has_ip:
+            return None  # the usual case: one clock read, above
+        ip = self._requests.client_ip(request.capture)
+        action = actions.for_ip(ip, time.time())
+        if action is not None:
+            self._enforce(request, action, {"ip_address": ip})
+        return action
+
+    def _attach(
+        self, identifiers: dict[str, str | int], traits: dict[str, Any] | None = None
+    ) -> bool:
+        """Make ``identifiers`` the current request's user (False outside a request); raise
+        UserBlocked when a security response names that user."""
+        request = current_request()
+        if request is None:
+            return False
+        request.user = identifiers
+        if traits is not None:
+            request.traits = traits
+        action = self.enforcer.current().for_user(identifiers, time.time())
+        if action is not None:
+            self._enforce(request, action, {"user": identifiers})
+            raise UserBlocked(action.action_id, action.url)
+        return True
+
+    def _enforce(self, request: RequestContext, action: Action, output: dict[str, Any]) -> None:
+        request.blocked = action
+        if action.send_response:
+            properties = {"output": output, "action_id": action.action_id}
+            self._record(f"sq.action.{action.action}", {"properties": properties})
+
+    def _security_event(self) -> None:
+        """A login or signup was recorded: deliver it soon, so that a collector's response to
+        it (block this user) comes back within a second or two, not a heartbeat. At most one
+        early delivery per SECURITY_WAKE_EVERY: a login storm is not a POST per login."""
+        now = time.monotonic()
+        if self._delivery is not None and now - self._woke_for_security >= SECURITY_WAKE_EVERY:
+            self._woke_for_security = now
+            self._delivery.wake()
 
     def _identifiers(
         self, user_identifiers: dict[str, str | int], what: str
@@ -207,6 +268,7 @@ class Spooler:
             result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
         with contextlib.suppress(*STORAGE_ERRORS):  # already counted and logged
             self._save_health()
+        self.enforcer.close()
         self._store.close()
         return result
 
@@ -300,97 +362,6 @@ class Spooler:
 
 def _jitter() -> float:
     return random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
-
-
-_default: Spooler | None = None
-_default_lock = threading.Lock()
-
-
-def default_spooler() -> Spooler:
-    """The spooler behind the module-level functions, created from the environment on first use."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Spooler()
-        return _default
-
-
-def configure(**settings: Any) -> Spooler:
-    """Replace the default spooler with one built from ``settings``; return it."""
-    global _default
-    spooler = Spooler(**settings)
-    with _default_lock:
-        previous, _default = _default, spooler
-    if previous is not None:
-        previous.close()
-    return spooler
-
-
-def identify(
-    user_identifiers: Mapping[str, str | int], traits: Mapping[str, Any] | None = None
-) -> bool:
-    """Attach a user to the current HTTP request: later ``track()`` calls in this request use
-    ``user_identifiers`` (a mapping of str to str or int) unless they pass their own. Returns
-    False outside a request (where it has nothing to attach to, and logs a warning once).
-
-    ``traits`` (a mapping of JSON values) are kept with the request's user.
-    """
-    identifiers = check_identifiers(user_identifiers, "user_identifiers")
-    kept = None if traits is None else check_json(traits, "traits")
-    if _attach(identifiers, kept):
-        return True
-    global _warned_identify
-    if not _warned_identify:
-        _warned_identify = True
-        log.warning("sqreen.identify() called outside a request: it has no effect there")
-    return False
-
-
-_warned_identify = False
-
-
-def _attach(identifiers: dict[str, str | int], traits: dict[str, Any] | None = None) -> bool:
-    """Make ``identifiers`` the current request's user; False outside a request."""
-    request = current_request()
-    if request is None:
-        return False
-    request.user = identifiers
-    if traits is not None:
-        request.traits = traits
-    return True
-
-
-def track(event_name: str, options: Mapping[str, Any] | None = None) -> bool:
-    """Record a custom event in the local spool; return True once it is durably stored.
-
-    ``options`` (any mapping) may hold ``properties`` (at most 16 JSON values),
-    ``user_identifiers`` (str to str or int), ``timestamp`` (a datetime; naive means UTC;
-    default now) and ``collect_body`` (a bool: the event also carries the request body's
-    fields). Mistakes raise :class:`sqreen.InvalidEvent`; what the Sqreen agent tolerated (an
-    unknown key, more than 16 properties, an ``sq.`` name) is warned about instead, unless the
-    spooler is strict. Storage trouble returns False, is logged and counted (or raises
-    :class:`sqreen.SpoolError` when the spooler is strict).
-    """
-    spooler = _default or default_spooler()
-    return spooler.track(event_name, options)
-
-
-def auth_track(success: bool, **user_identifiers: str | int) -> bool:
-    """Record a login attempt as the event ``sqreen.auth_track`` (property ``success``) with
-    the given user identifiers (str or int values); inside a request it carries the request
-    too, and a successful one identifies the request's user (as :func:`identify`)."""
-    return (_default or default_spooler()).auth_track(success, **user_identifiers)
-
-
-def signup_track(**user_identifiers: str | int) -> bool:
-    """Record a signup as the event ``sqreen.signup_track`` with the given user identifiers;
-    inside a request it also identifies the request's user (as :func:`identify`)."""
-    return (_default or default_spooler()).signup_track(**user_identifiers)
-
-
-def flush(timeout: float | None = None) -> FlushResult:
-    """Deliver the default spool's pending events now, waiting at most ``timeout`` seconds."""
-    return default_spooler().flush(timeout)
 
 
 @atexit.register

@@ -55,6 +55,8 @@ class Reply:
     error: str = ""
     retry_after: float | None = None
     rejected: Mapping[str, str] = field(default_factory=dict)
+    # The collector's complete list of security responses, when its answer carries one.
+    actions: list[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -169,7 +171,7 @@ class Transport:
             log.warning("sqreen spool: delivery failed unexpectedly", exc_info=True)
             return Reply(None, type(exc).__name__)
         if response.is_success:
-            return Reply(response.status_code, "", None, rejected_ids(content))
+            return Reply(response.status_code, "", None, *read_answer(content))
         detail = content[:200].decode("utf-8", "replace").strip()
         return Reply(
             response.status_code,
@@ -272,10 +274,25 @@ def answer_body(response: httpx.Response) -> bytes:
         raise httpx.DecodingError(f"answer body is not valid {encoding}: {exc}") from None
 
 
-def rejected_ids(content: bytes) -> dict[str, str]:
-    """Per-event refusals from a 2xx body ``{"rejected": [{"id", "reason"}]}``, by id."""
+def read_answer(content: bytes) -> tuple[dict[str, str], list[Any] | None]:
+    """From a 2xx body: the per-event refusals ``{"rejected": [{"id", "reason"}]}`` by id,
+    and the security responses ``{"actions": [...]}`` (None when the key is absent: the list
+    held stays as it is). A body that says neither, or garbage, says nothing."""
     if not content:
-        return {}
+        return {}, None
+    try:
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {}, None
+    if not isinstance(document, dict):
+        return {}, None
+    actions = document.get("actions")
+    try:
+        items = document.get("rejected") or []
+        rejected = {str(item["id"]): str(item.get("reason", "")) for item in items}
+    except (TypeError, KeyError, AttributeError):
+        rejected = {}
+    return rejected, actions if isinstance(actions, list) else None
     try:
         document = orjson.loads(content)
         items = document.get("rejected") or [] if isinstance(document, dict) else []

@@ -30,10 +30,10 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 @pytest.fixture(autouse=True)
 def _fresh_default_spooler() -> Iterator[None]:
     """Each test starts without a default spooler and closes the one it made."""
-    import sqreen.spooler
+    import sqreen.default
 
     yield
-    spooler, sqreen.spooler._default = sqreen.spooler._default, None
+    spooler, sqreen.default._default = sqreen.default._default, None
     if spooler is not None:
         spooler.close()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..context import Capture, enter, leave
-from . import DEFAULT_MAX_BODY_BYTES, body_kind
+from ..context import Capture, RequestContext, current, enter, leave
+from ..default import current_spooler
+from ..errors import UserBlocked
+from . import DEFAULT_MAX_BODY_BYTES, answer, body_kind
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -54,9 +56,49 @@ class SqreenMiddleware:
             )
         )
         try:
-            await self.app(scope, receive, send)
+            await enforced(self.app, scope, receive, send, headers.get("accept"))
         finally:
             leave(token)
+
+
+async def enforced(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, accept: str | None
+) -> None:
+    """Run ``app`` for the current request unless a security response stops it: a blocked IP
+    before the application runs; a blocked user when ``identify()`` raised UserBlocked, or the
+    application swallowed it (its response, when it starts, is replaced by ours)."""
+    request = current()
+    assert request is not None
+    if current_spooler().screen(request) is not None:
+        await _answer(request, send, accept)
+        return
+    state = {"started": False, "replaced": False}
+
+    async def guarded(message: Message) -> None:
+        if state["replaced"]:
+            return  # the application's own response, after ours: dropped
+        if message["type"] == "http.response.start" and request.blocked is not None:
+            state["replaced"] = state["started"] = True
+            await _answer(request, send, accept)
+            return
+        if message["type"] == "http.response.start":
+            state["started"] = True
+        await send(message)
+
+    try:
+        await app(scope, receive, guarded)
+    except UserBlocked:
+        if state["started"] and not state["replaced"]:
+            raise  # the response had begun: nothing can be replaced
+    if request.blocked is not None and not state["started"]:
+        await _answer(request, send, accept)
+
+
+async def _answer(request: RequestContext, send: Send, accept: str | None) -> None:
+    status, headers, body = answer(request.blocked, accept)
+    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _host(server: Any) -> str | None:

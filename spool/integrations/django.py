@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..context import enter, leave
-from . import DEFAULT_MAX_BODY_BYTES
+from ..context import RequestContext, current, enter, leave
+from ..default import current_spooler
+from ..errors import UserBlocked
+from . import DEFAULT_MAX_BODY_BYTES, answer
 from .wsgi import body_length, capture
 
 
 class SqreenMiddleware:
-    """Makes each request current for ``sqreen.track()`` while Django handles it (sync)."""
+    """Makes each request current for ``sqreen.track()`` while Django handles it (sync), and
+    answers the requests that a security response stops: a blocked IP before the view runs, a
+    blocked user when the view's ``identify()`` raised UserBlocked (or swallowed it)."""
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
@@ -32,6 +36,26 @@ class SqreenMiddleware:
 
         token = enter(capture(meta, body, kind, route))
         try:
-            return self.get_response(request)
+            context = current()
+            assert context is not None
+            if current_spooler().screen(context) is not None:
+                return _answer(context, meta)
+            response = self.get_response(request)
+            # Django turned a UserBlocked into a 500 (after process_exception), or the view
+            # swallowed it: either way the request is marked, and its response replaced.
+            return _answer(context, meta) if context.blocked is not None else response
         finally:
             leave(token)
+
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        context = current()
+        if isinstance(exception, UserBlocked) and context is not None:
+            return _answer(context, request.META)
+        return None
+
+
+def _answer(context: RequestContext, meta: Any) -> Any:
+    from django.http import HttpResponse  # type: ignore[import-untyped]
+
+    status, headers, body = answer(context.blocked, meta.get("HTTP_ACCEPT"))
+    return HttpResponse(body, status=status, headers=dict(headers))

@@ -6,14 +6,17 @@ import io
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..context import Capture, enter, leave
-from . import DEFAULT_MAX_BODY_BYTES, body_kind
+from ..context import Capture, RequestContext, current, enter, leave
+from ..default import current_spooler
+from ..errors import UserBlocked
+from . import DEFAULT_MAX_BODY_BYTES, STATUS_LINES, answer, body_kind
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class SqreenMiddleware:
-    """Makes each request current for ``sqreen.track()`` while the application handles it."""
+    """Makes each request current for ``sqreen.track()`` while the application handles it,
+    and answers the requests that a security response stops (see :func:`enforced`)."""
 
     def __init__(self, app: WSGIApp, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.app = app
@@ -24,9 +27,62 @@ class SqreenMiddleware:
     ) -> Iterable[bytes]:
         token = enter(capture(environ, *read_body(environ, self.max_body_bytes)))
         try:
-            return self.app(environ, start_response)
+            return enforced(self.app, environ, start_response)
         finally:
             leave(token)
+
+
+def enforced(
+    app: WSGIApp, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes]:
+    """Run ``app`` for the current request, unless a security response stops it: a blocked IP
+    before the application runs; a blocked user when ``identify()`` raises UserBlocked, or
+    when the application swallowed that exception (the request stays marked, and the
+    application's response is replaced). The application's ``start_response`` waits until it
+    returns, so that its response can still be replaced."""
+    request = current()
+    assert request is not None
+    if current_spooler().screen(request) is not None:
+        return _answer(request, environ, start_response)
+    held: list[tuple[Any, ...]] = []
+    returned = False
+    writes: list[Callable[[bytes], Any]] = []
+
+    def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if returned:  # called while the body is iterated: too late to replace anything
+            return start_response(status, headers, exc_info)
+        held[:] = [(status, headers, exc_info)]
+
+        def write(data: bytes) -> None:  # the legacy write(): the response has begun
+            if not writes:
+                writes.append(start_response(*held[0]))
+            writes[0](data)
+
+        return write
+
+    try:
+        result = app(environ, hold)
+    except UserBlocked:
+        if writes:
+            raise
+        return _answer(request, environ, start_response)
+    returned = True
+    if request.blocked is not None and not writes:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        return _answer(request, environ, start_response)
+    if held and not writes:
+        start_response(*held[0])
+    return result
+
+
+def _answer(
+    request: RequestContext, environ: Mapping[str, Any], start_response: Callable[..., Any]
+) -> list[bytes]:
+    status, headers, body = answer(request.blocked, environ.get("HTTP_ACCEPT"))
+    start_response(STATUS_LINES[status], headers)
+    return [body]
 
 
 def capture(

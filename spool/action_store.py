@@ -1,0 +1,116 @@
+"""Security responses in the spool: the collector's list and an operator's actions, and the
+version counter that tells every process sharing the spool to reload them.
+
+Writes are one ``BEGIN IMMEDIATE`` transaction each through :meth:`Store.write`; reads take a
+plain sqlite3 connection (see :mod:`sqreen.enforce`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+import orjson
+
+from .actions import Action, Malformed, read_action
+from .outbox import add
+from .store import Store
+
+VERSION = "actions.version"
+COLLECTOR = "collector"
+OPERATOR = "operator"
+
+_COLUMNS = "source, action_id, action, parameters, send_response, expires_at, received_at"
+_INSERT = f"INSERT OR REPLACE INTO actions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SELECT = f"SELECT {_COLUMNS} FROM actions ORDER BY received_at, action_id"
+_READ_VERSION = "SELECT value FROM counters WHERE name = ?"
+
+
+def read_actions(
+    documents: Iterable[object], now: float, warn: Callable[[str, str], None], source: str
+) -> list[Action]:
+    """The valid actions of a list in the agent's format; each other one is skipped with a
+    warning (``action_unknown`` or ``action_malformed``), never stopping the rest."""
+    found: list[Action] = []
+    for document in documents:
+        try:
+            found.append(read_action(document, now, source))
+        except Malformed as exc:
+            kind = "action_unknown" if str(exc).startswith("unknown action") else "action_malformed"
+            warn(kind, f"security response skipped: {exc}")
+    return found
+
+
+def replace_collector_actions(store: Store, actions: Iterable[Action], now: float) -> None:
+    """Make ``actions`` the collector's whole list (an empty one clears it). An action already
+    held keeps its expiry: its duration counts from when it was first received."""
+    with store.write() as conn:
+        held = dict(
+            conn.execute(
+                "SELECT action_id, expires_at FROM actions WHERE source = ?", (COLLECTOR,)
+            ).fetchall()
+        )
+        conn.execute("DELETE FROM actions WHERE source = ?", (COLLECTOR,))
+        conn.executemany(
+            _INSERT,
+            [_row(a, now, held.get(a.action_id, a.expires_at)) for a in actions],
+        )
+        add(conn, VERSION, 1)
+
+
+def add_operator_action(store: Store, action: Action, now: float) -> None:
+    with store.write() as conn:
+        conn.execute(_INSERT, _row(action, now, action.expires_at))
+        add(conn, VERSION, 1)
+
+
+def remove_action(store: Store, action_id: str) -> int:
+    """Remove an action of either source; return how many rows went. A collector's action
+    comes back with its next answer that still lists it."""
+    with store.write() as conn:
+        removed = conn.execute("DELETE FROM actions WHERE action_id = ?", (action_id,)).rowcount
+        add(conn, VERSION, 1)
+    return int(removed)
+
+
+def clear_actions(store: Store) -> int:
+    with store.write() as conn:
+        removed = conn.execute("DELETE FROM actions").rowcount
+        add(conn, VERSION, 1)
+    return int(removed)
+
+
+def load_actions(conn: sqlite3.Connection) -> list[Action]:
+    """Every stored action (expired ones included: callers check ``live``)."""
+    found = []
+    for source, action_id, name, parameters, send_response, expires_at, _ in conn.execute(_SELECT):
+        document = {
+            "action": name,
+            "action_id": action_id,
+            "parameters": orjson.loads(parameters),
+            "send_response": bool(send_response),
+        }
+        try:
+            action = read_action(document, 0.0, source)
+        except Malformed:  # written by a newer sqreen-spool, say: not this one's to enforce
+            continue
+        found.append(replace(action, expires_at=expires_at))
+    return found
+
+
+def actions_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute(_READ_VERSION, (VERSION,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _row(action: Action, now: float, expires_at: float | None) -> tuple[object, ...]:
+    return (
+        action.source,
+        action.action_id,
+        action.action,
+        orjson.dumps(action.parameters()).decode(),
+        int(action.send_response),
+        expires_at,
+        now,
+    )

@@ -1,0 +1,245 @@
+"""Security responses: the actions a collector (or an operator) asks every process to enforce,
+in the Sqreen agent's format, and the compiled set that requests are checked against.
+
+An action is ``{"action": name, "action_id": str, "parameters": {...}, "duration": seconds or
+null, "send_response": bool}``; the names are ``block_ip``, ``redirect_ip`` (parameters
+``ip_cidr``: addresses or CIDR ranges, v4 and v6; ``url`` for a redirect), ``block_user`` and
+``redirect_user`` (``users``: identifier dicts; ``url``). Reading one never raises: what cannot
+be enforced is reported as a problem and skipped, and never stops the others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from heapq import heappop, heappush
+from typing import Any
+from urllib.parse import urlsplit
+
+IP_ACTIONS = ("block_ip", "redirect_ip")
+USER_ACTIONS = ("block_user", "redirect_user")
+NAMES = IP_ACTIONS + USER_ACTIONS
+MAX_URL_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action as stored: ``expires_at`` is absolute (Unix seconds), None for never."""
+
+    action: str
+    action_id: str
+    ip_cidr: tuple[str, ...] = ()
+    users: tuple[Mapping[str, str | int], ...] = ()
+    url: str | None = None
+    expires_at: float | None = None
+    send_response: bool = True
+    source: str = "collector"
+
+    @property
+    def blocks(self) -> bool:
+        return self.action.startswith("block_")
+
+    def parameters(self) -> dict[str, Any]:
+        """The action's parameters, as the agent's format writes them."""
+        found: dict[str, Any] = {}
+        if self.ip_cidr:
+            found["ip_cidr"] = list(self.ip_cidr)
+        if self.users:
+            found["users"] = [dict(user) for user in self.users]
+        if self.url is not None:
+            found["url"] = self.url
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "action_id": self.action_id,
+            "parameters": self.parameters(),
+            "expires_at": self.expires_at,
+            "send_response": self.send_response,
+            "source": self.source,
+        }
+
+    def live(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+class Malformed(ValueError):
+    """An action that cannot be enforced; the message says why."""
+
+
+def read_action(document: object, received_at: float, source: str = "collector") -> Action:
+    """An action from the agent's format (``duration`` counted from ``received_at``), or
+    Malformed naming the problem (an unknown name among them)."""
+    if not isinstance(document, Mapping):
+        raise Malformed(f"an action must be an object, not {type(document).__name__}")
+    name = document.get("action")
+    action_id = document.get("action_id")
+    if not isinstance(action_id, str) or not action_id:
+        raise Malformed(f"action {name!r} has no action_id")
+    if name not in NAMES:
+        raise Malformed(f"unknown action {name!r} ({action_id})")
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
+        raise Malformed(f"{action_id}: parameters must be an object")
+    duration = document.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not math.isfinite(duration)
+        or duration < 0
+    ):
+        raise Malformed(f"{action_id}: duration must be a number of seconds >= 0 or null")
+    send_response = document.get("send_response", True)
+    if not isinstance(send_response, bool):
+        raise Malformed(f"{action_id}: send_response must be a bool")
+    url = parameters.get("url")
+    if name.startswith("redirect_"):
+        url = check_url(url, action_id)
+    elif url is not None:
+        raise Malformed(f"{action_id}: only a redirect has a url")
+    found = Action(
+        action=name,
+        action_id=action_id,
+        url=url,
+        expires_at=None if duration is None else received_at + float(duration),
+        send_response=send_response,
+        source=source,
+    )
+    if name in IP_ACTIONS:
+        networks = parameters.get("ip_cidr")
+        if not isinstance(networks, list) or not networks:
+            raise Malformed(f"{action_id}: ip_cidr must be a non-empty list")
+        for network in networks:
+            parse_network(network, action_id)
+        return replace(found, ip_cidr=tuple(networks))
+    users = parameters.get("users")
+    if not isinstance(users, list) or not users:
+        raise Malformed(f"{action_id}: users must be a non-empty list of identifier objects")
+    for user in users:
+        if (
+            not isinstance(user, Mapping)
+            or not user
+            or not all(
+                type(k) is str and type(v) in (str, int) and type(v) is not bool
+                for k, v in user.items()
+            )
+        ):
+            raise Malformed(f"{action_id}: each user must map str to str or int")
+    return replace(found, users=tuple(dict(user) for user in users))
+
+
+def check_url(url: object, action_id: str) -> str:
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
+        raise Malformed(f"{action_id}: a redirect needs a url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c in url for c in "\r\n"):
+        raise Malformed(f"{action_id}: the redirect url must be an absolute http(s) URL")
+    return url
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(text: object, action_id: str = "") -> Network:
+    """An address or a CIDR range (host bits allowed: ``10.1.2.3/8`` means ``10.0.0.0/8``)."""
+    if not isinstance(text, str):
+        raise Malformed(f"{action_id}: {text!r} is not an address or CIDR range")
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise Malformed(f"{action_id}: {text!r} is not an address or CIDR range") from None
+
+
+def user_key(identifiers: Mapping[str, object]) -> frozenset[tuple[str, str]]:
+    """Identifiers as a lookup key: values compared as strings (``user_id=42`` typed on a
+    command line matches the int 42 an application identified)."""
+    return frozenset((key, str(value)) for key, value in identifiers.items())
+
+
+@dataclass
+class _Table:
+    """Disjoint address ranges of one IP version, sorted: the action covering each, or None
+    for a gap. A lookup is one bisection, whatever the number of ranges."""
+
+    starts: list[int] = field(default_factory=list)
+    actions: list[Action | None] = field(default_factory=list)
+
+    def find(self, address: int) -> Action | None:
+        index = bisect_right(self.starts, address) - 1
+        return self.actions[index] if index >= 0 else None
+
+
+def _table(ranges: Sequence[tuple[int, int, int, Action]]) -> _Table:
+    """Flatten possibly overlapping ``(first, last, rank, action)`` ranges into disjoint ones,
+    each held by the covering action of lowest rank (a sweep over the ranges' edges)."""
+    table = _Table()
+    edges = sorted({first for first, _, _, _ in ranges} | {last + 1 for _, last, _, _ in ranges})
+    by_start = sorted(ranges, key=lambda entry: entry[0])
+    active: list[tuple[int, int, int]] = []  # (rank, last, index into by_start)
+    next_range = 0
+    for edge in edges:
+        while next_range < len(by_start) and by_start[next_range][0] <= edge:
+            _, last, rank, _ = by_start[next_range]
+            heappush(active, (rank, last, next_range))
+            next_range += 1
+        while active and active[0][1] < edge:  # ended before this edge
+            heappop(active)
+        holder = by_start[active[0][2]][3] if active else None
+        if not table.actions or table.actions[-1] is not holder:
+            table.starts.append(edge)
+            table.actions.append(holder)
+    return table
+
+
+class ActionSet:
+    """The live actions, compiled for the per-request checks."""
+
+    def __init__(self, actions: Iterable[Action] = ()) -> None:
+        self.actions = tuple(actions)
+        ranges: dict[int, list[tuple[int, int, int, Action]]] = {4: [], 6: []}
+        self._users: dict[frozenset[tuple[str, str]], Action] = {}
+        # Blocks before redirects; then operator actions, then the collector's, in order.
+        ranked = sorted(
+            enumerate(self.actions),
+            key=lambda pair: (not pair[1].blocks, pair[1].source != "operator", pair[0]),
+        )
+        for rank, (_, action) in enumerate(ranked):
+            for text in action.ip_cidr:
+                network = parse_network(text)
+                ranges[network.version].append(
+                    (int(network.network_address), int(network.broadcast_address), rank, action)
+                )
+            for user in action.users:
+                self._users.setdefault(user_key(user), action)
+        self._tables = {version: _table(found) for version, found in ranges.items() if found}
+        self.has_ip = bool(self._tables)
+        self.has_users = bool(self._users)
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+    def for_ip(self, ip: str | None, now: float) -> Action | None:
+        """The action for a client IP, if any; a malformed IP matches nothing."""
+        if not self.has_ip or not ip:
+            return None
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        table = self._tables.get(address.version)
+        found = table.find(int(address)) if table is not None else None
+        return found if found is not None and found.live(now) else None
+
+    def for_user(self, identifiers: Mapping[str, object], now: float) -> Action | None:
+        """The action for an identified user: the action's identifier dict equals the
+        identified one, values compared as strings."""
+        if not self.has_users:
+            return None
+        found = self._users.get(user_key(identifiers))
+        return found if found is not None and found.live(now) else None
