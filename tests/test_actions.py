@@ -1,0 +1,364 @@
+"""Security responses end to end: a real collector pushes actions in its answers, real web
+apps (Flask under a threaded server, Starlette) enforce them, and processes sharing a spool
+see each change."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import flask
+import httpx
+import orjson
+import pytest
+
+import sqreen
+from sqreen.action_store import add_operator_action
+from sqreen.actions import ActionSet, read_action
+from sqreen.cli.collect import Answer, check_batch
+from sqreen.integrations import asgi, wsgi
+
+from .conftest import stored_events
+
+FAST = {"heartbeat_delay": 3600, "retry_attempts": 1, "http_timeout": 2.0}
+
+
+def with_actions(actions: list[Any] | None) -> Callable[[dict[str, Any]], Answer]:
+    """A collector behaviour: accept the batch, and answer with this list of actions."""
+
+    def behaviour(batch: dict[str, Any]) -> Answer:
+        assert check_batch(batch)[0] is None
+        return Answer(200, orjson.dumps({} if actions is None else {"actions": actions}))
+
+    return behaviour
+
+
+def block_ip(action_id: str, *networks: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "action": "block_ip",
+        "action_id": action_id,
+        "parameters": {"ip_cidr": list(networks)},
+        **extra,
+    }
+
+
+def user_action(
+    name: str, action_id: str, *users: dict[str, Any], **parameters: Any
+) -> dict[str, Any]:
+    return {
+        "action": name,
+        "action_id": action_id,
+        "parameters": {"users": list(users), **parameters},
+    }
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def login_app() -> flask.Flask:
+    app = flask.Flask("shop")
+
+    @app.route("/login", methods=["POST"])
+    def login() -> str:
+        ok = flask.request.form["password"] == "right"
+        sqreen.auth_track(ok, user_id=int(flask.request.form["user_id"]))
+        return "in" if ok else "out"
+
+    @app.route("/me")
+    def me() -> str:
+        sqreen.identify({"user_id": int(flask.request.args["user_id"])})
+        return "you"
+
+    @app.route("/careless")
+    def careless() -> str:
+        with contextlib.suppress(sqreen.UserBlocked):  # swallowed: the middleware still answers
+            sqreen.identify({"user_id": int(flask.request.args["user_id"])})
+        return "you, carelessly"
+
+    @app.route("/")
+    def index() -> str:
+        return "home"
+
+    app.wsgi_app = wsgi.SqreenMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    return app
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, login_app(), ThreadingWSGIServer, QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def actions_version(spool_path: Path) -> int:
+    if not spool_path.exists():
+        return 0
+    with sqlite3.connect(spool_path) as conn:
+        try:
+            row = conn.execute("SELECT value FROM counters WHERE name = 'actions.version'")
+        except sqlite3.OperationalError:
+            return 0
+        found = row.fetchone()
+    return int(found[0]) if found else 0
+
+
+def push(collector: Any, actions: list[Any] | None) -> None:
+    """Deliver one event, so that the collector's answer carries ``actions``; wait until the
+    answer was handled (by sqreen.flush() or by the delivery thread, whichever got the event)."""
+    spool_path = sqreen.default.current_spooler().settings.path
+    before, answered = actions_version(spool_path), len(collector.requests)
+    collector.respond_with(with_actions(actions))
+    assert sqreen.track("heartbeat")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        sqreen.flush(5)
+        if len(collector.requests) > answered and (
+            actions is None or actions_version(spool_path) > before
+        ):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the collector's answer was not handled in time")
+
+
+def test_each_action_kind_pushed_by_the_collector(
+    spool_path: Path, collector: Any, served: str
+) -> None:
+    sqreen.configure(path=spool_path, url=collector.url, ip_header="X-Forwarded-For", **FAST)
+    push(
+        collector,
+        [
+            block_ip("ip-1", "203.0.113.0/24", "2001:db8::/32"),
+            {**block_ip("ip-2", "198.51.100.7"), "action": "redirect_ip"}
+            | {"parameters": {"ip_cidr": ["198.51.100.7"], "url": "https://example.com/away"}},
+            user_action("block_user", "user-1", {"user_id": 42}),
+            user_action("redirect_user", "user-2", {"user_id": 7}, url="https://example.com/bye"),
+        ],
+    )
+    with httpx.Client(base_url=served, follow_redirects=False) as http:
+
+        def get(path: str, ip: str = "192.0.2.1", **headers: str) -> httpx.Response:
+            return http.get(path, headers={"X-Forwarded-For": ip, **headers})
+
+        assert get("/").text == "home"
+        blocked = get("/", "203.0.113.9")
+        assert blocked.status_code == 403 and "blocked" in blocked.text
+        assert get("/", "203.0.113.9", Accept="application/json").json() == {
+            "error": "blocked",
+            "action_id": "ip-1",
+        }
+        assert get("/", "[2001:db8::1]:443").status_code == 403  # v6, with port and brackets
+        assert get("/", "2001:db9::1").text == "home"
+        moved = get("/", "198.51.100.7")
+        assert (moved.status_code, moved.headers["Location"]) == (303, "https://example.com/away")
+        assert get("/me?user_id=1").text == "you"
+        assert get("/me?user_id=42").status_code == 403
+        assert get("/careless?user_id=42").status_code == 403  # the exception was swallowed
+        bye = get("/me?user_id=7")
+        assert (bye.status_code, bye.headers["Location"]) == (303, "https://example.com/bye")
+        assert get("/", "not-an-ip, 203.0.113.9").text == "home"  # garbage: the peer, loopback
+    names = [(e["name"], e.get("properties")) for e in stored_events(spool_path)]
+    assert (
+        "sq.action.block_ip",
+        {"output": {"ip_address": "203.0.113.9"}, "action_id": "ip-1"},
+    ) in names
+    assert (
+        "sq.action.block_user",
+        {"output": {"user": {"user_id": 42}}, "action_id": "user-1"},
+    ) in names
+    assert (
+        "sq.action.redirect_user",
+        {"output": {"user": {"user_id": 7}}, "action_id": "user-2"},
+    ) in names
+
+
+def test_a_reload_replaces_the_list_an_empty_one_clears_it_a_missing_key_keeps_it(
+    spool_path: Path, collector: Any
+) -> None:
+    spooler = sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    now = time.time()
+    push(collector, [block_ip("a", "10.0.0.0/8"), block_ip("b", "10.1.0.0/16")])
+    assert {a.action_id for a in spooler.enforcer.current().actions} == {"a", "b"}
+    push(collector, None)
+    assert {a.action_id for a in spooler.enforcer.current().actions} == {"a", "b"}
+    push(collector, [block_ip("b", "10.1.0.0/16")])
+    assert spooler.enforcer.current().for_ip("10.2.0.1", now) is None
+    assert spooler.enforcer.current().for_ip("10.1.0.1", now) is not None
+    push(collector, [])
+    assert not spooler.enforcer.current()
+
+
+def test_malformed_and_unknown_actions_are_skipped_and_never_stop_the_others(
+    spool_path: Path, collector: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    spooler = sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    with caplog.at_level(logging.WARNING, logger="sqreen"):
+        push(
+            collector,
+            [
+                {"action": "launch_missiles", "action_id": "x", "parameters": {}},
+                block_ip("bad-ip", "300.1.2.3"),
+                block_ip("no-list"),
+                {
+                    "action": "block_user",
+                    "action_id": "bad-user",
+                    "parameters": {"users": [{"id": 1.5}]},
+                },
+                {**block_ip("bad-duration", "10.0.0.1"), "duration": "soon"},
+                {
+                    "action": "redirect_ip",
+                    "action_id": "no-url",
+                    "parameters": {"ip_cidr": ["10.0.0.2"]},
+                },
+                "not an object",
+                block_ip("good", "192.0.2.0/24"),
+            ],
+        )
+    live = spooler.enforcer.current()
+    assert [a.action_id for a in live.actions] == ["good"]
+    assert live.for_ip("192.0.2.200", time.time()) is not None
+    assert spooler.health().warnings == {"action_unknown": 1, "action_malformed": 6}
+    assert any("launch_missiles" in r.getMessage() for r in caplog.records)
+
+
+def test_an_action_expires_its_duration_after_it_was_received(
+    spool_path: Path, collector: Any
+) -> None:
+    spooler = sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    push(collector, [{**block_ip("brief", "192.0.2.1"), "duration": 1.0}])
+    assert spooler.enforcer.current().for_ip("192.0.2.1", time.time()) is not None
+    push(collector, [{**block_ip("brief", "192.0.2.1"), "duration": 1.0}])  # not extended
+    time.sleep(1.2)
+    assert spooler.enforcer.current().for_ip("192.0.2.1", time.time()) is None
+
+
+def test_operator_actions_survive_a_collector_reload(spool_path: Path, collector: Any) -> None:
+    spooler = sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    push(collector, [block_ip("theirs", "192.0.2.0/24")])
+    operator = read_action(block_ip("ours", "198.51.100.0/24"), time.time(), "operator")
+    add_operator_action(spooler._store, operator, time.time())
+    spooler.enforcer.invalidate()
+    push(collector, [])  # the collector's list, cleared
+    assert [a.action_id for a in spooler.enforcer.current().actions] == ["ours"]
+
+
+WATCHER = """
+import sys, time, sqreen
+spooler = sqreen.Spooler(path=sys.argv[1])
+print("ready", flush=True)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    if spooler.enforcer.current().for_ip("192.0.2.77", time.time()) is not None:
+        print("blocked", time.time(), flush=True)
+        break
+    time.sleep(0.01)
+"""
+
+
+def test_another_process_on_the_spool_enforces_a_change_within_two_seconds(
+    spool_path: Path, collector: Any
+) -> None:
+    sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    push(collector, [])  # the spool exists, with its actions table
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, str(spool_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().strip() == "ready"
+    time.sleep(1.5)  # the watcher has looked at least once before the change
+    changed = time.time()
+    push(collector, [block_ip("late", "192.0.2.0/24")])
+    line = watcher.stdout.readline().split()
+    watcher.wait(10)
+    assert line[0] == "blocked"
+    assert float(line[1]) - changed < 2.0
+
+
+def test_the_ip_lookup_with_ten_thousand_ranges() -> None:
+    rng = random.Random(7)
+    networks = {f"{ipaddress.IPv4Address(rng.getrandbits(32) & ~0xFF)}/24" for _ in range(10_000)}
+    action = read_action(block_ip("many", *sorted(networks)), time.time())
+    v6 = read_action(block_ip("six", "2001:db8::/48", "2001:db8:0:1::/64"), time.time())
+    live = ActionSet([action, v6])
+    now = time.time()
+    for network in rng.sample(sorted(networks), 200):
+        inside = ipaddress.ip_network(network)[rng.randrange(256)]
+        assert live.for_ip(str(inside), now) is action
+    prefixes = {int(ipaddress.ip_network(n).network_address) for n in networks}
+    for _ in range(5000):  # random addresses: blocked exactly when their /24 is listed
+        address = rng.getrandbits(32)
+        listed = address & ~0xFF in prefixes
+        assert (live.for_ip(str(ipaddress.IPv4Address(address)), now) is action) == listed
+    assert live.for_ip("2001:db8::5", now) is v6
+    assert live.for_ip("::ffff:" + str(ipaddress.ip_network(sorted(networks)[0])[1]), now) is action
+    for garbage in ("", "300.1.1.1", "1.2.3", "::g", "<script>"):
+        assert live.for_ip(garbage, now) is None
+
+
+def test_overlapping_ranges_blocks_before_redirects() -> None:
+    now = time.time()
+    redirect = read_action(
+        {
+            "action": "redirect_ip",
+            "action_id": "r",
+            "parameters": {"ip_cidr": ["10.0.0.0/8"], "url": "https://x.example/"},
+        },
+        now,
+    )
+    block = read_action(block_ip("b", "10.1.0.0/16"), now)
+    live = ActionSet([redirect, block])
+    assert live.for_ip("10.1.2.3", now) is block
+    assert live.for_ip("10.2.0.1", now) is redirect
+    assert live.for_ip("11.0.0.1", now) is None
+
+
+def test_starlette_blocks_users_and_ips(spool_path: Path, collector: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    push(
+        collector,
+        [block_ip("ip", "203.0.113.0/24"), user_action("block_user", "u", {"email": "a@b.c"})],
+    )
+
+    async def me(request: Request) -> PlainTextResponse:
+        sqreen.identify({"email": request.query_params["email"]})
+        return PlainTextResponse("you")
+
+    def careless(request: Request) -> PlainTextResponse:  # sync, in a worker thread
+        try:
+            sqreen.identify({"email": request.query_params["email"]})
+        except sqreen.UserBlocked as exc:
+            assert exc.action_id == "u" and exc.url is None
+        return PlainTextResponse("you")
+
+    app = asgi.SqreenMiddleware(Starlette(routes=[Route("/me", me), Route("/careless", careless)]))
+    with TestClient(app, client=("192.0.2.1", 5000), raise_server_exceptions=False) as client:
+        assert client.get("/me?email=x@y.z").text == "you"
+        assert client.get("/me?email=a@b.c").status_code == 403
+        assert client.get("/careless?email=a@b.c").status_code == 403
+    with TestClient(app, client=("203.0.113.5", 5000)) as client:
+        assert client.get("/me?email=x@y.z").status_code == 403
