@@ -31,7 +31,7 @@ from sqreen.prune import preview, prune
 from sqreen.selection import Selection, status_choices
 from sqreen.store import Store
 
-from . import show
+from . import actions, show
 from .collect import Receiver, ReferenceCollector
 from .context import USAGE, Context, err, fail, plain
 
@@ -41,6 +41,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(show.app, name="inspect")
+app.add_typer(actions.app, name="actions")
 
 # Invalid lines of an import reported one by one before the rest are only counted.
 SHOWN_INVALID_LINES = 50

@@ -77,6 +77,19 @@ def parse_seconds(value: object) -> float:
     return seconds
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str) -> float:
+    """A duration typed by an operator: seconds, or a number with ``s``, ``m``, ``h``, ``d``
+    (``90``, ``10m``, ``1h``, ``1.5d``)."""
+    found = _DURATION.fullmatch(value.lower())
+    if found is None:
+        raise ValueError(f"{value!r} is not a duration (examples: 90, 30s, 10m, 1h, 2d)")
+    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
 def parse_count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise TypeError("expected a whole number")

@@ -362,3 +362,37 @@ def test_starlette_blocks_users_and_ips(spool_path: Path, collector: Any) -> Non
         assert client.get("/careless?email=a@b.c").status_code == 403
     with TestClient(app, client=("203.0.113.5", 5000)) as client:
         assert client.get("/me?email=x@y.z").status_code == 403
+
+
+def test_the_actions_command_and_a_user_typed_as_a_string(
+    spool_path: Path, collector: Any, served: str
+) -> None:
+    from .test_cli import cli
+
+    spooler = sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    push(collector, [block_ip("theirs", "192.0.2.0/24")])
+    added = cli(spool_path, "actions", "block-user", "user_id=42", "--duration", "1h")
+    assert added.exit_code == 0, added.output
+    assert (
+        cli(spool_path, "actions", "redirect-ip", "198.51.100.0/24", "--url", "ftp://x").exit_code
+        == 2
+    )
+    assert cli(spool_path, "actions", "block-ip", "300.1.1.1").exit_code == 2
+    listed = orjson.loads(cli(spool_path, "actions", "--json").stdout)
+    by_source = {a["source"]: a for a in listed}
+    assert by_source["collector"]["action_id"] == "theirs"
+    assert by_source["operator"]["parameters"] == {"users": [{"user_id": "42"}]}
+    assert by_source["operator"]["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
+    table = cli(spool_path, "actions").stdout
+    assert "block_user" in table and "user_id=42" in table and "192.0.2.0/24" in table
+    spooler.enforcer.invalidate()  # (another process would see it within a second)
+    with httpx.Client(base_url=served) as http:
+        assert http.get("/me?user_id=42").status_code == 403  # the app identified the int 42
+        push(collector, [])  # a collector reload: the operator's action stays
+        assert http.get("/me?user_id=42").status_code == 403
+        operator_id = by_source["operator"]["action_id"]
+        assert cli(spool_path, "actions", "remove", operator_id).exit_code == 0
+        assert cli(spool_path, "actions", "remove", operator_id).exit_code == 1
+        spooler.enforcer.invalidate()
+        assert http.get("/me?user_id=42").text == "you"
+    assert cli(spool_path, "actions").stdout.strip() == "no security responses"
