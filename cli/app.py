@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import sqreen
 from sqreen import admin, report
+from sqreen.config import parse_duration
 from sqreen.flusher import FlushResult, connect
 from sqreen.health import Health
 from sqreen.importer import bounded_lines, import_lines
@@ -34,6 +35,7 @@ from sqreen.store import Store
 from . import actions, show
 from .collect import Receiver, ReferenceCollector
 from .context import USAGE, Context, err, fail, plain
+from .playbook import Playbook, Rules
 
 app = typer.Typer(
     help="Inspect and operate a sqreen-spool event spool.",
@@ -323,12 +325,37 @@ def collect(
     out: Annotated[
         Path | None, typer.Option(help="Append each new event to this file as a JSON line.")
     ] = None,
+    block_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="Block a user after this many failed logins in --window."),
+    ] = None,
+    block_ip_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="Block a client IP after this many failed logins in --window."),
+    ] = None,
+    window: Annotated[str, typer.Option(help="The playbook's window (30s, 10m, 1h).")] = "10m",
+    block_for: Annotated[
+        str, typer.Option(help="How long a playbook block lasts (10m, 1h; 0: until removed).")
+    ] = "1h",
 ) -> None:
     """Run a local reference collector: print each event received, deduplicated by id.
 
     It accepts the documented wire format (gzip included) POSTed to any path, answers 400 with
-    a reason to malformed batches and rejects invalid events one by one.
+    a reason to malformed batches and rejects invalid events one by one. With --block-after or
+    --block-ip-after, a playbook blocks users or IPs after failed logins, through the actions
+    of its answers (kept beside --out, so that a restart keeps them). It exists to try the
+    loop; it is not a security product.
     """
+    playbook = None
+    if block_after is not None or block_ip_after is not None:
+        try:
+            seconds, lasts = parse_duration(window), parse_duration(block_for)
+        except ValueError as exc:
+            fail(str(exc), USAGE)
+        rules = Rules(block_after, block_ip_after, seconds, lasts or None)
+        playbook = Playbook(
+            rules, None if out is None else out.with_name(out.name + ".actions.json")
+        )
     seen: list[str] = []
     try:
         if out is not None and out.exists():
@@ -348,7 +375,7 @@ def collect(
             sink.write(orjson.dumps(event) + b"\n")
             sink.flush()
 
-    collector = ReferenceCollector(received, seen)
+    collector = ReferenceCollector(received, seen, playbook)
     receiver = Receiver(collector, host, port)
     try:
         receiver.start()

@@ -25,6 +25,8 @@ from sqreen.event import MAX_NAME_LENGTH, check_identifiers, check_properties
 from sqreen.schema import DROP_REASONS
 from sqreen.selection import parse_time
 
+from .playbook import Playbook
+
 
 @dataclass
 class Answer:
@@ -220,11 +222,18 @@ def check_event(event: dict[str, Any]) -> str | None:
 
 class ReferenceCollector:
     """Accepts valid batches, rejects invalid events by id, and passes each event it has not
-    seen before to ``on_event``. ``seen`` preloads ids received earlier (from ``--out``)."""
+    seen before to ``on_event``. ``seen`` preloads ids received earlier (from ``--out``). With
+    a ``playbook``, each answer also carries the security responses it decided."""
 
-    def __init__(self, on_event: Callable[[dict[str, Any]], None], seen: Iterable[str] = ()):
+    def __init__(
+        self,
+        on_event: Callable[[dict[str, Any]], None],
+        seen: Iterable[str] = (),
+        playbook: Playbook | None = None,
+    ):
         self._on_event = on_event
         self._seen = set(seen)
+        self._playbook = playbook
         self._lock = threading.Lock()
         self.batches = self.events = self.duplicates = self.rejected = 0
 
@@ -243,6 +252,11 @@ class ReferenceCollector:
             for event in new:
                 self._on_event(event)
         answer: dict[str, Any] = {"accepted": len(new), "duplicates": len(accepted) - len(new)}
+        if self._playbook is not None:  # the complete list of its actions, in every answer
+            now = time.time()
+            for event in new:
+                self._playbook.observe(event, now)
+            answer["actions"] = self._playbook.actions(now)
         if rejected:
             answer["rejected"] = [{"id": i, "reason": why} for i, why in rejected.items()]
         return Answer(200, orjson.dumps(answer))
