@@ -44,7 +44,7 @@ from .worker import Worker
 log = logging.getLogger("sqreen.spool")
 
 HEARTBEAT_JITTER = 0.1
-SECURITY_WAKE_EVERY = 0.25
+SECURITY_WAKE_EVERY = 0.2
 
 _live: weakref.WeakSet[Spooler] = weakref.WeakSet()
 _warned_identify = False
@@ -89,7 +89,8 @@ class Spooler:
         self._next_prune = 0.0
         self._drained_at = 0
         self._warned_no_url = False
-        self._woke_for_security = 0.0
+        self._security_due = False  # a login or signup waits for an early delivery
+        self._delivered_at = -SECURITY_WAKE_EVERY  # when the last delivery began (monotonic)
         _live.add(self)
 
     @property
@@ -211,11 +212,11 @@ class Spooler:
 
     def _security_event(self) -> None:
         """A login or signup was recorded: deliver it soon, so that a collector's response to
-        it (block this user) comes back within a second or two, not a heartbeat. At most one
-        early delivery per SECURITY_WAKE_EVERY: a login storm is not a POST per login."""
-        now = time.monotonic()
-        if self._delivery is not None and now - self._woke_for_security >= SECURITY_WAKE_EVERY:
-            self._woke_for_security = now
+        it (block this user) comes back within a second or two, not a heartbeat. The delivery
+        thread starts such early deliveries at most once per SECURITY_WAKE_EVERY: a login storm
+        is not a POST per login."""
+        if self._delivery is not None:
+            self._security_due = True
             self._delivery.wake()
 
     def _identifiers(
@@ -321,6 +322,11 @@ class Spooler:
         """The delivery thread's work: drain the spool, at once and then every heartbeat (or
         when woken because a full batch is pending)."""
         assert self._flusher is not None
+        started = time.monotonic()
+        if self._security_due and started - self._delivered_at < SECURITY_WAKE_EVERY:
+            return self._delivered_at + SECURITY_WAKE_EVERY - started  # then run at once
+        self._security_due = False
+        self._delivered_at = started
         delay = self.settings.heartbeat_delay * _jitter()
         try:
             self._flusher.flush(self.settings.lease * 2)

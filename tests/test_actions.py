@@ -396,3 +396,44 @@ def test_the_actions_command_and_a_user_typed_as_a_string(
         spooler.enforcer.invalidate()
         assert http.get("/me?user_id=42").text == "you"
     assert cli(spool_path, "actions").stdout.strip() == "no security responses"
+
+
+def test_the_playbook_end_to_end_blocks_within_two_seconds(
+    spool_path: Path, tmp_path: Path, served: str
+) -> None:
+    from .test_cli import cli
+    from .test_cli_processes import Collect
+
+    out = tmp_path / "received.jsonl"
+    collect = Collect(out, "--block-after", "5", "--window", "10m", "--block-for", "1h")
+    try:
+        sqreen.configure(path=spool_path, url=collect.url, heartbeat_delay=1)
+        with httpx.Client(base_url=served) as http:
+            for _ in range(5):
+                answer = http.post("/login", data={"user_id": "42", "password": "guess"})
+                assert answer.text == "out"
+            fifth = time.monotonic()
+            while http.get("/me?user_id=42").status_code != 403:
+                assert time.monotonic() - fifth < 2.0, "not blocked within 2 s"
+                time.sleep(0.05)
+            print(f"blocked {time.monotonic() - fifth:.2f} s after the fifth failure")
+            assert http.get("/me?user_id=7").text == "you"  # another user is not
+        listed = orjson.loads(cli(spool_path, "actions", "--json").stdout)
+        assert [(a["action"], a["parameters"]) for a in listed] == [
+            ("block_user", {"users": [{"user_id": 42}]})
+        ]
+        assert listed[0]["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
+    finally:
+        collect.stop()
+    restarted = Collect(out, "--block-after", "5")  # its actions were kept beside --out
+    try:
+        answer = httpx.post(restarted.url, content=orjson.dumps(_batch()))
+        assert [a["action"] for a in answer.json()["actions"]] == ["block_user"]
+    finally:
+        restarted.stop()
+
+
+def _batch() -> dict[str, Any]:
+    from .test_cli_processes import batch, event
+
+    return batch(event())

@@ -50,9 +50,9 @@ def fill(spool: Path, n: int, name: str = "e") -> None:
 class Collect:
     """``sqreen-spool collect`` running in a subprocess."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, *options: str) -> None:
         self.process = subprocess.Popen(
-            [SCRIPT, "collect", "--port", "0", "--out", str(out)],
+            [SCRIPT, "collect", "--port", "0", "--out", str(out), *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
