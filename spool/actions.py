@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -226,15 +227,12 @@ class ActionSet:
         """The action for a client IP, if any; a malformed IP matches nothing."""
         if not self.has_ip or not ip:
             return None
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
+        found = _address(ip)
+        if found is None:
             return None
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        table = self._tables.get(address.version)
-        found = table.find(int(address)) if table is not None else None
-        return found if found is not None and found.live(now) else None
+        table = self._tables.get(found[0])
+        action = table.find(found[1]) if table is not None else None
+        return action if action is not None and action.live(now) else None
 
     def for_user(self, identifiers: Mapping[str, object], now: float) -> Action | None:
         """The action for an identified user: the action's identifier dict equals the
@@ -243,3 +241,22 @@ class ActionSet:
             return None
         found = self._users.get(user_key(identifiers))
         return found if found is not None and found.live(now) else None
+
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _address(ip: str) -> tuple[int, int] | None:
+    """``(version, address as an int)``, a v4-mapped v6 address as v4; None if malformed.
+    By ``inet_pton``, a fraction of ``ipaddress.ip_address``'s cost on the request path."""
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, ip)
+    except (OSError, ValueError):
+        return None
+    if packed[:12] == _V4_MAPPED:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")
