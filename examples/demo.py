@@ -1,28 +1,39 @@
 """The project's story in under a minute: `make demo`.
 
 1. `sqreen-spool collect` starts a local reference collector;
-2. track() records the Sqreen docs' examples; a caller's mistake raises sqreen.InvalidEvent;
-3. an application tracks events (its flusher delivering them as it goes) and is killed with
-   SIGKILL halfway;
+2. track() records the Sqreen docs' examples; what the agent tolerated is warned about (and
+   refused by a strict spooler); a caller's real mistake raises sqreen.InvalidEvent;
+3. the collector goes down; an application tracks events (its flusher failing to deliver
+   them) and is killed with SIGKILL;
 4. `sqreen-spool inspect` shows the pending events that survived the crash;
-5. `sqreen-spool flush` delivers them;
-6. the collector has received every event the application acknowledged, exactly once.
+5. the collector comes back (with a playbook: block a user after 5 failed logins);
+   `sqreen-spool flush` delivers the events;
+6. the collector has received every event the application acknowledged, exactly once;
+7. a login app under a real threaded WSGI server: after the fifth wrong password, that user's
+   next request is answered 403, and `sqreen-spool actions` shows the block.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import httpx
 import orjson
 
 import sqreen
+from sqreen.integrations.wsgi import SqreenMiddleware
 
 SCRIPT = str(Path(sys.executable).with_name("sqreen-spool"))
 
@@ -38,6 +49,37 @@ def app(path: str, url: str) -> None:
         options = {"properties": {"n": n}, "user_identifiers": {"email": "ada@example.com"}}
         if spooler.track("demo.checkout", options):
             print(n, flush=True)
+
+
+def login_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """A tiny WSGI login app: POST /login (user, password), GET /account?user=..."""
+    query = dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
+    if environ["PATH_INFO"] == "/login":
+        ok = query.get("password") == "right"
+        sqreen.auth_track(ok, email=query["user"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"welcome" if ok else b"wrong password"]
+    sqreen.identify({"email": query["user"]})  # raises UserBlocked for a blocked user
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"your account"]
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def start_collector(
+    received: Path, log: Path, *options: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    with log.open("w") as collector_output:  # it prints every event: keep them aside
+        collector = subprocess.Popen(
+            [SCRIPT, "collect", "--port", "0", "--out", str(received), *options],
+            stdout=collector_output,
+        )
+    while not log.read_text().endswith("\n"):
+        time.sleep(0.05)
+    return collector, log.read_text().split()[-1]
 
 
 def step(title: str) -> None:
@@ -58,35 +100,37 @@ def main() -> None:
 
         step("1. a local collector: sqreen-spool collect")
         log = Path(tmp) / "collect.log"
-        with log.open("w") as collector_output:  # it prints every event: keep them aside
-            collector = subprocess.Popen(
-                [SCRIPT, "collect", "--port", "0", "--out", str(received)], stdout=collector_output
-            )
-        while not log.read_text().endswith("\n"):
-            time.sleep(0.05)
-        url = log.read_text().split()[-1]
+        collector, url = start_collector(received, log)
         print(f"   listening on {url}")
 
         step(f"2. track() into {path}")
+        logging.basicConfig(format="   (warning) %(message)s")
         spooler = sqreen.Spooler(path=path, url=url)
         event_date = datetime(2018, 3, 15, 14, 42, 0, 79043)
         spooler.track("user.signup", {"properties": {"foo": "bar"}, "timestamp": event_date})
-        spooler.track("user.login", {"user_identifiers": {"email": "ada@example.com"}})
-        for name, options in [
-            (123, None),
-            ("e", {"propreties": {"foo": "bar"}}),
-            ("e", {"properties": {f"p{i}": i for i in range(17)}}),
-            ("e", {"properties": {"tags": {"a", "b"}}}),
+        spooler.auth_track(False, user_id=42)  # an int identifier, as the agent's docs write it
+        print("   the agent tolerated these: recorded with a warning (a strict spooler raises)")
+        spooler.track("e", {"propreties": {"foo": "bar"}})
+        spooler.track("e", {"properties": {f"p{i}": i for i in range(17)}})
+        strict = sqreen.Spooler(path=Path(tmp) / "strict.db", strict=True)
+        for spool, name, options in [
+            (strict, "e", {"propreties": {"foo": "bar"}}),
+            (spooler, 123, None),
+            (spooler, "e", {"properties": {"tags": {"a", "b"}}}),
         ]:
             try:
-                spooler.track(name, options)  # type: ignore[arg-type]
+                spool.track(name, options)  # type: ignore[arg-type]
             except sqreen.InvalidEvent as exc:
-                print(f"   track({name!r}, {options!r:.30}...) raised InvalidEvent: {exc}")
+                mode = "strict " if spool is strict else ""
+                print(f"   {mode}track({name!r}, {options!r:.30}...) raised InvalidEvent: {exc}")
+        strict.close()
         spooler.close()  # delivers what it tracked, within SQREEN_SHUTDOWN_TIMEOUT
         modes = f"{path.stat().st_mode & 0o777:o}, directory {path.parent.stat().st_mode & 0o777:o}"
         print(f"   spool file mode {modes}")
 
-        step("3. an application tracks events; SIGKILL before its next delivery")
+        step("3. the collector goes down; an application tracks events; SIGKILL")
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=10)
         child = subprocess.Popen(
             [sys.executable, __file__, "--app", str(path), url], stdout=subprocess.PIPE
         )
@@ -100,16 +144,14 @@ def main() -> None:
         cli("inspect")
         cli("inspect", "events", "--limit", "3")
 
-        step("5. deliver the rest by hand")
+        step("5. the collector is back (with a playbook); deliver the rest by hand")
+        playbook = ("--block-after", "5", "--window", "10m", "--block-for", "1h")
+        collector, url = start_collector(received, log, *playbook)
+        print(f"   $ sqreen-spool collect {' '.join(playbook)}: listening on {url}")
         cli("--url", url, "flush")
         cli("inspect", "--json")
 
         step("6. what the collector received")
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(timeout=10)
-        printed = log.read_text().splitlines()
-        print("   the collector printed, among others:\n     " + "\n     ".join(printed[1:3]))
-        print(f"   and at exit: {printed[-1]}")
         events = [orjson.loads(line) for line in received.read_bytes().splitlines()]
         numbers = [e["properties"]["n"] for e in events if e["name"] == "demo.checkout"]
         missing = acknowledged - set(numbers)
@@ -121,6 +163,37 @@ def main() -> None:
         if missing or twice:
             sys.exit("FAILED: the collector did not receive every acknowledged event exactly once")
         print("   every acknowledged event arrived exactly once")
+
+        step("7. security responses: a login app, a password guesser, a block")
+        sqreen.configure(path=path, url=url, heartbeat_delay=1)
+        server = make_server(
+            "127.0.0.1", 0, SqreenMiddleware(login_app), handler_class=QuietHandler
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        site = f"http://127.0.0.1:{server.server_address[1]}"
+        with httpx.Client(base_url=site) as http:
+            for guess in ("123456", "password", "qwerty", "letmein", "dragon"):
+                answer = http.post(f"/login?user=ada@example.com&password={guess}")
+                print(
+                    f"   POST /login ada@example.com {guess!r}: {answer.status_code} {answer.text}"
+                )
+            fifth = time.monotonic()
+            while (answer := http.get("/account?user=ada@example.com")).status_code != 403:
+                if time.monotonic() - fifth > 10:
+                    sys.exit("FAILED: the user was not blocked")
+                time.sleep(0.05)
+            print(
+                f"   GET /account as ada@example.com, {time.monotonic() - fifth:.2f} s later: "
+                f"{answer.status_code} (blocked)"
+            )
+            other = http.get("/account?user=bo@example.com")
+            print(f"   GET /account as bo@example.com: {other.status_code} {other.text}")
+        server.shutdown()
+        cli("actions")
+        sqreen.default.current_spooler().close()
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=10)
+        print(f"   the collector at exit: {log.read_text().splitlines()[-1]}")
 
 
 if __name__ == "__main__":
