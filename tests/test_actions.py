@@ -437,3 +437,47 @@ def _batch() -> dict[str, Any]:
     from .test_cli_processes import batch, event
 
     return batch(event())
+
+
+def test_django_answers_blocked_users_and_ips(spool_path: Path) -> None:
+    spooler = sqreen.Spooler(path=spool_path)
+    now = time.time()
+    for document in (
+        user_action("block_user", "u", {"email": "ada"}),
+        block_ip("ip", "203.0.113.0/24"),
+    ):
+        add_operator_action(spooler._store, read_action(document, now, "operator"), now)
+    spooler.close()
+    code = f"""
+import contextlib, django, sqreen
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+
+def me(request):
+    sqreen.identify({{"email": request.GET["user"]}})
+    return HttpResponse("you")
+
+def careless(request):
+    with contextlib.suppress(sqreen.UserBlocked):
+        sqreen.identify({{"email": request.GET["user"]}})
+    return HttpResponse("you")
+
+urlpatterns = [path("me/", me), path("careless/", careless)]
+settings.configure(
+    DEBUG=False, ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="test",
+    MIDDLEWARE=["sqreen.integrations.django.SqreenMiddleware"], INSTALLED_APPS=[],
+)
+django.setup()
+from django.test import Client
+sqreen.configure(path={str(spool_path)!r})
+client = Client(REMOTE_ADDR="192.0.2.1")
+print(client.get("/me/?user=bo").status_code, client.get("/me/?user=ada").status_code,
+      client.get("/careless/?user=ada").status_code,
+      Client(REMOTE_ADDR="203.0.113.4").get("/me/?user=bo").status_code,
+      client.get("/me/?user=ada", HTTP_ACCEPT="application/json").json()["action_id"])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["200", "403", "403", "403", "u"]
