@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from .action_store import actions_version, load_actions
@@ -40,6 +41,15 @@ class Enforcer:
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        forget = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: (m := forget()) and m())
+
+    def _after_fork(self) -> None:
+        # A lock held by one of the parent's threads would stay held in the child, and the
+        # parent's sqlite3 connection must not be used here: a child starts afresh.
+        self._lock = threading.Lock()
+        self._conn, self._pid = None, os.getpid()
+        self.invalidate()
 
     def current(self) -> ActionSet:
         """The live actions: one clock read per call, a look at the spool once a second."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import random
 import sqlite3
 import subprocess
@@ -481,3 +482,25 @@ print(client.get("/me/?user=bo").status_code, client.get("/me/?user=ada").status
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["200", "403", "403", "403", "u"]
+
+
+def test_a_forked_child_enforces_a_change_made_after_the_fork(spool_path: Path) -> None:
+    spooler = sqreen.Spooler(path=spool_path)
+    assert spooler.track("created")  # the spool exists
+    assert not spooler.enforcer.current()  # loaded (empty) before the fork
+    pid = os.fork()
+    if pid == 0:  # the child: waits for the parent's change, exits 0 once it enforces it
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if spooler.enforcer.current().for_ip("192.0.2.9", time.time()) is not None:
+                os._exit(0)
+            time.sleep(0.02)
+        os._exit(1)
+    time.sleep(0.3)
+    now = time.time()
+    add_operator_action(
+        spooler._store, read_action(block_ip("f", "192.0.2.0/24"), now, "operator"), now
+    )
+    _, status = os.waitpid(pid, 0)
+    spooler.close()
+    assert os.waitstatus_to_exitcode(status) == 0
