@@ -322,10 +322,11 @@ def test_a_full_batch_wakes_the_flusher_early(spool_path: Path, collector: Any) 
     spooler = make(spool_path, collector, batch_size=40, heartbeat_delay=3600)
     for i in range(100):
         spooler.track("e", {"properties": {"i": i}})
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15  # a loaded machine delivers slowly, not less
     while time.monotonic() < deadline and len(collector.accepted_events()) < 80:
         time.sleep(0.05)
-    assert len(collector.accepted_events()) >= 80
+    batches = [(len(r.batch["events"]), r.answer.status) for r in collector.requests]
+    assert len(collector.accepted_events()) >= 80, batches
     spooler.close()
 
 
