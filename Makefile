@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/request.py
 	$(PY) bench/outage.py
 	$(PY) bench/peaks.py
+	$(PY) bench/concurrency.py
 
 # mypy resolves `sqreen` from a link tree shaped like the installed package, since the
 # editable install maps the folders to it through an import hook mypy cannot follow.
