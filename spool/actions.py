@@ -17,6 +17,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from heapq import heappop, heappush
+from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,8 @@ class Action:
     action: str
     action_id: str
     ip_cidr: tuple[str, ...] = ()
+    # The ranges of ip_cidr as (IP version, first address, last address), parsed once.
+    networks: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
     users: tuple[Mapping[str, str | int], ...] = ()
     url: str | None = None
     expires_at: float | None = None
@@ -114,9 +117,11 @@ def read_action(document: object, received_at: float, source: str = "collector")
         networks = parameters.get("ip_cidr")
         if not isinstance(networks, list) or not networks:
             raise Malformed(f"{action_id}: ip_cidr must be a non-empty list")
-        for network in networks:
-            parse_network(network, action_id)
-        return replace(found, ip_cidr=tuple(networks))
+        parsed = tuple(
+            (network.version, int(network.network_address), int(network.broadcast_address))
+            for network in (parse_network(text, action_id) for text in networks)
+        )
+        return replace(found, ip_cidr=tuple(networks), networks=parsed)
     users = parameters.get("users")
     if not isinstance(users, list) or not users:
         raise Malformed(f"{action_id}: users must be a non-empty list of identifier objects")
@@ -176,13 +181,15 @@ class _Table:
 
 def _table(ranges: Sequence[tuple[int, int, int, Action]]) -> _Table:
     """Flatten possibly overlapping ``(first, last, rank, action)`` ranges into disjoint ones,
-    each held by the covering action of lowest rank (a sweep over the ranges' edges)."""
+    each held by the covering action of lowest rank."""
+    by_start = sorted(ranges, key=lambda entry: entry[0])
+    if all(a[1] < b[0] for a, b in pairwise(by_start)):
+        return _disjoint(by_start)  # the usual list: no overlap, no sweep
     table = _Table()
     edges = sorted({first for first, _, _, _ in ranges} | {last + 1 for _, last, _, _ in ranges})
-    by_start = sorted(ranges, key=lambda entry: entry[0])
     active: list[tuple[int, int, int]] = []  # (rank, last, index into by_start)
     next_range = 0
-    for edge in edges:
+    for edge in edges:  # a sweep over the ranges' edges, the best covering one on a heap
         while next_range < len(by_start) and by_start[next_range][0] <= edge:
             _, last, rank, _ = by_start[next_range]
             heappush(active, (rank, last, next_range))
@@ -193,6 +200,19 @@ def _table(ranges: Sequence[tuple[int, int, int, Action]]) -> _Table:
         if not table.actions or table.actions[-1] is not holder:
             table.starts.append(edge)
             table.actions.append(holder)
+    return table
+
+
+def _disjoint(by_start: Sequence[tuple[int, int, int, Action]]) -> _Table:
+    table = _Table()
+    for first, last, _, action in by_start:
+        if not table.starts or table.starts[-1] != first:
+            table.starts.append(first)
+            table.actions.append(action)
+        else:  # the previous range ended just before this one: its gap marker is this start
+            table.actions[-1] = action
+        table.starts.append(last + 1)
+        table.actions.append(None)
     return table
 
 
@@ -209,11 +229,8 @@ class ActionSet:
             key=lambda pair: (not pair[1].blocks, pair[1].source != "operator", pair[0]),
         )
         for rank, (_, action) in enumerate(ranked):
-            for text in action.ip_cidr:
-                network = parse_network(text)
-                ranges[network.version].append(
-                    (int(network.network_address), int(network.broadcast_address), rank, action)
-                )
+            for version, first, last in action.networks:
+                ranges[version].append((first, last, rank, action))
             for user in action.users:
                 self._users.setdefault(user_key(user), action)
         self._tables = {version: _table(found) for version, found in ranges.items() if found}

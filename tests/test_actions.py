@@ -330,6 +330,17 @@ def test_overlapping_ranges_blocks_before_redirects() -> None:
     assert live.for_ip("10.1.2.3", now) is block
     assert live.for_ip("10.2.0.1", now) is redirect
     assert live.for_ip("11.0.0.1", now) is None
+    low, high = (read_action(block_ip(n, n), now) for n in ("10.0.0.0/25", "10.0.0.128/25"))
+    adjacent = ActionSet([high, low])  # disjoint, touching: no sweep needed
+    assert [adjacent.for_ip(f"10.0.0.{i}", now) for i in (0, 127, 128, 255)] == [
+        low,
+        low,
+        high,
+        high,
+    ]
+    assert (
+        adjacent.for_ip("10.0.1.0", now) is None and adjacent.for_ip("9.255.255.255", now) is None
+    )
 
 
 def test_starlette_blocks_users_and_ips(spool_path: Path, collector: Any) -> None:
