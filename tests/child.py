@@ -28,6 +28,26 @@ def track_forever(path: str) -> None:
             out.flush()
 
 
+def track_threads_forever(path: str, threads: str, durability: str) -> None:
+    """Track from ``threads`` threads until killed, writing each acknowledged event's tag to
+    stdout (in ``power`` mode the threads' calls share group commits)."""
+    spooler = sqreen.Spooler(path=path, durability=durability)
+    out = sys.stdout.buffer
+    printing = threading.Lock()
+
+    def work(t: int) -> None:
+        n = 0
+        while True:
+            n += 1
+            tag = f"{os.getpid()}-{t}-{n}"
+            if spooler.track("crash.test", {"properties": {"tag": tag}}):
+                with printing:
+                    out.write(tag.encode() + b"\n")
+                    out.flush()
+
+    in_threads(int(threads), work)
+
+
 def in_threads(threads: int, work: Callable[[int], None]) -> None:
     """Run ``work(t)`` in ``threads`` threads at once; return when all are done."""
     workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
@@ -142,5 +162,6 @@ if __name__ == "__main__":
         "track_and_exit": track_and_exit,
         "flush_forever": flush_forever,
         "track_outage": track_outage,
+        "track_threads_forever": track_threads_forever,
         "flush_once": flush_once,
     }[command](*arguments)

@@ -1,0 +1,123 @@
+"""Group commit in ``power`` mode: concurrent track() calls of one process share one
+transaction, and each returns True only once a commit holding its own event is done."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import sqreen
+
+from .conftest import integrity, run_child, stored_events
+
+THREADS = 8
+
+
+def tracking_threads(spooler: sqreen.Spooler, per_thread: int, pad: int = 0) -> dict[str, bool]:
+    """Each thread's tags and what track() said of them."""
+    said: dict[str, bool] = {}
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        for i in range(per_thread):
+            tag = f"{t}-{i}"
+            ok = spooler.track("group", {"properties": {"tag": tag, "pad": "x" * pad}})
+            with lock:
+                said[tag] = ok
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return said
+
+
+def test_threads_share_commits_and_every_event_is_stored_once(spool_path: Path) -> None:
+    spooler = sqreen.Spooler(path=spool_path, durability="power")
+    said = tracking_threads(spooler, 60)
+    spooler.close()
+    assert all(said.values()) and len(said) == THREADS * 60
+    tags = [e["properties"]["tag"] for e in stored_events(spool_path)]
+    assert sorted(tags) == sorted(said)
+    assert integrity(spool_path) == "ok"
+
+
+def test_a_failed_group_commit_is_false_for_every_caller_in_it(spool_path: Path) -> None:
+    spooler = sqreen.Spooler(path=spool_path, durability="power")
+    assert spooler.track("before")
+    writer = spooler._store._raw  # cap the file, as a full disk would
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count = {pages + 8}")
+    said = tracking_threads(spooler, 10, pad=3000)
+    failed = [tag for tag, ok in said.items() if not ok]
+    assert failed, "the disk never filled"
+    assert spooler.health().failures == {"disk_full": len(failed)}  # once per event
+    stored = {e["properties"]["tag"] for e in stored_events(spool_path) if e["name"] == "group"}
+    assert stored == {tag for tag, ok in said.items() if ok}  # never True for a lost event
+    writer.execute("PRAGMA max_page_count = 1073741823")
+    assert all(tracking_threads(spooler, 5).values())  # the cause gone, calls succeed
+    spooler.close()
+    assert integrity(spool_path) == "ok"
+
+
+def test_fork_while_threads_are_queued_in_a_group_commit(spool_path: Path) -> None:
+    spooler = sqreen.Spooler(path=spool_path, durability="power")
+    assert spooler.track("before")
+    stop = threading.Event()
+
+    def busy(t: int) -> None:
+        while not stop.is_set():
+            spooler.track("parent", {"properties": {"t": t}})
+
+    workers = [threading.Thread(target=busy, args=(t,)) for t in range(THREADS)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.3)  # commits in flight, calls queued behind them
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = (
+                0 if all(spooler.track("child", {"properties": {"i": i}}) for i in range(50)) else 2
+            )
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    spooler.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [e["name"] for e in stored_events(spool_path)].count("child") == 50
+    assert integrity(spool_path) == "ok"
+
+
+def test_sigkill_during_group_commits_loses_no_acknowledged_event(spool_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
+    acknowledged: list[str] = []
+    for _ in range(8):
+        children = [
+            run_child(
+                "track_threads_forever", str(spool_path), "4", "power", stdout=subprocess.PIPE
+            )
+            for _ in range(2)
+        ]
+        time.sleep(rng.uniform(1.0, 2.0))  # past start-up (imports, opening), then anywhere
+        for child in children:
+            os.kill(child.pid, signal.SIGKILL)
+        for child in children:
+            assert child.stdout is not None
+            output = child.stdout.read()
+            child.wait()
+            acknowledged += [line.decode() for line in output.split(b"\n")[:-1]]
+    assert len(acknowledged) > 100, "the children hardly tracked anything"
+    assert integrity(spool_path) == "ok"
+    tags = [e["properties"]["tag"] for e in stored_events(spool_path)]
+    assert len(tags) == len(set(tags)), "an event was stored twice"
+    assert set(acknowledged) <= set(tags)
