@@ -48,8 +48,14 @@ class Enforcer:
         # A lock held by one of the parent's threads would stay held in the child, and the
         # parent's sqlite3 connection must not be used here: a child starts afresh.
         self._lock = threading.Lock()
+        self._forget_parent()
+        self._next_look = 0.0
+
+    def _forget_parent(self) -> None:
+        """Drop what belongs to the process this one was forked from: its connection, and the
+        versions seen through it (the next look reloads)."""
         self._conn, self._pid = None, os.getpid()
-        self.invalidate()
+        self._version = self._data_version = None
 
     def current(self) -> ActionSet:
         """The live actions: one clock read per call, a look at the spool once a second."""
@@ -72,10 +78,8 @@ class Enforcer:
             return  # another thread is looking: this request uses the set it has
         try:
             self._next_look = time.monotonic() + self._refresh_every
-            if self._pid != os.getpid():  # a forked child opens its own connection
-                self._conn, self._pid = None, os.getpid()
-                self.invalidate()
-                self._next_look = time.monotonic() + self._refresh_every
+            if self._pid != os.getpid():  # forked without the at-fork hooks (uWSGI forks in C)
+                self._forget_parent()
             self._look()
         except sqlite3.Error as exc:
             # The spool may be missing, locked or older than the actions table: keep the set
