@@ -1,12 +1,24 @@
-"""A lock shared by every thread and process on the host: an exclusive ``flock`` on a file
-beside the spool, taken by whoever checkpoints it (see :meth:`sqreen.store.Store.checkpoint`).
+"""Locks shared by every thread and process on the host: exclusive ``flock``\\ s on files beside
+the spool.
 
-SQLite lets one checkpoint run at a time and makes the others fail or wait with its sleeping
-busy handler. When a burst from several processes takes the spool to its size bound, each of
-them finds it there at once: without this lock their checkpoints collide (each needs every
-other one out of the way) while their inserts go on. With it, one process relieves the spool
-and the others wait for it, then find it relieved; a routine checkpoint that finds the lock
-taken is simply skipped, since another one is running.
+Two of them, with two jobs:
+
+- :class:`FileLock` (``<spool>-lock``), taken by whoever checkpoints (see
+  :meth:`sqreen.store.Store.checkpoint`). SQLite lets one checkpoint run at a time and makes the
+  others fail or wait with its sleeping busy handler. When a burst from several processes takes
+  the spool to its size bound, each of them finds it there at once: without this lock their
+  checkpoints collide while their inserts go on. With it, one process relieves the spool and the
+  others wait for it, then find it relieved; a routine checkpoint that finds the lock taken is
+  simply skipped, since another one is running.
+- :class:`Turn` (``<spool>-turn``), the writers' queue: every write transaction of every process
+  takes it first, so that a writer waits for the one ahead of it by polling a lock the kernel
+  frees the moment its holder is done (or dies), a few hundred microseconds at most, where
+  SQLite's busy handler sleeps for milliseconds, growing to tens of them, whether or not the
+  write lock was freed meanwhile.
+
+Waits are bounded: the kernel has no timed ``flock``, so a contended lock is polled. A holder that
+crashes releases its lock with its last descriptor; one that is stopped (SIGSTOP) keeps it, and
+the others give up after their timeout.
 """
 
 from __future__ import annotations
@@ -19,22 +31,66 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .failures import GateTimeout
+
 _opening = threading.Lock()
 # A thread of the parent may have held it at fork(): the child's first use must not wait for it.
 os.register_at_fork(after_in_child=lambda: globals().update(_opening=threading.Lock()))
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-# The kernel has no timed flock: a contended lock is polled, briefly at first.
-_FIRST_WAIT, _LONGEST_WAIT = 0.0001, 0.005
+
+
+class _LockFile:
+    """A lock file opened by this process (a child after ``fork()`` would otherwise share its
+    parent's open file, and so its lock), and the poll that waits for it."""
+
+    def __init__(self, path: Path, first_wait: float, longest_wait: float) -> None:
+        self.path = path
+        self.fd = -1
+        self._pid = 0
+        self._waits = first_wait, longest_wait
+
+    def opened(self) -> bool:
+        """Open the file if this process has not yet; True if it did."""
+        if self._pid == os.getpid():
+            return False
+        with _opening:  # two threads' first use at once must open it once
+            if self._pid == os.getpid():
+                return False
+            # A parent's descriptor is left open in its child: closing it is the parent's.
+            self.fd, self._pid = os.open(self.path, _FLAGS, 0o600), os.getpid()
+            return True
+
+    def lock(self, deadline: float) -> bool:
+        """Take the lock, polling until ``deadline`` (monotonic); False if it stayed taken."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        wait, longest = self._waits
+        while True:
+            time.sleep(wait)  # the first, 0, only yields: the holder may be about to finish
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+            wait = min(wait * 2 or longest / 8, longest)
+
+    def reopen(self) -> None:
+        """Open the file anew (it was deleted, with the spool): closing the old descriptor
+        releases a lock held on it."""
+        if self.fd >= 0 and self._pid == os.getpid():
+            os.close(self.fd)
+        self.fd = os.open(self.path, _FLAGS, 0o600)
 
 
 class FileLock:
-    """An exclusive, reentrant lock on ``path``. Each process opens the file itself: a child
-    after ``fork()`` would otherwise share its parent's open file, and so its lock."""
+    """An exclusive, reentrant lock on ``path`` for any thread."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pid = 0
-        self._fd = -1
+        self._file = _LockFile(path, 0.0001, 0.005)
         self._reset()
 
     def _reset(self) -> None:
@@ -45,50 +101,72 @@ class FileLock:
     def held(self, timeout: float) -> Iterator[bool]:
         """Hold the lock while the block runs, waiting at most ``timeout`` seconds for it;
         yields False (not holding it) when it could not be had in time."""
-        if self._pid != os.getpid():
-            with _opening:  # two threads' first use at once must open it once
-                if self._pid != os.getpid():
-                    self._open()
+        if self._file.opened():
+            self._reset()
         threads, deadline = self._threads, time.monotonic() + timeout
         if not threads.acquire(timeout=timeout):
             yield False
             return
         try:
-            if self._depth == 0 and not self._flock(deadline):
+            if self._depth == 0 and not self._file.lock(deadline):
                 yield False
                 return
             self._depth += 1
-            fd = self._fd
+            fd = self._file.fd
             try:
                 yield True
             finally:
                 self._depth -= 1
-                if self._depth == 0 and self._fd == fd:  # else reset() closed it, unlocking it
+                if self._depth == 0 and self._file.fd == fd:  # else reset() closed it
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             threads.release()
-
-    def _flock(self, deadline: float) -> bool:
-        wait = _FIRST_WAIT
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-            time.sleep(wait)
-            wait = min(wait * 2, _LONGEST_WAIT)
 
     def reset(self) -> None:
         """Open the file anew (it was deleted, with the spool). The holder may call it inside
         :meth:`held`: closing the old file releases its lock, and the next holder locks the
         new one."""
-        if self._fd >= 0 and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = os.open(self.path, _FLAGS, 0o600)
+        self._file.reopen()
 
-    def _open(self) -> None:
-        # A parent's descriptor is left open in its child: closing it is the parent's business.
-        self._fd, self._pid = os.open(self.path, _FLAGS, 0o600), os.getpid()
-        self._reset()
+
+class Turn:
+    """The writers' queue of one spool: the caller of :meth:`take` and :meth:`give` holds the
+    store's gate, which queues this process's threads, so it needs no thread lock; it counts
+    nested takes (a write inside a write) so that only the outermost gives the turn away.
+
+    Kept lean, for the hot path: an uncontended take and give are one system call each."""
+
+    def __init__(self, path: Path) -> None:
+        # Polled every 200 µs at most: a commit holds it for tens of microseconds.
+        self._file = _LockFile(path, 0.0, 0.0002)
+        self._depth = 0
+
+    def open(self) -> None:
+        """Open the lock file in this process, if it has not yet: before the first take, and
+        again in a child after ``fork()`` (the store does it when it opens the spool)."""
+        self._file.opened()
+
+    def take(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the turn; raise GateTimeout when it stays
+        with another writer (a process stopped while holding it)."""
+        # No write is in progress at fork() (the store holds its gate then): a child starts at
+        # depth 0.
+        if self._depth == 0:
+            try:
+                fcntl.flock(self._file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not self._file.lock(time.monotonic() + timeout):
+                    raise GateTimeout(
+                        f"another process held the spool's writers' turn for over {timeout} s"
+                    ) from None
+        self._depth += 1
+
+    def give(self) -> None:
+        """End a :meth:`take`."""
+        self._depth -= 1
+        if self._depth == 0:
+            fcntl.flock(self._file.fd, fcntl.LOCK_UN)
+
+    def reset(self) -> None:
+        """Open the file anew; see :meth:`FileLock.reset`."""
+        self._file.reopen()

@@ -1,7 +1,8 @@
 """The spool's files on disk: made safely, measured, moved aside, read without writing.
 
 The spool is ``<path>`` with SQLite's ``<path>-wal`` and ``<path>-shm`` beside it, and the
-checkpointer's lock file ``<path>-lock`` (see :mod:`sqreen.filelock`).
+checkpointer's and the writers' lock files ``<path>-lock`` and ``<path>-turn`` (see
+:mod:`sqreen.filelock`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .errors import UnsafeSpool
 
 WAL = "-wal"
 LOCK = "-lock"
+TURN = "-turn"
 
 
 def identity(path: Path) -> tuple[int, int] | None:

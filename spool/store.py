@@ -32,8 +32,8 @@ from . import schema
 from .config import Settings
 from .event import Event
 from .failures import CORRUPT_CODES, GateTimeout, sqlite_code
-from .filelock import FileLock
-from .files import LOCK, WAL, file_bytes, identity, prepare_path, quarantine, size_of
+from .filelock import FileLock, Turn
+from .files import LOCK, TURN, WAL, file_bytes, identity, prepare_path, quarantine, size_of
 from .group import Group
 from .revision import ensure_schema, read_revision
 
@@ -98,6 +98,9 @@ class Store:
         self._writer: PoolProxiedConnection | None = None
         self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
         self.checkpointer = FileLock(Path(f"{self.path}{LOCK}"))
+        # Every write transaction of every process on the host takes it first, under the gate
+        # (see sqreen.filelock.Turn): writers then queue without SQLite's sleeping busy handler.
+        self.turn = Turn(Path(f"{self.path}{TURN}"))
         self._identity: tuple[int, int] | None = None  # the opened file's (device, inode)
         # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
         self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 16)
@@ -137,16 +140,19 @@ class Store:
             self._look()
         if self._grouped:
             return self._group.insert(event, self._commit_many, self.settings.lock_timeout)
-        lock = self._lock
+        lock, turn = self._lock, self.turn
         self._acquire(lock)  # by hand: a context manager would cost 2 µs of this call
         try:
             raw = self._writer_connection()
+            turn.take(self.settings.lock_timeout)
             try:
                 raw.execute(_INSERT, (event.id, event.name, time.time(), event.payload))
             except sqlite3.DatabaseError as exc:
                 if sqlite_code(exc) in CORRUPT_CODES:
                     self._close_locked()  # the next call reopens, and quarantines the file
                 raise
+            finally:
+                turn.give()
             self.inserted += 1
             return self.inserted >= self.wake_at
         finally:
@@ -155,12 +161,13 @@ class Store:
     def _commit_many(self, take: Callable[[], Sequence[Event]], shared: bool) -> bool:
         """One transaction for a group's events: the hot path's, shared. By hand, as
         insert() is: context managers would cost a lone caller a tenth of its call."""
-        lock = self._lock
+        lock, turn = self._lock, self.turn
         self._acquire(lock)
         try:
             raw = self._writer_connection()
-            raw.execute("BEGIN IMMEDIATE")
+            turn.take(self.settings.lock_timeout)
             try:
+                raw.execute("BEGIN IMMEDIATE")
                 if shared:
                     # The threads that the previous commit just released are about to queue
                     # their next events: one switch lets them join this commit, not the next.
@@ -175,6 +182,8 @@ class Store:
                 if isinstance(exc, sqlite3.DatabaseError) and sqlite_code(exc) in CORRUPT_CODES:
                     self._close_locked()  # the next call reopens, and quarantines the file
                 raise
+            finally:
+                turn.give()
             self.inserted += len(events)
             return self.inserted >= self.wake_at
         finally:
@@ -188,14 +197,15 @@ class Store:
         move a thousand rows pay for no pool checkout and no SQLAlchemy result rows."""
         with self._gate():
             raw = self._writer_connection()
-            raw.execute("BEGIN IMMEDIATE")
-            try:
-                yield raw
-            except BaseException:
-                if raw.in_transaction:  # SQLite may have rolled back already (disk full)
-                    raw.execute("ROLLBACK")
-                raise
-            raw.execute("COMMIT")
+            with self._turn():
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield raw
+                except BaseException:
+                    if raw.in_transaction:  # SQLite may have rolled back already (disk full)
+                        raw.execute("ROLLBACK")
+                    raise
+                raw.execute("COMMIT")
 
     def _look(self) -> None:
         """Keep the bound under a burst that the maintenance thread cannot keep up with.
@@ -303,12 +313,12 @@ class Store:
         """Copy all of the WAL and empty its file (the size bound counts it), holding the
         inserts off; True when it was done.
 
-        This needs SQLite's write lock: holding the gate hands it over at once within this
-        process, where SQLite's busy handler would sleep and lose races to the inserts. It
+        This needs SQLite's write lock: holding the gate and the writers' turn hands it over at
+        once, where SQLite's busy handler would sleep and lose races to the inserts. It
         also waits for readers to leave the WAL, and the inserts wait with it: only briefly, so
         that a reader holding a snapshot (another process) delays the start-over instead.
         """
-        with self._gate():
+        with self._gate(), self._turn():
             connection.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}").close()
             try:
                 busy, _frames, _copied = connection.execute(
@@ -375,7 +385,8 @@ class Store:
             rows = self._writer_connection().execute(_PENDING_ROWS).fetchall()
             self._close_locked()
             self._writer_connection()  # a fresh spool at the path, its directory made again
-            self.checkpointer.reset()  # its file went with the spool's
+            self.checkpointer.reset()  # their files went with the spool's
+            self.turn.reset()
             with self.write() as conn:  # their own enqueued_at: max_age still counts from it
                 conn.executemany(_INSERT, rows)
         return len(rows)
@@ -389,6 +400,15 @@ class Store:
 
     def _gate(self) -> contextlib.AbstractContextManager[None]:
         return self._held(self._lock)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The writers' turn, for a caller holding the gate."""
+        self.turn.take(self.settings.lock_timeout)
+        try:
+            yield
+        finally:
+            self.turn.give()
 
     @contextlib.contextmanager
     def _held(self, lock: threading.RLock) -> Iterator[None]:
@@ -436,6 +456,7 @@ class Store:
         if self._writer is None:
             self._writer = self._engine.raw_connection()
             self._raw = self._writer.driver_connection
+        self.turn.open()  # before any write: the store's writes take it without looking
         return self._raw
 
     def _open_engine(self) -> Engine:

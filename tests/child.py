@@ -87,6 +87,15 @@ def hold_lock(path: str, seconds: str) -> None:
     conn.execute("ROLLBACK")
 
 
+def hold_turn(path: str) -> None:
+    """Hold the spool's writers' turn (inside a write transaction) until killed; say 'held'."""
+    spooler = sqreen.Spooler(path=path)
+    assert spooler.track("turn.holder")
+    with spooler._store.write():
+        print("held", flush=True)
+        time.sleep(3600)
+
+
 def check_imports(path: str) -> None:
     """Open an existing, current spool and report whether Alembic got imported."""
     spooler = sqreen.Spooler(path=path)
@@ -118,11 +127,14 @@ def flush_forever(path: str, url: str) -> None:
         time.sleep(0.01)
 
 
-def track_outage(path: str, url: str, max_bytes: str, threads: str, count: str) -> None:
+def track_outage(
+    path: str, url: str, max_bytes: str, threads: str, count: str, durability: str = "process"
+) -> None:
     """Track ``count`` ~1 KiB events from ``threads`` threads as fast as they go into a spool
     bounded at ``max_bytes`` whose collector is unreachable; print how many were acknowledged."""
     spooler = sqreen.Spooler(
         path=path,
+        durability=durability,
         url=url,
         max_bytes=int(max_bytes),
         heartbeat_delay=0.5,
@@ -163,5 +175,6 @@ if __name__ == "__main__":
         "flush_forever": flush_forever,
         "track_outage": track_outage,
         "track_threads_forever": track_threads_forever,
+        "hold_turn": hold_turn,
         "flush_once": flush_once,
     }[command](*arguments)

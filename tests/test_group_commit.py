@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import sqreen
 
 from .conftest import integrity, run_child, stored_events
@@ -98,13 +100,18 @@ def test_fork_while_threads_are_queued_in_a_group_commit(spool_path: Path) -> No
     assert integrity(spool_path) == "ok"
 
 
-def test_sigkill_during_group_commits_loses_no_acknowledged_event(spool_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["power", "process"])
+def test_sigkill_during_group_commits_loses_no_acknowledged_event(
+    spool_path: Path, durability: str
+) -> None:
+    """Threads x processes, killed at random moments: inside a group commit (``power``), or
+    holding the writers' turn (both modes), which the kernel then frees."""
     rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
     acknowledged: list[str] = []
     for _ in range(8):
         children = [
             run_child(
-                "track_threads_forever", str(spool_path), "4", "power", stdout=subprocess.PIPE
+                "track_threads_forever", str(spool_path), "4", durability, stdout=subprocess.PIPE
             )
             for _ in range(2)
         ]
