@@ -121,6 +121,7 @@ def flush(
         started = time.monotonic()
         with _progress(pending) as progress:
             result = flusher.flush(timeout, ignore_backoff=True, progress=progress)
+        flusher.close()
         store.close()
     elapsed = time.monotonic() - started
     typer.echo(

@@ -6,6 +6,8 @@ the library reads them, so memory does not grow with the spool.
 
 from __future__ import annotations
 
+import sys
+
 from itertools import islice
 from typing import Annotated, Any
 
@@ -103,15 +105,24 @@ def list_events(
 
 
 @app.command("event")
-def show_event(ctx: typer.Context, event_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """One event, as pretty JSON."""
+def show_event(
+    ctx: typer.Context,
+    event_id: Annotated[str, typer.Argument(metavar="ID")],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The stored JSON byte for byte, as it is delivered.")
+    ] = False,
+) -> None:
+    """One event, as pretty JSON with its delivery state."""
     context: Context = ctx.obj
     settings = context.settings()
     with context.reader(settings) as engine:
-        record = report.find(engine, event_id)
-    if record is None:
+        found = report.stored_bytes(engine, event_id) if raw else report.find(engine, event_id)
+    if found is None:
         fail(f"no event with id {event_id} in {settings.path}")
-    typer.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+    if isinstance(found, bytes):
+        sys.stdout.buffer.write(found + b"\n")
+        return
+    typer.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
 
 
 def _table(records: list[dict[str, Any]], show_header: bool) -> Table:

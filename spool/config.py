@@ -20,6 +20,7 @@ DURABILITY_LEVELS = ("process", "power")
 
 DEFAULT_DURABILITY = "process"
 DEFAULT_LOCK_TIMEOUT = 5.0
+DEFAULT_NATS_SUBJECT = "sqreen.events"
 DEFAULT_STRICT = False
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_HEARTBEAT_DELAY = 60.0
@@ -99,20 +100,55 @@ def parse_count(value: object) -> int:
     return count
 
 
+NATS_SCHEMES = ("nats", "tls")
+
+
 def parse_url(value: object) -> str | None:
+    """A collector's http(s):// URL, or NATS servers: ``nats://`` or ``tls://`` URLs,
+    comma-separated."""
     if not isinstance(value, str):
         raise TypeError("expected a URL")
     url = value.strip()
     if not url:
         return None  # SQREEN_URL= (empty) means unset
+    if is_nats(url):
+        servers = nats_servers(url)
+        if not all(urlsplit(s).scheme in NATS_SCHEMES and urlsplit(s).hostname for s in servers):
+            raise ValueError("expected nats:// or tls:// URLs with a host, comma-separated")
+        return ",".join(servers)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL with a host")
+        raise ValueError("expected an http:// or https:// URL with a host, or nats:// servers")
     return url
+
+
+def is_nats(url: str) -> bool:
+    """Whether the URL names NATS servers (the JetStream sink) rather than an HTTP collector."""
+    return url.partition("://")[0].lower() in NATS_SCHEMES
+
+
+def nats_servers(url: str) -> list[str]:
+    """The servers of a comma-separated list of NATS URLs."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
+def parse_subject(value: object) -> str:
+    """A NATS subject to publish on: dot-separated tokens, no wildcards or white space."""
+    subject = str(value).strip()
+    if not re.fullmatch(r"[^.*>\s]+(\.[^.*>\s]+)*", subject):
+        raise ValueError("expected a NATS subject such as sqreen.events (no wildcards)")
+    return subject
+
+
+def parse_optional_path(value: object) -> Path | None:
+    """A file path; empty means none."""
+    return parse_path(value) if str(value).strip() else None
 
 
 def mask_url(url: str) -> str:
     """The URL with any password and credential-like query values replaced by ``***``."""
+    if is_nats(url) and "," in url:
+        return ",".join(mask_url(server) for server in nats_servers(url))
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
@@ -207,6 +243,13 @@ class Settings:
     url: str | None = _setting("SQREEN_URL", parse_url, None)
     token: str | None = _setting("SQREEN_TOKEN", parse_token, None, repr=False)  # never logged
     allow_insecure_http: bool = _setting("SQREEN_SPOOL_ALLOW_INSECURE_HTTP", parse_bool, False)
+    # The JetStream sink (SQREEN_URL=nats://...): the subject events are published on (drop
+    # reports on <subject>.dropped), a credentials file, and whether a missing stream may be made.
+    nats_subject: str = _setting("SQREEN_SPOOL_NATS_SUBJECT", parse_subject, DEFAULT_NATS_SUBJECT)
+    nats_credentials: Path | None = _setting(
+        "SQREEN_SPOOL_NATS_CREDENTIALS", parse_optional_path, None
+    )
+    nats_create_stream: bool = _setting("SQREEN_SPOOL_NATS_CREATE_STREAM", parse_bool, False)
     heartbeat_delay: float = _setting(
         "SQREEN_HEARTBEAT_DELAY", parse_seconds, DEFAULT_HEARTBEAT_DELAY
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import (
     RetryCallState,
@@ -24,7 +24,7 @@ from tenacity import (
 )
 
 from .action_store import COLLECTOR, read_actions, replace_collector_actions
-from .config import Settings
+from .config import Settings, is_nats
 from .event import new_id
 from .health import Health
 from .outbox import Batch, Outbox, owner_name
@@ -57,19 +57,41 @@ class FlushResult:
         )
 
 
+class Sink(Protocol):
+    """Where batches go: an HTTP collector (:class:`Transport`) or NATS JetStream."""
+
+    url: str
+
+    def post(
+        self,
+        batch_id: str,
+        ids: Sequence[str],
+        payloads: Sequence[bytes],
+        dropped: Mapping[str, int],
+        timeout: float | None = None,
+    ) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
 def connect(settings: Settings, outbox: Outbox, health: Health) -> Flusher | None:
     """A flusher to ``settings.url``, or None when no collector is configured."""
     if settings.url is None:
         return None
     from . import __version__
 
-    return Flusher(outbox, settings, Transport(settings, f"sqreen-spool/{__version__}"), health)
+    agent = f"sqreen-spool/{__version__}"
+    if is_nats(settings.url):
+        from .jetstream import JetStreamSink  # nats-py only for a nats:// URL
+
+        return Flusher(outbox, settings, JetStreamSink(settings, agent), health)
+    return Flusher(outbox, settings, Transport(settings, agent), health)
 
 
 class Flusher:
     """Drains one spool to its collector."""
 
-    def __init__(self, outbox: Outbox, settings: Settings, transport: Transport, health: Health):
+    def __init__(self, outbox: Outbox, settings: Settings, transport: Sink, health: Health):
         self._outbox = outbox
         self._settings = settings
         self._transport = transport
@@ -127,6 +149,10 @@ class Flusher:
                 self._outbox.release(owner)
         return total + FlushResult(pending=self._outbox.store.count_pending())
 
+    def close(self) -> None:
+        """Close the sink's connection (at exit)."""
+        self._transport.close()
+
     def interrupt(self) -> None:
         """Cut short any retry wait in progress (at shutdown)."""
         self._interrupt.set()
@@ -147,15 +173,22 @@ class Flusher:
             "error": None if reply.ok else reply.describe(),
         }
         if reply.ok:
-            named = reply.rejected
-            pairs = zip(batch.seqs, batch.ids, strict=True)
+            named, unsettled = reply.rejected, reply.unsettled
+            pairs = list(zip(batch.seqs, batch.ids, strict=True))
             refused = {seq: named[i] for seq, i in pairs if i in named} if named else {}
-            accepted = [s for s in batch.seqs if s not in refused] if refused else batch.seqs
+            waiting = [seq for seq, i in pairs if i in unsettled] if unsettled else []
+            accepted = batch.seqs
+            if refused or waiting:
+                accepted = [s for s in batch.seqs if s not in refused and s not in waiting]
             keep = self._settings.keep_delivered > 0
             self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
             if reply.actions is not None:
                 self._store_actions(reply.actions, now)
-            return FlushResult(delivered=len(accepted), rejected=len(refused))
+            if waiting:  # no acknowledgement came back for these: they are retried later
+                why = f"{len(waiting)} of {len(batch)} events unacknowledged: {reply.error}"
+                self._health.record("collector_unavailable", why, "delivery")
+                self._outbox.failed(waiting, why, now, 0.0, {**attempt, "outcome": "partial"})
+            return FlushResult(delivered=len(accepted), rejected=len(refused), failed=len(waiting))
         if reply.status in SPLIT_STATUSES | BISECT_STATUSES:
             if len(batch) == 1:
                 self._outbox.settle((), now, False, {}, {batch.seqs[0]: reply.describe()}, attempt)
@@ -189,7 +222,8 @@ class Flusher:
             return reply.retry_after if reply.retry_after is not None else self._retry_wait(state)
 
         def attempt() -> Reply:
-            return self._transport.post(batch_id, payloads, dropped, until - time.monotonic())
+            remaining = until - time.monotonic()
+            return self._transport.post(batch_id, batch.ids, payloads, dropped, remaining)
 
         retrying = Retrying(
             retry=retry_if_result(lambda reply: reply.retryable),

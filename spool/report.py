@@ -151,6 +151,14 @@ def find(engine: Engine, event_id: str) -> dict[str, Any] | None:
     return next(events(engine, Selection.of("all", ids=[event_id]), limit=1), None)
 
 
+def stored_bytes(engine: Engine, event_id: str) -> bytes | None:
+    """One event's stored JSON, byte for byte what a sink sends (a POST's ``events`` item, a
+    JetStream message's body)."""
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql("SELECT payload FROM events WHERE id = ?", (event_id,)).first()
+    return None if row is None else bytes(row[0])
+
+
 def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 

@@ -269,6 +269,8 @@ class Spooler:
             result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
         with contextlib.suppress(*STORAGE_ERRORS):  # already counted and logged
             self._save_health()
+        if self._flusher is not None:
+            self._flusher.close()
         self.enforcer.close()
         self._store.close()
         return result

@@ -57,6 +57,9 @@ class Reply:
     rejected: Mapping[str, str] = field(default_factory=dict)
     # The collector's complete list of security responses, when its answer carries one.
     actions: list[Any] | None = None
+    # Events of an answered batch that were not acknowledged (the JetStream sink: no PubAck
+    # came back for them): they stay pending, with the usual retry state.
+    unsettled: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -131,13 +134,15 @@ class Transport:
     def post(
         self,
         batch_id: str,
+        ids: Sequence[str],
         payloads: Sequence[bytes],
         dropped: Mapping[str, int],
         timeout: float | None = None,
     ) -> Reply:
         """POST one batch within ``timeout`` seconds at most; network trouble becomes a Reply.
 
-        Retries of a batch reuse its ``batch_id`` (the Idempotency-Key).
+        Retries of a batch reuse its ``batch_id`` (the Idempotency-Key). The events' ``ids``
+        are in their payloads already.
         """
         body = encode_batch(batch_id, payloads, dropped)
         headers = {"Idempotency-Key": batch_id}
@@ -293,9 +298,3 @@ def read_answer(content: bytes) -> tuple[dict[str, str], list[Any] | None]:
     except (TypeError, KeyError, AttributeError):
         rejected = {}
     return rejected, actions if isinstance(actions, list) else None
-    try:
-        document = orjson.loads(content)
-        items = document.get("rejected") or [] if isinstance(document, dict) else []
-        return {str(item["id"]): str(item.get("reason", "")) for item in items}
-    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
-        return {}

@@ -1,0 +1,248 @@
+"""Delivery into NATS JetStream (``SQREEN_URL=nats://...``): each event one message.
+
+A message's body is the stored event JSON as it is, with the headers ``Nats-Msg-Id: <event id>``
+(the stream drops an id published again within its duplicate window) and ``Sqreen-Batch-Id``.
+An event is settled only once its own PubAck came back, one flagged duplicate included; the
+others stay pending with the usual retry state. A message the stream refuses for good (larger
+than it allows) rejects that event only. A drop report is a message on ``<subject>.dropped``,
+acknowledged the same way before the batch's events are published.
+
+nats-py is asynchronous. It runs on a private event loop in a thread of this sink's own, never
+on the application's, started on first use and again in a child after ``fork()``, which opens
+its own connection. nats-py is an optional extra (``sqreen-spool[nats]``), imported only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import ssl
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from .config import Settings, mask_url, nats_servers
+from .errors import ConfigError
+from .transport import Reply
+
+log = logging.getLogger("sqreen.spool")
+
+# PubAcks awaited at once on the connection: enough to keep the server busy, bounded so that a
+# batch of thousands does not queue thousands of requests behind a slow stream.
+IN_FLIGHT = 256
+# The stream the sink makes, when allowed to (SQREEN_SPOOL_NATS_CREATE_STREAM) and none takes
+# the subject.
+STREAM = "SQREEN_EVENTS"
+# A failed connection is retried by the next delivery, not by nats-py in the background, while
+# an established one that drops is reconnected by nats-py, with its pending PubAcks timing out.
+RECONNECT_WAIT = 0.25
+# The threads' loops and connections of a parent, left alone in a child after fork().
+_inherited: list[object] = []
+
+
+class JetStreamSink:
+    """Publishes batches into the stream that takes ``settings.nats_subject``."""
+
+    def __init__(self, settings: Settings, user_agent: str) -> None:
+        try:
+            import nats  # noqa: F401  (imported now, in the caller's thread: see Transport)
+            import nats.js.errors  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "SQREEN_URL names NATS servers, which needs nats-py: "
+                "pip install 'sqreen-spool[nats]'"
+            ) from None
+        assert settings.url is not None
+        servers = nats_servers(settings.url)
+        self.url = ",".join(mask_url(server) for server in servers)
+        self._subject = settings.nats_subject
+        self._timeout = settings.http_timeout
+        self._create = settings.nats_create_stream
+        self._options: dict[str, Any] = {
+            "servers": servers,
+            "name": user_agent,
+            "connect_timeout": min(2.0, settings.http_timeout),
+            "reconnect_time_wait": RECONNECT_WAIT,
+            "max_reconnect_attempts": -1,
+            "error_cb": _quiet,  # failures are counted and logged by the flusher, once
+        }
+        if settings.token:
+            self._options["token"] = settings.token
+        if settings.nats_credentials is not None:
+            self._options["user_credentials"] = str(settings.nats_credentials)
+        if any(urlsplit(server).scheme == "tls" for server in servers):
+            self._options["tls"] = ssl.create_default_context()  # verified, like https
+        self._pid = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._starting = threading.Lock()
+        forget = weakref.WeakMethod(self._forget_parent)
+        os.register_at_fork(after_in_child=lambda: (m := forget()) and m())
+
+    def post(
+        self,
+        batch_id: str,
+        ids: Sequence[str],
+        payloads: Sequence[bytes],
+        dropped: Mapping[str, int],
+        timeout: float | None = None,
+    ) -> Reply:
+        """Publish one batch within ``timeout`` seconds at most; trouble becomes a Reply."""
+        budget = self._timeout if timeout is None else max(0.0, min(self._timeout, timeout))
+        work = self._publish(batch_id, ids, payloads, dropped, budget)
+        future = asyncio.run_coroutine_threadsafe(work, self._running_loop())
+        try:
+            return future.result(budget + 1.0)  # the coroutine keeps to budget by itself
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return Reply(None, f"timeout: no PubAcks within {budget:g} s")
+        except Exception as exc:  # the sink's any other failure is this batch's, not the loop's
+            log.warning("sqreen spool: publishing failed unexpectedly", exc_info=True)
+            return Reply(None, type(exc).__name__)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Close the connection and stop the loop's thread, waiting at most ``timeout``."""
+        loop = self._loop
+        if loop is None or self._pid != os.getpid():
+            return
+        if self._client is not None:
+            closing = asyncio.run_coroutine_threadsafe(self._client.close(), loop)
+            try:
+                closing.result(timeout)
+            except Exception:  # a server gone: the socket goes with the loop
+                closing.cancel()
+        loop.call_soon_threadsafe(loop.stop)
+        self._loop = self._client = None
+
+    # -- on the loop -----------------------------------------------------------------------------
+
+    async def _publish(
+        self,
+        batch_id: str,
+        ids: Sequence[str],
+        payloads: Sequence[bytes],
+        dropped: Mapping[str, int],
+        budget: float,
+    ) -> Reply:
+        from nats.errors import Error as NatsError
+
+        deadline = asyncio.get_running_loop().time() + budget
+        try:
+            js = await asyncio.wait_for(self._jetstream(), budget)
+        except (NatsError, OSError, asyncio.TimeoutError) as exc:
+            return Reply(None, f"NATS: no connection ({describe(exc)})")
+        if dropped:
+            report = orjson.dumps({"batch_id": batch_id, "dropped": dropped})
+            subject = f"{self._subject}.dropped"
+            failure = await _one(js, subject, f"{batch_id}.dropped", report, batch_id, deadline)
+            if failure is not None:
+                return await self._unpublished(js, failure, deadline)
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def each(event_id: str, body: bytes) -> tuple[str, str] | None:
+            async with gate:
+                return await _one(js, self._subject, event_id, body, batch_id, deadline)
+
+        outcomes = await asyncio.gather(*(each(i, p) for i, p in zip(ids, payloads, strict=True)))
+        failures = {i: f for i, f in zip(ids, outcomes, strict=True) if f is not None}
+        rejected = {i: why for i, (kind, why) in failures.items() if kind == "rejected"}
+        if len(failures) == len(ids) and not rejected:
+            return await self._unpublished(js, next(iter(failures.values())), deadline)
+        unsettled = frozenset(i for i in failures if i not in rejected)
+        return Reply(200, "", None, rejected, None, unsettled)
+
+    async def _jetstream(self) -> Any:
+        import nats
+
+        client = self._client
+        if client is None or client.is_closed:
+            client = self._client = await nats.connect(**self._options)
+        return client.jetstream(timeout=self._timeout)
+
+    async def _unpublished(self, js: Any, failure: tuple[str, str], deadline: float) -> Reply:
+        """The Reply for a batch none of whose messages was acknowledged."""
+        kind, why = failure
+        if kind != "no_stream":
+            return Reply(None, why)
+        from nats.js.errors import NotFoundError
+
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:  # nothing answered: no stream takes the subject, or its leader is being elected
+            await asyncio.wait_for(js.find_stream_name_by_subject(self._subject), remaining)
+        except NotFoundError:
+            if not self._create:
+                return Reply(
+                    404,
+                    f"no JetStream stream takes subject {self._subject!r} (create one, or set "
+                    "SQREEN_SPOOL_NATS_CREATE_STREAM=1)",
+                )
+            subjects = [self._subject, f"{self._subject}.>"]
+            await asyncio.wait_for(js.add_stream(name=STREAM, subjects=subjects), remaining)
+            log.warning("sqreen spool: created JetStream stream %s for %s", STREAM, subjects)
+            return Reply(None, f"created stream {STREAM}")  # retried at once
+        except Exception as exc:
+            return Reply(None, f"{why}; the stream did not answer ({describe(exc)})")
+        return Reply(None, f"{why}; the stream exists (a leader election?)")
+
+    # -- the loop's thread -----------------------------------------------------------------------
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._starting:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                name = "sqreen-spool:nats"
+                threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
+                self._loop, self._client, self._pid = loop, None, os.getpid()
+            return self._loop
+
+    def _forget_parent(self) -> None:
+        # The parent's loop has no thread here, and its socket is the parent's: neither is used
+        # nor closed; the child's first delivery starts its own.
+        _inherited.append((self._loop, self._client))
+        self._loop = self._client = None
+        self._starting = threading.Lock()
+
+
+async def _one(
+    js: Any, subject: str, msg_id: str, body: bytes, batch_id: str, deadline: float
+) -> tuple[str, str] | None:
+    """Publish one message and wait for its PubAck: None once acknowledged, else the failure:
+    ``("rejected", why)`` for good, ``("no_stream", why)``, or ``("unacked", why)``."""
+    from nats.errors import Error as NatsError
+    from nats.errors import MaxPayloadError, NoRespondersError
+    from nats.js.errors import APIError, NoStreamResponseError
+
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        return "unacked", "timeout: out of time before publishing"
+    headers = {"Nats-Msg-Id": msg_id, "Sqreen-Batch-Id": batch_id}
+    try:
+        await js.publish(subject, body, timeout=remaining, headers=headers)
+        return None
+    except MaxPayloadError:
+        return "rejected", f"NATS: {len(body)} bytes is over the server's max_payload"
+    except (NoRespondersError, NoStreamResponseError):
+        return "no_stream", f"NATS: no stream answered on {subject!r}"
+    except APIError as exc:
+        if exc.code == 400:  # the stream's own limits (max_msg_size): no retry will pass them
+            return "rejected", f"JetStream refused it: {exc.description}"
+        return "unacked", f"JetStream error {exc.code}: {exc.description}"
+    except (NatsError, asyncio.TimeoutError, OSError) as exc:
+        return "unacked", f"NATS: {describe(exc)}"
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's error callback: its default logs every failed reconnect at ERROR."""

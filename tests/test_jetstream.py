@@ -1,0 +1,206 @@
+"""The JetStream sink against real ``nats-server -js`` processes on loopback: every event once in
+the stream, byte for byte as stored, through crashes, a missing stream, refusals, and servers
+down or restarted."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sqreen
+
+from .conftest import run_child
+from .nats_servers import (
+    SUBJECT,
+    NatsServer,
+    add_stream,
+    events_in,
+    free_port,
+    stream_messages,
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NatsServer]:
+    running = NatsServer(tmp_path).start()
+    yield running
+    running.stop()
+
+
+def filled(path: Path, count: int, **settings: object) -> sqreen.Spooler:
+    """A spooler to ``path`` holding ``count`` events tagged 0..count-1, nothing delivered."""
+    spooler = sqreen.Spooler(path=path, heartbeat_delay=3600, **settings)  # type: ignore[arg-type]
+    for i in range(count):
+        assert spooler.track("nats.test", {"properties": {"tag": str(i)}})
+    return spooler
+
+
+def tags(url: str) -> Counter[str]:
+    return Counter(e["properties"]["tag"] for e in events_in(stream_messages(url)))
+
+
+def test_every_event_once_byte_identical_to_inspect(spool_path: Path, server: NatsServer) -> None:
+    add_stream(server.url)
+    spooler = filled(spool_path, 300, url=server.url, keep_delivered=3600)
+    assert spooler.flush(timeout=30).pending == 0  # the delivery thread may have sent a few
+    spooler.close()
+    messages = stream_messages(server.url)
+    assert len(messages) == 300
+    assert sorted(tags(server.url)) == sorted(str(i) for i in range(300))
+    for headers, body in random.sample(messages, 5):
+        event_id = headers["Nats-Msg-Id"]
+        assert headers["Sqreen-Batch-Id"]
+        shown = subprocess.run(
+            [str(Path(sys.executable).parent / "sqreen-spool"), "inspect", "event", event_id]
+            + ["--raw"],
+            env={**os.environ, "SQREEN_SPOOL_PATH": str(spool_path)},
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert shown == body + b"\n"
+
+
+def test_sigkill_in_the_middle_of_drains_stores_every_event_once(
+    spool_path: Path, server: NatsServer
+) -> None:
+    """The application tracks and its delivery thread drains, SIGKILLed at ten random moments
+    (between a PubAck and the settle, the event goes again: the stream drops it by its id)."""
+    add_stream(server.url)
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
+    env = {**os.environ, "SQREEN_URL": server.url, "SQREEN_HEARTBEAT_DELAY": "0.05"}
+    acknowledged: list[str] = []
+    for _ in range(10):
+        child = run_child("track_forever", str(spool_path), stdout=subprocess.PIPE, env=env)
+        time.sleep(rng.uniform(0.8, 1.6))
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.stdout is not None
+        acknowledged += [line.decode() for line in child.stdout.read().split(b"\n")[:-1]]
+        child.wait()
+    spooler = sqreen.Spooler(path=spool_path, url=server.url)
+    assert spooler.flush(timeout=60).pending == 0
+    spooler.close()
+    stored = Counter(e["properties"]["tag"] for e in events_in(stream_messages(server.url)))
+    assert len(acknowledged) > 200, "the children hardly tracked anything"
+    assert set(acknowledged) <= set(stored), "an acknowledged event is not in the stream"
+    assert max(stored.values()) == 1, "an event is in the stream twice"
+
+
+def test_a_missing_stream_is_a_configuration_error_until_it_exists(
+    spool_path: Path, server: NatsServer
+) -> None:
+    spooler = filled(spool_path, 20, url=server.url, retry_attempts=2)
+    result = spooler.flush(timeout=10)
+    assert (result.delivered, result.pending) == (0, 20)
+    assert "collector_config" in spooler.health().failures
+    assert "no JetStream stream takes subject" in str(spooler.health().last_error)
+    add_stream(server.url)
+    assert spooler.flush(timeout=10).pending == 0
+    spooler.close()
+    assert len(tags(server.url)) == 20
+
+
+def test_the_spooler_creates_the_stream_when_allowed(spool_path: Path, server: NatsServer) -> None:
+    spooler = filled(spool_path, 20, url=server.url, nats_create_stream=True)
+    assert spooler.flush(timeout=10).pending == 0
+    spooler.close()
+    assert len(tags(server.url)) == 20
+
+
+def test_a_message_over_the_streams_limit_rejects_that_event_only(
+    spool_path: Path, server: NatsServer
+) -> None:
+    add_stream(server.url, max_msg_size=4096)
+    spooler = filled(spool_path, 10, url=server.url)
+    assert spooler.track("nats.test", {"properties": {"tag": "big", "pad": "x" * 8000}})
+    result = spooler.flush(timeout=10)
+    assert (result.rejected, result.pending) == (1, 0)
+    spooler.close()
+    assert sorted(tags(server.url)) == sorted(str(i) for i in range(10))
+
+
+def test_the_server_down_at_start_then_up(spool_path: Path, tmp_path: Path) -> None:
+    server = NatsServer(tmp_path)
+    spooler = filled(spool_path, 50, url=server.url, retry_attempts=2, http_timeout=1)
+    started = time.monotonic()
+    result = spooler.flush(timeout=5)
+    assert time.monotonic() - started < 6
+    assert (result.delivered, result.pending) == (0, 50)
+    assert "collector_unavailable" in spooler.health().failures
+    server.start()
+    try:
+        add_stream(server.url)
+        assert spooler.flush(timeout=15).pending == 0
+        spooler.close()
+        assert len(tags(server.url)) == 50
+    finally:
+        server.stop()
+
+
+def test_a_server_restarted_mid_drain_loses_and_duplicates_nothing(
+    spool_path: Path, server: NatsServer
+) -> None:
+    add_stream(server.url)
+    spooler = filled(spool_path, 6000, url=server.url, batch_size=200, http_timeout=1)
+    results: list[sqreen.FlushResult] = []
+    drain = threading.Thread(target=lambda: results.append(spooler.flush(timeout=60)))
+    drain.start()
+    time.sleep(0.15)
+    server.stop(signal.SIGKILL)
+    server.start()
+    drain.join()
+    deadline = time.monotonic() + 60
+    while spooler.flush(timeout=10).pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+    spooler.close()
+    stored = tags(server.url)
+    assert sorted(stored) == sorted(str(i) for i in range(6000)), "an event is missing"
+    assert max(stored.values()) == 1, "an event is in the stream twice"
+
+
+def test_the_exit_flush_with_the_server_down_is_bounded(spool_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    child = run_child("track_and_exit", str(spool_path), url, "20", "1.5")
+    assert child.wait(30) == 0
+    # Start-up (imports) included: the exit flush itself gave up after its 1.5 s.
+    assert time.monotonic() - started < 1.5 + 4
+    assert sqreen.Spooler(path=spool_path).flush().pending == 20
+
+
+def test_nats_py_is_imported_only_for_a_nats_url(spool_path: Path) -> None:
+    code = f"""
+import sys, sqreen
+spooler = sqreen.Spooler(path={str(spool_path)!r}, url="http://127.0.0.1:9/")
+spooler.track("e")
+assert "nats" not in sys.modules, "an http:// spooler imported nats-py"
+sys.modules["nats"] = None  # as if the extra were not installed
+try:
+    sqreen.Spooler(path={str(spool_path)!r}, url="nats://127.0.0.1:4222")
+except sqreen.ConfigError as exc:
+    print(exc)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, text=True
+    ).stdout
+    assert "pip install 'sqreen-spool[nats]'" in out
+
+
+def test_subject_and_servers_are_settings(spool_path: Path) -> None:
+    settings = sqreen.Spooler(
+        path=spool_path, url=" nats://127.0.0.1:1, tls://127.0.0.1:2 ", nats_subject="app.ev"
+    ).settings
+    assert settings.url == "nats://127.0.0.1:1,tls://127.0.0.1:2"
+    assert settings.nats_subject == "app.ev"
+    with pytest.raises(sqreen.ConfigError):
+        sqreen.Spooler(path=spool_path, nats_subject="app.*")
+    assert SUBJECT == sqreen.Spooler(path=spool_path).settings.nats_subject
