@@ -4,21 +4,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench lint clean nats-server
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench,nats,collector]'
+	$(PY) -m pip install -q -e '.[test,bench,nats]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) nats-server
 	$(PY) -m pytest -q
+
+# The JetStream tests and bench run a real nats-server: Debian's package, installed when missing
+# (CI runs as root).
+nats-server:
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
+	  apt-get install -y -q nats-server >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nats-server >/dev/null 2>&1) || \
+	  { echo "make test needs nats-server: install Debian's nats-server package" \
+	    "(apt-get install nats-server, as root)" >&2; exit 1; }
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) nats-server
 	$(PY) bench/track.py
 	$(PY) bench/drain.py
 	$(PY) bench/import.py
@@ -26,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/outage.py
 	$(PY) bench/peaks.py
 	$(PY) bench/concurrency.py
+	$(PY) bench/jetstream.py
 
 # mypy resolves `sqreen` from a link tree shaped like the installed package, since the
 # editable install maps the folders to it through an import hook mypy cannot follow.

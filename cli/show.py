@@ -7,7 +7,6 @@ the library reads them, so memory does not grow with the spool.
 from __future__ import annotations
 
 import sys
-
 from itertools import islice
 from typing import Annotated, Any
 

@@ -51,7 +51,7 @@ class JetStreamSink:
 
     def __init__(self, settings: Settings, user_agent: str) -> None:
         try:
-            import nats  # noqa: F401  (imported now, in the caller's thread: see Transport)
+            import nats
             import nats.js.errors  # noqa: F401
         except ImportError:
             raise ConfigError(

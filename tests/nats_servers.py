@@ -17,7 +17,7 @@ import orjson
 
 T = TypeVar("T")
 SUBJECT = "sqreen.events"
-STREAM = "EVENTS"
+STREAM = "SQREEN_EVENTS"  # the name the sink gives a stream it creates
 
 
 def free_port() -> int:
