@@ -66,6 +66,36 @@ def ceiling(path: Path, port: int | None) -> float:
     return sent / (time.perf_counter() - started)
 
 
+class Copies:
+    """Fresh copies of one filled spool: each drain starts from the same events."""
+
+    def __init__(self, root: Path, events: int) -> None:
+        self.root, self.events = root, events
+        self.template = root / "template.db"
+        fill(self.template, events)
+
+    def fresh(self, name: str) -> Path:
+        path = self.root / f"{name}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(self.template, path)
+        return path
+
+    def drain(self, url: str) -> Callable[[Path], float]:
+        """Events/s of one sqreen flush() of a copy to ``url``, which must deliver them all."""
+
+        def rate(path: Path) -> float:
+            spooler = sqreen.Spooler(path=path, url=url, heartbeat_delay=3600)
+            started = time.perf_counter()
+            result = spooler.flush()
+            rate = result.delivered / (time.perf_counter() - started)
+            assert result.pending == 0 and result.delivered == self.events, result
+            spooler.close()
+            return rate
+
+        return rate
+
+
 def percentiles(samples: list[int]) -> tuple[float, float]:
     ordered = sorted(samples)
     return ordered[len(ordered) // 2] / 1e3, ordered[int(len(ordered) * 0.99)] / 1e3
@@ -91,29 +121,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        template = root / "template.db"
-        fill(template, args.events)  # once: each run drains a fresh copy of it
-
-        def fresh(name: str) -> Path:
-            path = root / f"{name}.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-            shutil.copyfile(template, path)
-            return path
-
-        def ours(path: Path) -> float:
-            spooler = sqreen.Spooler(path=path, url=url, heartbeat_delay=3600)
-            started = time.perf_counter()
-            result = spooler.flush()
-            rate = result.delivered / (time.perf_counter() - started)
-            assert result.pending == 0 and result.delivered == args.events, result
-            spooler.close()
-            return rate
-
+        copies = Copies(root, args.events)  # once: each run drains a fresh copy of it
+        fresh = copies.fresh
         contenders: dict[str, Callable[[Path], float]] = {
             "ceiling without HTTP": lambda path: ceiling(path, None),
             "ceiling": lambda path: ceiling(path, server.server_address[1]),
-            "sqreen flush()": ours,
+            "sqreen flush()": copies.drain(url),
         }
         runs: dict[str, list[float]] = {name: [] for name in contenders}
         for _ in range(args.rounds):  # interleaved, so that drift hits every contender alike

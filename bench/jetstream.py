@@ -7,7 +7,9 @@ file storage. The floor publishes the spool's stored messages (the same bodies, 
 ``Nats-Msg-Id`` headers) with the same number of PubAcks in flight, and nothing else: no
 reading, settling or deleting of rows. Each contender gets a fresh stream (a re-published id
 would only be flagged duplicate) and a fresh copy of one spool; rounds are interleaved.
-Target (fleet delivery issue): ``flush()`` into JetStream at >= 0.7x of the floor.
+Also: what one ``collect --forward`` process (one uvicorn worker) forwards into the stream,
+posted to by one application's ``flush()``. Target (fleet delivery issue): ``flush()`` into
+JetStream at >= 0.7x of the floor.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -26,13 +27,12 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from drain import Sink, ceiling, fill
+from drain import Copies, Sink, ceiling
 
-import sqreen
 from sqreen.jetstream import IN_FLIGHT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.nats_servers import STREAM, SUBJECT, NatsServer, add_stream, run
+from tests.nats_servers import STREAM, SUBJECT, Collector, NatsServer, add_stream, run
 
 
 def fresh_stream(url: str) -> None:
@@ -81,33 +81,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = NatsServer(root).start()
-        template = root / "template.db"
-        fill(template, args.events)
-
-        def fresh(name: str) -> Path:
-            path = root / f"{name}.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-            shutil.copyfile(template, path)
-            return path
-
-        def ours(url: str) -> Callable[[Path], float]:
-            def drain(path: Path) -> float:
-                spooler = sqreen.Spooler(path=path, url=url, heartbeat_delay=3600)
-                started = time.perf_counter()
-                result = spooler.flush()
-                rate = result.delivered / (time.perf_counter() - started)
-                assert result.pending == 0 and result.delivered == args.events, result
-                spooler.close()
-                return rate
-
-            return drain
-
+        tier = Collector(server.url)  # one process, one worker
+        copies = Copies(root, args.events)
         contenders: dict[str, tuple[Callable[[Path], float], bool]] = {
             f"raw nats-py, {IN_FLIGHT} in flight": (lambda p: raw_publish(p, server.url), True),
-            "sqreen flush(), JetStream": (ours(server.url), True),
+            "sqreen flush(), JetStream": (copies.drain(server.url), True),
+            "flush() to collect --forward": (copies.drain(tier.url), True),
             "raw HTTP drain (ceiling)": (lambda p: ceiling(p, http.server_address[1]), False),
-            "sqreen flush(), HTTP": (ours(http_url), False),
+            "sqreen flush(), HTTP": (copies.drain(http_url), False),
         }
         runs: dict[str, list[float]] = {name: [] for name in contenders}
         try:
@@ -115,8 +96,9 @@ def main() -> None:
                 for name, (contender, stream) in contenders.items():
                     if stream:
                         fresh_stream(server.url)
-                    runs[name].append(contender(fresh(name.split(",")[0])))
+                    runs[name].append(contender(copies.fresh(name.split(",")[0])))
         finally:
+            tier.stop()
             server.stop()
     best = {name: max(rates) for name, rates in runs.items()}
     print(f"JetStream and HTTP drains, {args.events} events, best of {args.rounds} rounds")
@@ -125,7 +107,8 @@ def main() -> None:
     names = list(best)
     print("ratios:")
     print(f"  JetStream: flush() / raw nats-py (>= 0.7): {best[names[1]] / best[names[0]]:.2f}")
-    print(f"  HTTP:      flush() / raw HTTP drain:       {best[names[3]] / best[names[2]]:.2f}")
+    print(f"  HTTP:      flush() / raw HTTP drain:       {best[names[4]] / best[names[3]]:.2f}")
+    print(f"  one collector process forwards {best[names[2]]:,.0f} events/s into the stream")
 
 
 if __name__ == "__main__":

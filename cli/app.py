@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any
 
-import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sqreen
 from sqreen import admin, report
-from sqreen.config import parse_duration
 from sqreen.flusher import FlushResult, connect
 from sqreen.health import Health
 from sqreen.importer import bounded_lines, import_lines
@@ -32,10 +28,8 @@ from sqreen.prune import preview, prune
 from sqreen.selection import Selection, status_choices
 from sqreen.store import Store
 
-from . import actions, show
-from .collect import Receiver, ReferenceCollector
+from . import actions, serving, show
 from .context import USAGE, Context, err, fail, plain
-from .playbook import Playbook, Rules
 
 app = typer.Typer(
     help="Inspect and operate a sqreen-spool event spool.",
@@ -308,94 +302,7 @@ def _invalid_summary(invalid: int) -> None:
     err.print(f"{invalid} invalid lines skipped{more}")
 
 
-def _received_id(line: bytes, out: Path, number: int) -> str:
-    """The event id of one line of ``--out``; exit with one line if it is not one."""
-    try:
-        event_id = orjson.loads(line)["id"]
-    except (orjson.JSONDecodeError, TypeError, KeyError):
-        event_id = None
-    if not isinstance(event_id, str):
-        fail(f"--out {out}: line {number} is not an event received earlier (JSON with an id)")
-    return event_id
-
-
-@app.command()
-def collect(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free).")] = 8750,
-    out: Annotated[
-        Path | None, typer.Option(help="Append each new event to this file as a JSON line.")
-    ] = None,
-    block_after: Annotated[
-        int | None,
-        typer.Option(min=1, help="Block a user after this many failed logins in --window."),
-    ] = None,
-    block_ip_after: Annotated[
-        int | None,
-        typer.Option(min=1, help="Block a client IP after this many failed logins in --window."),
-    ] = None,
-    window: Annotated[str, typer.Option(help="The playbook's window (30s, 10m, 1h).")] = "10m",
-    block_for: Annotated[
-        str, typer.Option(help="How long a playbook block lasts (10m, 1h; 0: until removed).")
-    ] = "1h",
-) -> None:
-    """Run a local reference collector: print each event received, deduplicated by id.
-
-    It accepts the documented wire format (gzip included) POSTed to any path, answers 400 with
-    a reason to malformed batches and rejects invalid events one by one. With --block-after or
-    --block-ip-after, a playbook blocks users or IPs after failed logins, through the actions
-    of its answers (kept beside --out, so that a restart keeps them). It exists to try the
-    loop; it is not a security product.
-    """
-    playbook = None
-    if block_after is not None or block_ip_after is not None:
-        try:
-            seconds, lasts = parse_duration(window), parse_duration(block_for)
-        except ValueError as exc:
-            fail(str(exc), USAGE)
-        rules = Rules(block_after, block_ip_after, seconds, lasts or None)
-        playbook = Playbook(
-            rules, None if out is None else out.with_name(out.name + ".actions.json")
-        )
-    seen: list[str] = []
-    try:
-        if out is not None and out.exists():
-            with out.open("rb") as previous:
-                for number, line in enumerate(previous, 1):
-                    if line.strip():
-                        seen.append(_received_id(line, out, number))
-        sink = out.open("ab") if out is not None else None
-    except OSError as exc:  # a directory, no permission, ...
-        fail(f"--out {out}: {exc.strerror or exc}", USAGE)
-
-    def received(event: dict[str, Any]) -> None:
-        properties = orjson.dumps(event.get("properties", {})).decode()
-        line = f"{event['timestamp']}  {event['name']}  {event['id']}  {properties}"
-        print(plain(line), flush=True)
-        if sink is not None:
-            sink.write(orjson.dumps(event) + b"\n")
-            sink.flush()
-
-    collector = ReferenceCollector(received, seen, playbook)
-    receiver = Receiver(collector, host, port)
-    try:
-        receiver.start()
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror}")
-    print(f"listening on {receiver.url}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        while not stop.wait(0.5):
-            pass
-    receiver.stop()
-    if sink is not None:
-        sink.close()
-    print(
-        f"received {collector.events} events in {collector.batches} batches "
-        f"({collector.duplicates} duplicates, {collector.rejected} rejected)",
-        flush=True,
-    )
+app.command()(serving.collect)
 
 
 def main() -> None:

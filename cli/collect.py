@@ -253,10 +253,7 @@ class ReferenceCollector:
                 self._on_event(event)
         answer: dict[str, Any] = {"accepted": len(new), "duplicates": len(accepted) - len(new)}
         if self._playbook is not None:  # the complete list of its actions, in every answer
-            now = time.time()
-            for event in new:
-                self._playbook.observe(event, now)
-            answer["actions"] = self._playbook.actions(now)
+            answer["actions"] = self._playbook.answer(new)
         if rejected:
             answer["rejected"] = [{"id": i, "reason": why} for i, why in rejected.items()]
         return Answer(200, orjson.dumps(answer))

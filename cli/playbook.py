@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -46,6 +47,14 @@ class Playbook:
             for item in orjson.loads(path.read_bytes()):
                 self._decided[item["action"]["action_id"]] = (item["action"], item["expires_at"])
             self._blocked = {_key(action) for action, _ in self._decided.values()}
+
+    def answer(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Observe the events a batch brought; the complete list of live actions, for the
+        batch's answer."""
+        now = time.time()
+        for event in events:
+            self.observe(event, now)
+        return self.actions(now)
 
     def observe(self, event: Mapping[str, Any], now: float) -> None:
         """Count a failed login; past a threshold, decide a block."""

@@ -46,11 +46,12 @@ RECONNECT_WAIT = 0.25
 _inherited: list[object] = []
 
 
-class JetStreamSink:
-    """Publishes batches into the stream that takes ``settings.nats_subject``."""
+class Publisher:
+    """Publishes batches into the stream that takes ``settings.nats_subject``, on the event loop
+    that awaits it: the sink's private one, or the collector tier's (``collect --forward``)."""
 
-    def __init__(self, settings: Settings, user_agent: str) -> None:
-        try:
+    def __init__(self, settings: Settings, name: str) -> None:
+        try:  # now, in the caller's thread (see Transport): not on the loop at first use
             import nats
             import nats.js.errors  # noqa: F401
         except ImportError:
@@ -61,12 +62,12 @@ class JetStreamSink:
         assert settings.url is not None
         servers = nats_servers(settings.url)
         self.url = ",".join(mask_url(server) for server in servers)
-        self._subject = settings.nats_subject
+        self.subject = settings.nats_subject
         self._timeout = settings.http_timeout
         self._create = settings.nats_create_stream
         self._options: dict[str, Any] = {
             "servers": servers,
-            "name": user_agent,
+            "name": name,
             "connect_timeout": min(2.0, settings.http_timeout),
             "reconnect_time_wait": RECONNECT_WAIT,
             "max_reconnect_attempts": -1,
@@ -78,9 +79,95 @@ class JetStreamSink:
             self._options["user_credentials"] = str(settings.nats_credentials)
         if any(urlsplit(server).scheme == "tls" for server in servers):
             self._options["tls"] = ssl.create_default_context()  # verified, like https
+        self.client: Any = None
+
+    async def publish(
+        self,
+        batch_id: str,
+        ids: Sequence[str],
+        payloads: Sequence[bytes],
+        dropped: Mapping[str, int],
+        budget: float,
+    ) -> Reply:
+        """Publish one batch within ``budget`` seconds; trouble becomes a Reply."""
+        from nats.errors import Error as NatsError
+
+        deadline = asyncio.get_running_loop().time() + budget
+        try:
+            js = await asyncio.wait_for(self._jetstream(), budget)
+        except (NatsError, OSError, asyncio.TimeoutError) as exc:
+            return Reply(None, f"NATS: no connection ({describe(exc)})")
+        if dropped:
+            report = orjson.dumps({"batch_id": batch_id, "dropped": dropped})
+            subject = f"{self.subject}.dropped"
+            failure = await _one(js, subject, f"{batch_id}.dropped", report, batch_id, deadline)
+            if failure is not None:
+                return await self._unpublished(js, failure, deadline)
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def each(event_id: str, body: bytes) -> tuple[str, str] | None:
+            async with gate:
+                return await _one(js, self.subject, event_id, body, batch_id, deadline)
+
+        outcomes = await asyncio.gather(*(each(i, p) for i, p in zip(ids, payloads, strict=True)))
+        failures = {i: f for i, f in zip(ids, outcomes, strict=True) if f is not None}
+        rejected = {i: why for i, (kind, why) in failures.items() if kind == "rejected"}
+        if len(failures) == len(ids) and not rejected:
+            return await self._unpublished(js, next(iter(failures.values())), deadline)
+        unsettled = frozenset(i for i in failures if i not in rejected)
+        return Reply(200, "", None, rejected, None, unsettled)
+
+    async def close(self) -> None:
+        """Close the connection, if one is open."""
+        if self.client is not None:
+            client, self.client = self.client, None
+            await client.close()
+
+    async def _jetstream(self) -> Any:
+        import nats
+
+        client = self.client
+        if client is None or client.is_closed:
+            client = self.client = await nats.connect(**self._options)
+        return client.jetstream(timeout=self._timeout)
+
+    async def _unpublished(self, js: Any, failure: tuple[str, str], deadline: float) -> Reply:
+        """The Reply for a batch none of whose messages was acknowledged."""
+        kind, why = failure
+        if kind != "no_stream":
+            return Reply(None, why)
+        from nats.js.errors import NotFoundError
+
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:  # nothing answered: no stream takes the subject, or its leader is being elected
+            await asyncio.wait_for(js.find_stream_name_by_subject(self.subject), remaining)
+        except NotFoundError:
+            if not self._create:
+                return Reply(
+                    404,
+                    f"no JetStream stream takes subject {self.subject!r} (create one, or set "
+                    "SQREEN_SPOOL_NATS_CREATE_STREAM=1)",
+                )
+            subjects = [self.subject, f"{self.subject}.>"]
+            await asyncio.wait_for(js.add_stream(name=STREAM, subjects=subjects), remaining)
+            log.warning("sqreen spool: created JetStream stream %s for %s", STREAM, subjects)
+            return Reply(None, f"created stream {STREAM}")  # retried at once
+        except Exception as exc:
+            return Reply(None, f"{why}; the stream did not answer ({describe(exc)})")
+        return Reply(None, f"{why}; the stream exists (a leader election?)")
+
+
+class JetStreamSink:
+    """The flusher's sink: a :class:`Publisher` on a private event loop, in a thread of its own
+    (started on first use, and again in a child after ``fork()``)."""
+
+    def __init__(self, settings: Settings, user_agent: str) -> None:
+        self._publisher = Publisher(settings, user_agent)
+        self.url = self._publisher.url
+        self._timeout = settings.http_timeout
         self._pid = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: Any = None
+        self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
         forget = weakref.WeakMethod(self._forget_parent)
         os.register_at_fork(after_in_child=lambda: (m := forget()) and m())
@@ -95,7 +182,7 @@ class JetStreamSink:
     ) -> Reply:
         """Publish one batch within ``timeout`` seconds at most; trouble becomes a Reply."""
         budget = self._timeout if timeout is None else max(0.0, min(self._timeout, timeout))
-        work = self._publish(batch_id, ids, payloads, dropped, budget)
+        work = self._publisher.publish(batch_id, ids, payloads, dropped, budget)
         future = asyncio.run_coroutine_threadsafe(work, self._running_loop())
         try:
             return future.result(budget + 1.0)  # the coroutine keeps to budget by itself
@@ -108,89 +195,28 @@ class JetStreamSink:
 
     def close(self, timeout: float = 1.0) -> None:
         """Close the connection and stop the loop's thread, waiting at most ``timeout``."""
-        loop = self._loop
-        if loop is None or self._pid != os.getpid():
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or self._pid != os.getpid():
             return
-        if self._client is not None:
-            closing = asyncio.run_coroutine_threadsafe(self._client.close(), loop)
-            try:
-                closing.result(timeout)
-            except Exception:  # a server gone: the socket goes with the loop
-                closing.cancel()
-        loop.call_soon_threadsafe(loop.stop)
-        self._loop = self._client = None
-
-    # -- on the loop -----------------------------------------------------------------------------
-
-    async def _publish(
-        self,
-        batch_id: str,
-        ids: Sequence[str],
-        payloads: Sequence[bytes],
-        dropped: Mapping[str, int],
-        budget: float,
-    ) -> Reply:
-        from nats.errors import Error as NatsError
-
-        deadline = asyncio.get_running_loop().time() + budget
+        closing = asyncio.run_coroutine_threadsafe(self._wind_down(), loop)
         try:
-            js = await asyncio.wait_for(self._jetstream(), budget)
-        except (NatsError, OSError, asyncio.TimeoutError) as exc:
-            return Reply(None, f"NATS: no connection ({describe(exc)})")
-        if dropped:
-            report = orjson.dumps({"batch_id": batch_id, "dropped": dropped})
-            subject = f"{self._subject}.dropped"
-            failure = await _one(js, subject, f"{batch_id}.dropped", report, batch_id, deadline)
-            if failure is not None:
-                return await self._unpublished(js, failure, deadline)
-        gate = asyncio.Semaphore(IN_FLIGHT)
+            closing.result(timeout)
+        except Exception:  # a server gone: the socket goes with the loop
+            closing.cancel()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
 
-        async def each(event_id: str, body: bytes) -> tuple[str, str] | None:
-            async with gate:
-                return await _one(js, self._subject, event_id, body, batch_id, deadline)
-
-        outcomes = await asyncio.gather(*(each(i, p) for i, p in zip(ids, payloads, strict=True)))
-        failures = {i: f for i, f in zip(ids, outcomes, strict=True) if f is not None}
-        rejected = {i: why for i, (kind, why) in failures.items() if kind == "rejected"}
-        if len(failures) == len(ids) and not rejected:
-            return await self._unpublished(js, next(iter(failures.values())), deadline)
-        unsettled = frozenset(i for i in failures if i not in rejected)
-        return Reply(200, "", None, rejected, None, unsettled)
-
-    async def _jetstream(self) -> Any:
-        import nats
-
-        client = self._client
-        if client is None or client.is_closed:
-            client = self._client = await nats.connect(**self._options)
-        return client.jetstream(timeout=self._timeout)
-
-    async def _unpublished(self, js: Any, failure: tuple[str, str], deadline: float) -> Reply:
-        """The Reply for a batch none of whose messages was acknowledged."""
-        kind, why = failure
-        if kind != "no_stream":
-            return Reply(None, why)
-        from nats.js.errors import NotFoundError
-
-        remaining = deadline - asyncio.get_running_loop().time()
-        try:  # nothing answered: no stream takes the subject, or its leader is being elected
-            await asyncio.wait_for(js.find_stream_name_by_subject(self._subject), remaining)
-        except NotFoundError:
-            if not self._create:
-                return Reply(
-                    404,
-                    f"no JetStream stream takes subject {self._subject!r} (create one, or set "
-                    "SQREEN_SPOOL_NATS_CREATE_STREAM=1)",
-                )
-            subjects = [self._subject, f"{self._subject}.>"]
-            await asyncio.wait_for(js.add_stream(name=STREAM, subjects=subjects), remaining)
-            log.warning("sqreen spool: created JetStream stream %s for %s", STREAM, subjects)
-            return Reply(None, f"created stream {STREAM}")  # retried at once
-        except Exception as exc:
-            return Reply(None, f"{why}; the stream did not answer ({describe(exc)})")
-        return Reply(None, f"{why}; the stream exists (a leader election?)")
-
-    # -- the loop's thread -----------------------------------------------------------------------
+    async def _wind_down(self) -> None:
+        """Close the connection, then end nats-py's own tasks, so that none is left to be
+        destroyed pending with the loop."""
+        await self._publisher.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -200,15 +226,17 @@ class JetStreamSink:
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
                 name = "sqreen-spool:nats"
-                threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
-                self._loop, self._client, self._pid = loop, None, os.getpid()
+                thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                self._publisher.client = None  # a connection lives on the loop that made it
             return self._loop
 
     def _forget_parent(self) -> None:
         # The parent's loop has no thread here, and its socket is the parent's: neither is used
         # nor closed; the child's first delivery starts its own.
-        _inherited.append((self._loop, self._client))
-        self._loop = self._client = None
+        _inherited.append((self._loop, self._publisher.client))
+        self._loop = self._thread = self._publisher.client = None
         self._starting = threading.Lock()
 
 

@@ -1,5 +1,6 @@
-"""Real ``nats-server -js`` processes on loopback for the JetStream tests, each on free ports
-with its own storage directory, and a JetStream client to set streams up and read them back."""
+"""Real ``nats-server -js`` processes on loopback for the JetStream tests and bench, each on free
+ports with its own storage directory; ``collect --forward`` processes in front of them; and a
+JetStream client to set streams up and read them back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 import orjson
 
 T = TypeVar("T")
+CLI = str(Path(sys.executable).parent / "sqreen-spool")
 SUBJECT = "sqreen.events"
 STREAM = "SQREEN_EVENTS"  # the name the sink gives a stream it creates
 
@@ -74,6 +77,32 @@ class NatsServer:
         self.process = None
 
 
+class Collector:
+    """One ``collect --forward`` process on a free port."""
+
+    def __init__(self, forward: str, *options: str) -> None:
+        self.port = free_port()
+        command = [CLI, "collect", "--forward", forward, "--port", str(self.port), *options]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.communicate()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("the collector did not start listening")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.communicate(timeout=30)
+
+
 def run(url: str, work: Callable[[Any], Awaitable[T]], timeout: float = 30) -> T:
     """``work(js)`` on a JetStream context of a fresh connection to ``url``."""
     import nats
@@ -98,6 +127,16 @@ def add_stream(url: str, replicas: int = 1, **config: Any) -> None:
         )
 
     run(url, add)
+
+
+def stream_leader(url: str) -> str:
+    """The name of the server leading the stream (in a cluster)."""
+
+    async def ask(js: Any) -> str:
+        info = await js.stream_info(STREAM)
+        return str(info.cluster.leader)
+
+    return run(url, ask)
 
 
 def stream_messages(url: str) -> list[tuple[dict[str, str], bytes]]:

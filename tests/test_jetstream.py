@@ -26,6 +26,7 @@ from .nats_servers import (
     add_stream,
     events_in,
     free_port,
+    stream_leader,
     stream_messages,
 )
 
@@ -212,3 +213,95 @@ def test_subject_and_servers_are_settings(spool_path: Path) -> None:
     with pytest.raises(sqreen.ConfigError):
         sqreen.Spooler(path=spool_path, nats_subject="app.*")
     assert sqreen.Spooler(path=spool_path).settings.nats_subject == SUBJECT
+
+
+def test_sigkill_of_the_streams_leader_in_a_three_server_cluster(
+    spool_path: Path, tmp_path: Path
+) -> None:
+    """A stream replicated three times: its leader SIGKILLed during a drain. The drain goes on
+    after the election, and the stream holds every event once."""
+    routes = [free_port() for _ in range(3)]
+    cluster = [
+        NatsServer(tmp_path, f"n{i}", routes[i], tuple(p for p in routes if p != routes[i]))
+        for i in range(3)
+    ]
+    for member in cluster:
+        member.start()
+    url = ",".join(member.url for member in cluster)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the cluster elects its meta leader first
+            try:
+                add_stream(cluster[0].url, replicas=3)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        spooler = filled(spool_path, 8000, url=url, batch_size=200, http_timeout=2)
+        drain = threading.Thread(target=spooler.flush, kwargs={"timeout": 60})
+        drain.start()
+        time.sleep(0.3)
+        leader = stream_leader(cluster[0].url)
+        killed = next(member for member in cluster if member.name == leader)
+        killed.stop(signal.SIGKILL)
+        drain.join()
+        deadline = time.monotonic() + 90
+        while spooler.flush(timeout=15).pending and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert spooler.flush(timeout=5).pending == 0, spooler.health().last_error
+        spooler.close()
+        survivor = next(member for member in cluster if member is not killed)
+        stored = tags(survivor.url)
+        assert sorted(stored) == sorted(str(i) for i in range(8000)), "an event is missing"
+        assert max(stored.values()) == 1, "an event is in the stream twice"
+        assert stream_leader(survivor.url) != leader
+    finally:
+        for member in cluster:
+            member.stop(signal.SIGKILL)
+
+
+def drained(spooler: sqreen.Spooler, seconds: float = 20) -> bool:
+    """Flush until nothing is pending (the delivery thread may hold a batch meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while spooler.flush(timeout=5).pending:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_forked_child_delivers_on_its_own_connection(
+    spool_path: Path, server: NatsServer
+) -> None:
+    add_stream(server.url)
+    spooler = filled(spool_path, 10, url=server.url)
+    assert spooler.flush(timeout=10).delivered == 10  # the parent's loop and connection are up
+    pid = os.fork()
+    if pid == 0:  # the child: its own loop and connection, none of its parent's
+        code = 3
+        try:
+            if spooler.track("nats.test", {"properties": {"tag": "child"}}) and drained(spooler):
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert spooler.track("nats.test", {"properties": {"tag": "parent"}})
+    assert drained(spooler)
+    spooler.close()
+    assert sorted(tags(server.url)) == sorted([*map(str, range(10)), "child", "parent"])
+
+
+def test_the_cli_flushes_into_the_stream(spool_path: Path, server: NatsServer) -> None:
+    add_stream(server.url)
+    filled(spool_path, 30).close()
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "sqreen-spool"), "--url", server.url, "flush"],
+        env={**os.environ, "SQREEN_SPOOL_PATH": str(spool_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "delivered 30, rejected 0, still pending 0" in done.stdout
+    assert len(tags(server.url)) == 30

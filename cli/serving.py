@@ -1,0 +1,145 @@
+"""``sqreen-spool collect``: the reference collector, or with ``--forward`` the collector tier
+that forwards into NATS JetStream (:mod:`sqreen.cli.forward`)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from sqreen.config import is_nats, mask_url, parse_duration, parse_url
+
+from .collect import Receiver, ReferenceCollector
+from .context import USAGE, fail, plain
+from .playbook import Playbook, Rules
+
+
+def _received_id(line: bytes, out: Path, number: int) -> str:
+    """The event id of one line of ``--out``; exit with one line if it is not one."""
+    try:
+        event_id = orjson.loads(line)["id"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        event_id = None
+    if not isinstance(event_id, str):
+        fail(f"--out {out}: line {number} is not an event received earlier (JSON with an id)")
+    return event_id
+
+
+def _forward(
+    url: str, host: str, port: int, workers: int, rules: Rules | None, out: Path | None
+) -> None:
+    if out is not None:
+        fail("--forward keeps nothing on disk: it takes no --out", USAGE)
+    try:
+        import nats  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        fail("--forward needs uvicorn and nats-py: pip install 'sqreen-spool[collector]'", USAGE)
+    from .forward import serve
+
+    try:
+        if not is_nats(parse_url(url) or ""):
+            raise ValueError("expected nats:// or tls:// URLs")
+    except ValueError as exc:
+        fail(f"--forward {url}: {exc}", USAGE)
+    print(f"listening on http://{host}:{port}/, forwarding into {mask_url(url)}", flush=True)
+    serve(url, host, port, workers, rules)
+
+
+def collect(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free).")] = 8750,
+    out: Annotated[
+        Path | None, typer.Option(help="Append each new event to this file as a JSON line.")
+    ] = None,
+    block_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="Block a user after this many failed logins in --window."),
+    ] = None,
+    block_ip_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="Block a client IP after this many failed logins in --window."),
+    ] = None,
+    window: Annotated[str, typer.Option(help="The playbook's window (30s, 10m, 1h).")] = "10m",
+    block_for: Annotated[
+        str, typer.Option(help="How long a playbook block lasts (10m, 1h; 0: until removed).")
+    ] = "1h",
+    forward: Annotated[
+        str | None,
+        typer.Option(
+            help="Forward every event into NATS JetStream (nats://host:4222,...) under uvicorn: "
+            "a stateless collector tier."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="With --forward: worker processes.")] = 1,
+) -> None:
+    """Run a local reference collector: print each event received, deduplicated by id.
+
+    It accepts the documented wire format (gzip included) POSTed to any path, answers 400 with
+    a reason to malformed batches and rejects invalid events one by one. With --block-after or
+    --block-ip-after, a playbook blocks users or IPs after failed logins, through the actions
+    of its answers (kept beside --out, so that a restart keeps them). It exists to try the
+    loop; it is not a security product.
+
+    With --forward, it keeps nothing: each batch is answered 2xx once the stream acknowledged
+    its events, 503 when it did not (the playbook's window is then per worker process).
+    """
+    rules = None
+    if block_after is not None or block_ip_after is not None:
+        try:
+            seconds, lasts = parse_duration(window), parse_duration(block_for)
+        except ValueError as exc:
+            fail(str(exc), USAGE)
+        rules = Rules(block_after, block_ip_after, seconds, lasts or None)
+    if forward is not None:
+        _forward(forward, host, port, workers, rules, out)
+        return
+    playbook = None
+    if rules is not None:
+        playbook = Playbook(
+            rules, None if out is None else out.with_name(out.name + ".actions.json")
+        )
+    seen: list[str] = []
+    try:
+        if out is not None and out.exists():
+            with out.open("rb") as previous:
+                for number, line in enumerate(previous, 1):
+                    if line.strip():
+                        seen.append(_received_id(line, out, number))
+        sink = out.open("ab") if out is not None else None
+    except OSError as exc:  # a directory, no permission, ...
+        fail(f"--out {out}: {exc.strerror or exc}", USAGE)
+
+    def received(event: dict[str, Any]) -> None:
+        properties = orjson.dumps(event.get("properties", {})).decode()
+        line = f"{event['timestamp']}  {event['name']}  {event['id']}  {properties}"
+        print(plain(line), flush=True)
+        if sink is not None:
+            sink.write(orjson.dumps(event) + b"\n")
+            sink.flush()
+
+    collector = ReferenceCollector(received, seen, playbook)
+    receiver = Receiver(collector, host, port)
+    try:
+        receiver.start()
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    print(f"listening on {receiver.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        while not stop.wait(0.5):
+            pass
+    receiver.stop()
+    if sink is not None:
+        sink.close()
+    print(
+        f"received {collector.events} events in {collector.batches} batches "
+        f"({collector.duplicates} duplicates, {collector.rejected} rejected)",
+        flush=True,
+    )
