@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP) nats-server
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The JetStream tests and bench run a real nats-server: Debian's package, installed when missing
 # (CI runs as root).
