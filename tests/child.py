@@ -88,10 +88,13 @@ def hold_lock(path: str, seconds: str) -> None:
 
 
 def hold_turn(path: str) -> None:
-    """Hold the spool's writers' turn (inside a write transaction) until killed; say 'held'."""
+    """Hold the spool's writers' turn (inside a write transaction) until killed; say 'held'.
+    Another process must be on the spool already: alone, a writer does not take the turn."""
     spooler = sqreen.Spooler(path=path)
     assert spooler.track("turn.holder")
+    turn = spooler._store.turn
     with spooler._store.write():
+        assert turn._holding, "no other process was on the spool"
         print("held", flush=True)
         time.sleep(3600)
 
