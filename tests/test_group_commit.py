@@ -115,12 +115,14 @@ def test_sigkill_during_group_commits_loses_no_acknowledged_event(
             )
             for _ in range(2)
         ]
-        time.sleep(rng.uniform(1.0, 2.0))  # past start-up (imports, opening), then anywhere
+        # Past start-up (imports, opening: seconds on a loaded machine), then anywhere.
+        firsts = [child.stdout.readline() for child in children if child.stdout is not None]
+        time.sleep(rng.uniform(0.2, 1.0))
         for child in children:
             os.kill(child.pid, signal.SIGKILL)
-        for child in children:
+        for child, first in zip(children, firsts, strict=True):
             assert child.stdout is not None
-            output = child.stdout.read()
+            output = first + child.stdout.read()
             child.wait()
             acknowledged += [line.decode() for line in output.split(b"\n")[:-1]]
     assert len(acknowledged) > 100, "the children hardly tracked anything"

@@ -89,10 +89,12 @@ def test_sigkill_in_the_middle_of_drains_stores_every_event_once(
     acknowledged: list[str] = []
     for _ in range(10):
         child = run_child("track_forever", str(spool_path), stdout=subprocess.PIPE, env=env)
-        time.sleep(rng.uniform(0.8, 1.6))
-        os.kill(child.pid, signal.SIGKILL)
         assert child.stdout is not None
-        acknowledged += [line.decode() for line in child.stdout.read().split(b"\n")[:-1]]
+        first = child.stdout.readline()  # past start-up, however slow: then anywhere
+        time.sleep(rng.uniform(0.1, 0.8))
+        os.kill(child.pid, signal.SIGKILL)
+        output = first + child.stdout.read()
+        acknowledged += [line.decode() for line in output.split(b"\n")[:-1]]
         child.wait()
     spooler = sqreen.Spooler(path=spool_path, url=server.url)
     assert spooler.flush(timeout=60).pending == 0
