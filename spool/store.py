@@ -31,7 +31,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from . import schema
 from .config import Settings
 from .event import Event
-from .failures import CORRUPT_CODES, GateTimeout, sqlite_code
+from .failures import CORRUPT_CODES, SQLITE_BUSY, GateTimeout, sqlite_code
 from .filelock import FileLock, Turn
 from .files import LOCK, TURN, WAL, file_bytes, identity, prepare_path, quarantine, size_of
 from .group import Group
@@ -66,6 +66,8 @@ WAL_CHECK_EVERY = 16
 # Past this many times its limit, the WAL is the inserting caller's to checkpoint (Store._look):
 # the maintenance thread could not keep up with the burst.
 WAL_BRAKE = 2
+# The writer polls a write lock that another connection holds this often at most (_after_busy).
+BUSY_POLL = 0.0002
 # What one commit adds to the files, assumed until measured: a few 2 KiB pages and their headers.
 COMMIT_BYTES = 8192
 
@@ -145,8 +147,14 @@ class Store:
         try:
             raw = self._writer_connection()
             turn.take(self.settings.lock_timeout)
+            row = (event.id, event.name, time.time(), event.payload)
             try:
-                raw.execute(_INSERT, (event.id, event.name, time.time(), event.payload))
+                try:
+                    raw.execute(_INSERT, row)
+                except sqlite3.OperationalError as exc:
+                    if sqlite_code(exc) != SQLITE_BUSY:
+                        raise
+                    self._after_busy(lambda: raw.execute(_INSERT, row))
             except sqlite3.DatabaseError as exc:
                 if sqlite_code(exc) in CORRUPT_CODES:
                     self._close_locked()  # the next call reopens, and quarantines the file
@@ -167,7 +175,7 @@ class Store:
             raw = self._writer_connection()
             turn.take(self.settings.lock_timeout)
             try:
-                raw.execute("BEGIN IMMEDIATE")
+                self._begin(raw)
                 if shared:
                     # The threads that the previous commit just released are about to queue
                     # their next events: one switch lets them join this commit, not the next.
@@ -198,7 +206,7 @@ class Store:
         with self._gate():
             raw = self._writer_connection()
             with self._turn():
-                raw.execute("BEGIN IMMEDIATE")
+                self._begin(raw)
                 try:
                     yield raw
                 except BaseException:
@@ -206,6 +214,36 @@ class Store:
                         raw.execute("ROLLBACK")
                     raise
                 raw.execute("COMMIT")
+
+    def _begin(self, raw: sqlite3.Connection) -> None:
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if sqlite_code(exc) != SQLITE_BUSY:
+                raise
+            self._after_busy(lambda: raw.execute("BEGIN IMMEDIATE"))
+
+    def _after_busy(self, statement: Callable[[], object]) -> None:
+        """Run ``statement`` again until SQLite's write lock is free, polling every 200 µs at
+        most, within the lock timeout.
+
+        The writer's connection has no busy timeout: SQLite's busy handler sleeps 1, 2, 5,
+        10... ms whether or not the lock was freed meanwhile, and a writer that keeps finding
+        it taken sleeps ever longer while the other one commits on. With the writers' turn,
+        this happens only against a writer that does not take part (the sqlite3 shell), or a
+        process that has not yet seen this one arrive (sqreen.filelock.Turn).
+        """
+        deadline = time.monotonic() + self.settings.lock_timeout
+        wait = 0.0
+        while True:
+            time.sleep(wait)
+            try:
+                statement()
+                return
+            except sqlite3.OperationalError as exc:
+                if sqlite_code(exc) != SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            wait = min(wait * 2 or BUSY_POLL / 8, BUSY_POLL)
 
     def _look(self) -> None:
         """Keep the bound under a burst that the maintenance thread cannot keep up with.
@@ -457,6 +495,7 @@ class Store:
             self._writer = self._engine.raw_connection()
             self._raw = self._writer.driver_connection
         self.turn.open()  # before any write: the store's writes take it without looking
+        self._raw.execute("PRAGMA busy_timeout = 0").close()  # see _after_busy
         return self._raw
 
     def _open_engine(self) -> Engine:
