@@ -16,6 +16,7 @@ import http.client
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -110,14 +111,26 @@ def track_latency(spooler: sqreen.Spooler, n: int) -> list[int]:
     return samples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def arguments(events: int, rounds: int) -> argparse.Namespace:
+    """--events and --rounds, with these defaults, and the bench's first docstring line."""
+    parser = argparse.ArgumentParser(
+        description=(sys.modules["__main__"].__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--events", type=int, default=events)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser.parse_args()
+
+
+def serve_sink() -> tuple[ThreadingHTTPServer, str]:
+    """The collector that only reads each body and answers 200, and its URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1/events"
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1/events"
+
+
+def main() -> None:
+    args = arguments(100_000, 5)
+    server, url = serve_sink()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

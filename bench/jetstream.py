@@ -14,20 +14,17 @@ JetStream at >= 0.7x of the floor.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from drain import Copies, Sink, ceiling
+from drain import Copies, arguments, ceiling, serve_sink
 
 from sqreen.jetstream import IN_FLIGHT
 
@@ -71,13 +68,8 @@ def raw_publish(path: Path, url: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    http_url = f"http://127.0.0.1:{http.server_address[1]}/v1/events"
+    args = arguments(20_000, 3)
+    http, http_url = serve_sink()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = NatsServer(root).start()

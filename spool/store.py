@@ -420,6 +420,8 @@ class Store:
             return None
         wait = self.settings.lock_timeout
         with self.checkpointer.held(wait), self._side, self._gate():
+            if identity(self.path) == self._identity:
+                return None  # another thread (maintenance, an explicit call) just did it
             rows = self._writer_connection().execute(_PENDING_ROWS).fetchall()
             self._close_locked()
             self._writer_connection()  # a fresh spool at the path, its directory made again

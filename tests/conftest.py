@@ -86,3 +86,13 @@ def rows(path: Path, where: str = "1") -> list[sqlite3.Row]:
 def counters(path: Path) -> dict[str, int]:
     with sqlite3.connect(path) as conn:
         return dict(conn.execute("SELECT name, value FROM counters").fetchall())
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[Any]:
+    """A real ``nats-server -js`` on a free loopback port, with its own storage directory."""
+    from .nats_servers import NatsServer
+
+    running = NatsServer(tmp_path).start()
+    yield running
+    running.stop()

@@ -33,11 +33,9 @@ from .nats_servers import (
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    running = NatsServer(tmp_path).start()
-    add_stream(running.url)
-    yield running
-    running.stop()
+def server(nats_server: NatsServer) -> NatsServer:
+    add_stream(nats_server.url)
+    return nats_server
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,10 +31,8 @@ from .nats_servers import (
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    running = NatsServer(tmp_path).start()
-    yield running
-    running.stop()
+def server(nats_server: NatsServer) -> NatsServer:
+    return nats_server
 
 
 def filled(path: Path, count: int, **settings: object) -> sqreen.Spooler:
