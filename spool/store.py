@@ -66,7 +66,7 @@ WAL_CHECK_EVERY = 16
 # Past this many times its limit, the WAL is the inserting caller's to checkpoint (Store._look):
 # the maintenance thread could not keep up with the burst.
 WAL_BRAKE = 2
-# The writer polls a write lock that another connection holds this often at most (_after_busy).
+# The writer polls a write lock that another connection holds this often at most (_execute).
 BUSY_POLL = 0.0002
 # What one commit adds to the files, assumed until measured: a few 2 KiB pages and their headers.
 COMMIT_BYTES = 8192
@@ -147,14 +147,8 @@ class Store:
         try:
             raw = self._writer_connection()
             turn.take(self.settings.lock_timeout)
-            row = (event.id, event.name, time.time(), event.payload)
             try:
-                try:
-                    raw.execute(_INSERT, row)
-                except sqlite3.OperationalError as exc:
-                    if sqlite_code(exc) != SQLITE_BUSY:
-                        raise
-                    self._after_busy(lambda: raw.execute(_INSERT, row))
+                self._execute(raw, _INSERT, (event.id, event.name, time.time(), event.payload))
             except sqlite3.DatabaseError as exc:
                 if sqlite_code(exc) in CORRUPT_CODES:
                     self._close_locked()  # the next call reopens, and quarantines the file
@@ -175,7 +169,7 @@ class Store:
             raw = self._writer_connection()
             turn.take(self.settings.lock_timeout)
             try:
-                self._begin(raw)
+                self._execute(raw, "BEGIN IMMEDIATE")
                 if shared:
                     # The threads that the previous commit just released are about to queue
                     # their next events: one switch lets them join this commit, not the next.
@@ -206,7 +200,7 @@ class Store:
         with self._gate():
             raw = self._writer_connection()
             with self._turn():
-                self._begin(raw)
+                self._execute(raw, "BEGIN IMMEDIATE")
                 try:
                     yield raw
                 except BaseException:
@@ -215,17 +209,9 @@ class Store:
                     raise
                 raw.execute("COMMIT")
 
-    def _begin(self, raw: sqlite3.Connection) -> None:
-        try:
-            raw.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if sqlite_code(exc) != SQLITE_BUSY:
-                raise
-            self._after_busy(lambda: raw.execute("BEGIN IMMEDIATE"))
-
-    def _after_busy(self, statement: Callable[[], object]) -> None:
-        """Run ``statement`` again until SQLite's write lock is free, polling every 200 µs at
-        most, within the lock timeout.
+    def _execute(self, raw: sqlite3.Connection, sql: str, parameters: Sequence[Any] = ()) -> None:
+        """One statement on the writer's connection, run again while SQLite's write lock is
+        taken, polling every 200 µs at most, within the lock timeout.
 
         The writer's connection has no busy timeout: SQLite's busy handler sleeps 1, 2, 5,
         10... ms whether or not the lock was freed meanwhile, and a writer that keeps finding
@@ -233,12 +219,18 @@ class Store:
         this happens only against a writer that does not take part (the sqlite3 shell), or a
         process that has not yet seen this one arrive (sqreen.filelock.Turn).
         """
+        try:
+            raw.execute(sql, parameters)
+            return
+        except sqlite3.OperationalError as exc:
+            if sqlite_code(exc) != SQLITE_BUSY:
+                raise
         deadline = time.monotonic() + self.settings.lock_timeout
         wait = 0.0
         while True:
             time.sleep(wait)
             try:
-                statement()
+                raw.execute(sql, parameters)
                 return
             except sqlite3.OperationalError as exc:
                 if sqlite_code(exc) != SQLITE_BUSY or time.monotonic() >= deadline:
@@ -496,8 +488,8 @@ class Store:
         if self._writer is None:
             self._writer = self._engine.raw_connection()
             self._raw = self._writer.driver_connection
-        self.turn.open()  # before any write: the store's writes take it without looking
-        self._raw.execute("PRAGMA busy_timeout = 0").close()  # see _after_busy
+            self._raw.execute("PRAGMA busy_timeout = 0").close()  # see _execute
+        self.turn.open()  # before any write: this process marks itself present
         return self._raw
 
     def _open_engine(self) -> Engine:
