@@ -59,12 +59,24 @@ class Group:
             if not slot.lead:
                 slot.done = threading.Event()
         if slot.done is not None:
-            if not slot.done.wait(timeout):
+            if not slot.done.wait(timeout) and self._withdraw(slot):
                 raise GateTimeout(f"a group commit of the spool took over {timeout} s")
+            # A slot that a commit has taken is that commit's: its outcome is final, and
+            # answering False before it is known could report a stored event as lost.
+            slot.done.wait()
             if not slot.lead:  # committed (or failed) by an earlier leader
                 return _outcome(slot)
         self._lead(commit)
         return _outcome(slot)
+
+    def _withdraw(self, slot: _Slot) -> bool:
+        """Take a caller that gave up out of the queue; False when it is too late: a commit
+        took its event, or it was just handed the lead (it then leads as if it had waited)."""
+        with self._lock:
+            if slot.lead or slot not in self._queue:
+                return False
+            self._queue.remove(slot)
+            return True
 
     def _lead(self, commit: Commit) -> None:
         batch: list[_Slot] = []
@@ -87,7 +99,9 @@ class Group:
                 slot.due = due
         finally:
             with self._lock:
-                if self._queue:  # arrived during the commit: the first of them leads next
+                # Arrived during the commit: the first of them leads next. A caller that gave
+                # up has left the queue (_withdraw), so the one handed the lead is waiting.
+                if self._queue:
                     successor = self._queue[0]
                     successor.lead = True
                     assert successor.done is not None

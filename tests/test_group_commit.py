@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,56 @@ def test_sigkill_during_group_commits_loses_no_acknowledged_event(
     tags = [e["properties"]["tag"] for e in stored_events(spool_path)]
     assert len(tags) == len(set(tags)), "an event was stored twice"
     assert set(acknowledged) <= set(tags)
+
+
+def test_a_slow_commit_leaves_no_caller_behind_and_false_means_not_stored(
+    spool_path: Path,
+) -> None:
+    """One commit stalls 2.5 s (a slow fsync) while eight threads keep tracking with a 0.5 s
+    lock timeout: the callers that give up leave the queue, those whose events the commit
+    took wait for it, the group finds a leader again once the disk is fast, and each call's
+    answer says whether its event is stored."""
+    spooler = sqreen.Spooler(path=spool_path, durability="power", lock_timeout=0.5)
+    store = spooler._store
+    original, stalled = store._commit_many, threading.Event()
+
+    def commit_slowly(take: Any, shared: bool) -> bool:
+        def take_then_stall() -> Any:
+            events = take()
+            if not stalled.is_set():
+                stalled.set()
+                time.sleep(2.5)  # the disk, for this one commit
+            return events
+
+        return original(take_then_stall, shared)
+
+    store._commit_many = commit_slowly  # type: ignore[method-assign]
+    said: dict[str, tuple[bool, float]] = {}
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def work(t: int) -> None:
+        i = 0
+        while time.monotonic() - started < 5.0:
+            tag = f"{t}-{i}"
+            ok = spooler.track("slow", {"properties": {"tag": tag}})
+            with lock:
+                said[tag] = (ok, time.monotonic() - started)
+            i += 1
+
+    # Four threads meet the stalled commit; four more arrive while it stalls, and give up.
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for worker in workers[:4]:
+        worker.start()
+    assert stalled.wait(5)
+    for worker in workers[4:]:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    spooler.close()
+    assert any(not ok for ok, _ in said.values()), "no caller gave up during the stall"
+    late = [ok for ok, at in said.values() if at > 4.0]
+    assert late and all(late), "the group found no leader after the stall"
+    stored = [e["properties"]["tag"] for e in stored_events(spool_path)]
+    assert len(stored) == len(set(stored))
+    assert set(stored) == {tag for tag, (ok, _) in said.items() if ok}
