@@ -50,6 +50,8 @@ FILE_SHARE = 0.9
 # waited for at every commit.
 RELIEF_FIRST_RETRY = 0.001
 RELIEF_RETRY = 0.5
+# A failed relief is not tried again for at least this many times as long as it took.
+RELIEF_SHARE = 9
 
 
 def ceiling(max_bytes: int) -> int:
@@ -89,8 +91,8 @@ class Bound:
         """Called by an insert that found the files at the bound: cut them back now, in this
         thread, rather than add to them (the inserts of other processes at the bound wait for
         it). A failure is counted; the insert goes on."""
-        now = time.monotonic()
-        if now < self._retry_at:
+        began = time.monotonic()
+        if began < self._retry_at:
             return
         try:
             if self.keep(wait=self.store.settings.lock_timeout):
@@ -99,7 +101,12 @@ class Bound:
         except STORAGE_ERRORS as exc:
             self._health.record(classify(exc), describe(exc), "size bound")
         self._failures += 1
-        self._retry_at = now + min(RELIEF_RETRY, RELIEF_FIRST_RETRY * 2**self._failures)
+        # Counted from the attempt's end, and at least RELIEF_SHARE times as long as it took:
+        # an attempt that waited out the lock timeout (a lock held by a stopped process) is not
+        # repeated at once, and relief never takes more than a small share of the callers' time.
+        ended = time.monotonic()
+        pause = min(RELIEF_RETRY, RELIEF_FIRST_RETRY * 2**self._failures)
+        self._retry_at = ended + max(pause, RELIEF_SHARE * (ended - began))
 
 
 def log_drops(dropped: dict[str, int]) -> None:

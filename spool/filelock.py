@@ -32,11 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .failures import GateTimeout
+from .files import open_ours
 
 _opening = threading.Lock()
 # A thread of the parent may have held it at fork(): the child's first use must not wait for it.
 os.register_at_fork(after_in_child=lambda: globals().update(_opening=threading.Lock()))
-_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_FLAGS = os.O_RDWR | os.O_CREAT
 # How often (seconds) a writer looks whether other processes are on the spool (Turn), and how
 # long a process arriving tries to mark itself present.
 PRESENCE_LOOK, PRESENCE_WAIT = 0.01, 0.1
@@ -60,7 +61,7 @@ class _LockFile:
             if self._pid == os.getpid():
                 return False
             # A parent's descriptor is left open in its child: closing it is the parent's.
-            self.fd, self._pid = os.open(self.path, _FLAGS, 0o600), os.getpid()
+            self.fd, self._pid = open_ours(str(self.path), _FLAGS), os.getpid()
             return True
 
     def lock(self, deadline: float) -> bool:
@@ -86,7 +87,8 @@ class _LockFile:
         releases a lock held on it."""
         if self.fd >= 0 and self._pid == os.getpid():
             os.close(self.fd)
-        self.fd = os.open(self.path, _FLAGS, 0o600)
+        self.fd, self._pid = -1, 0  # a refusal below leaves it to be opened at the next use
+        self.opened()
 
 
 class FileLock:

@@ -23,6 +23,9 @@ from .errors import UnsafeSpool
 WAL = "-wal"
 LOCK = "-lock"
 TURN = "-turn"
+# Every file beside the spool: SQLite's, then the lock files (sqreen.filelock). Each must be
+# ours and no symbolic link, or another local user could read the spool or stall its writers.
+SIDE_FILES = (WAL, "-shm", LOCK, TURN)
 
 
 def identity(path: Path) -> tuple[int, int] | None:
@@ -78,9 +81,9 @@ def prepare_path(path: Path) -> None:
     Only directories this call creates get 0700: an existing parent may be shared (``/tmp``),
     but then only with the sticky bit, so that no other user can replace our files. The spool
     path must not be a symbolic link (a planted one would make us chmod, overwrite or add our
-    tables to its target). The -wal and -shm files, which SQLite opens beside the spool with
-    its mode, must be ours (another user's, pre-created, would stay readable to them); ours are
-    tightened to 0600.
+    tables to its target). The files beside it (:data:`SIDE_FILES`) must be ours: another
+    user's -wal or -shm, pre-created, would stay readable to them, and a lock file held by
+    them would stall every writer. Ours are tightened to 0600.
     """
     missing = []
     parent = path.parent
@@ -96,18 +99,18 @@ def prepare_path(path: Path) -> None:
             f"the spool's directory {path.parent} is writable by every user and has no sticky "
             "bit: another user could replace the spool; choose another SQREEN_SPOOL_PATH"
         )
-    _open_ours(str(path), os.O_RDWR | os.O_CREAT)
-    for suffix in (WAL, "-shm"):
-        _open_ours(f"{path}{suffix}", os.O_RDONLY)
+    os.close(open_ours(str(path), os.O_RDWR | os.O_CREAT))
+    for suffix in SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.close(open_ours(f"{path}{suffix}", os.O_RDONLY))
 
 
-def _open_ours(name: str, flags: int) -> None:
-    """Open ``name`` (if it exists, or with ``O_CREAT``) without following a symbolic link;
-    refuse a file of another user, and make ours 0600."""
+def open_ours(name: str, flags: int) -> int:
+    """Open ``name`` without following a symbolic link and return the descriptor; refuse
+    (:class:`UnsafeSpool`) a file of another user, and make ours 0600. Raises
+    FileNotFoundError when it does not exist and ``flags`` has no ``O_CREAT``."""
     try:
         fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        return
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
@@ -120,8 +123,10 @@ def _open_ours(name: str, flags: int) -> None:
             )
         if info.st_mode & 0o077:
             os.fchmod(fd, 0o600)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def quarantine(path: Path) -> Path:

@@ -485,11 +485,13 @@ class Store:
             self._forget_after_fork()
         if self._engine is None:
             self._engine = self._open_engine()
+        # Before any write this process marks itself present; a lock file that cannot be ours
+        # (UnsafeSpool) leaves the writer unopened, so every call refuses alike.
+        self.turn.open()
         if self._writer is None:
             self._writer = self._engine.raw_connection()
             self._raw = self._writer.driver_connection
             self._raw.execute("PRAGMA busy_timeout = 0").close()  # see _execute
-        self.turn.open()  # before any write: this process marks itself present
         return self._raw
 
     def _open_engine(self) -> Engine:

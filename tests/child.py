@@ -5,6 +5,7 @@ Usage: python child.py COMMAND SPOOL_PATH [ARGS...]
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import sys
@@ -85,6 +86,14 @@ def hold_lock(path: str, seconds: str) -> None:
     print("locked", flush=True)
     time.sleep(float(seconds))
     conn.execute("ROLLBACK")
+
+
+def hold_flock(path: str) -> None:
+    """Hold an exclusive flock on ``path`` (made if missing) until killed; say 'held'."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(3600)
 
 
 def hold_turn(path: str) -> None:
@@ -173,6 +182,7 @@ if __name__ == "__main__":
         "track_forever": track_forever,
         "track_threads": track_threads,
         "hold_lock": hold_lock,
+        "hold_flock": hold_flock,
         "check_imports": check_imports,
         "track_and_exit": track_and_exit,
         "flush_forever": flush_forever,

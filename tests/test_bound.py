@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -195,3 +196,30 @@ def test_one_prune_brings_a_spool_far_over_the_bound_under_it(tmp_path: Path) ->
     assert kept > 0 and kept + dropped == 30_000
     assert counters(path)["dropped.size"] == dropped
     assert os.stat(path).st_size <= max_bytes
+
+
+def test_relief_backs_off_when_another_process_holds_the_checkpoint_lock(
+    spool_path: Path,
+) -> None:
+    """A process of ours stopped holding ``-lock``: each relief waits out the lock timeout,
+    and the next waits at least nine times as long, so inserting callers spend a small share
+    of their time on it (before, every call past the bound waited the whole timeout)."""
+    spooler = sqreen.Spooler(path=spool_path, max_bytes=MiB, lock_timeout=0.3)
+    assert spooler.track("first")
+    holder = run_child("hold_flock", f"{spool_path}-lock", stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        slow, started = 0.0, time.monotonic()
+        while time.monotonic() - started < 4.0:
+            began = time.monotonic()
+            spooler.track("pad", {"properties": {"pad": "x" * 2000}})
+            took = time.monotonic() - began
+            if took > 0.2:
+                slow += took
+        elapsed = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    spooler.close()
+    assert slow > 0, "no relief was ever attempted: the bound was not reached"
+    assert slow < 0.3 * elapsed, f"{slow:.1f} s of {elapsed:.1f} s spent waiting for relief"

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import sqreen
 from sqreen import SpoolError, UnsafeSpool
+from sqreen.files import SIDE_FILES
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making another user's file needs root")
@@ -34,11 +38,29 @@ def test_a_symlink_at_the_spool_path_is_refused(tmp_path: Path) -> None:
     spooler.close()
 
 
-@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+@pytest.mark.parametrize("suffix", SIDE_FILES)
 def test_a_symlink_beside_the_spool_is_refused(tmp_path: Path, suffix: str) -> None:
     (tmp_path / f"spool.db{suffix}").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UnsafeSpool, match="symbolic link"):
         sqreen.Spooler(path=tmp_path / "spool.db", strict=True).track("e")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("suffix", ["-lock", "-turn"])
+def test_a_lock_file_planted_later_refuses_every_call_and_close_still_works(
+    tmp_path: Path, suffix: str
+) -> None:
+    """Planted after the spool was made: every call is refused alike, none raises (a
+    ValueError on a negative descriptor escaped track() and close() before)."""
+    path = tmp_path / "spool.db"
+    sqreen.Spooler(path=path).close()
+    Path(f"{path}{suffix}").unlink(missing_ok=True)
+    Path(f"{path}{suffix}").symlink_to(tmp_path / "elsewhere")
+    spooler = sqreen.Spooler(path=path)
+    assert [spooler.track("e") for _ in range(5)] == [False] * 5
+    assert spooler.health().failures == {"unsafe_path": 5}
+    spooler.flush(timeout=1)
+    spooler.close()
 
 
 def test_a_shared_directory_needs_the_sticky_bit(tmp_path: Path) -> None:
@@ -66,7 +88,7 @@ def test_our_own_loose_side_files_are_tightened(tmp_path: Path) -> None:
 
 
 @as_root
-@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+@pytest.mark.parametrize("suffix", ["", *SIDE_FILES])
 def test_another_user_s_file_is_refused(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / "spool.db"
     planted = Path(f"{path}{suffix}")
@@ -76,6 +98,48 @@ def test_another_user_s_file_is_refused(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(UnsafeSpool, match="another user"):
         sqreen.Spooler(path=path, strict=True).track("e")
     assert planted.stat().st_uid == NOBODY and planted.stat().st_size == 0
+
+
+@as_root
+@pytest.mark.parametrize("suffix", ["-lock", "-turn"])
+def test_another_user_holding_a_lock_file_does_not_stall_the_host(
+    tmp_path: Path, suffix: str
+) -> None:
+    """Another local user creates the lock file in a shared sticky directory and holds it:
+    the spool is refused at once, not after a lock timeout per call."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    os.chmod(shared, 0o1777)
+    planted = shared / f"spool.db{suffix}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FLOCK, str(planted), str(NOBODY)], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        spooler = sqreen.Spooler(path=shared / "spool.db", lock_timeout=2)
+        started = time.monotonic()
+        assert not any(spooler.track("e") for _ in range(20))
+        assert time.monotonic() - started < 1.0
+        assert spooler.health().failures == {"unsafe_path": 20}
+        spooler.close()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# Made, owned and held by that user (opened before dropping to it: the test's own directory is
+# root's alone).
+HOLD_FLOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+uid = int(sys.argv[2])
+os.fchown(fd, uid, uid)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.setgid(uid)
+os.setuid(uid)
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 def test_a_spool_deleted_while_open_is_started_afresh_with_nothing_lost(tmp_path: Path) -> None:
