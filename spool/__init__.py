@@ -18,6 +18,7 @@ from .default import (
 from .errors import (
     ConfigError,
     InvalidEvent,
+    NotASpool,
     SchemaTooNew,
     SpoolError,
     SqreenError,
@@ -38,6 +39,7 @@ __all__ = [
     "FlushResult",
     "HealthReport",
     "InvalidEvent",
+    "NotASpool",
     "SchemaTooNew",
     "SpoolError",
     "Spooler",

@@ -11,9 +11,11 @@ The tree::
     └── SpoolError                  the spool cannot store events (raised only with strict=True,
         │                           and by explicit maintenance calls such as migrate)
         ├── SchemaTooNew            the spool was written by a newer sqreen-spool
-        └── UnsafeSpool             the spool's path is a symbolic link, its directory is
-                                    writable by others (no sticky bit), or its side files
-                                    belong to another user
+        ├── UnsafeSpool             the spool's path is a symbolic link, its directory is
+        │                           writable by others (no sticky bit), or its side files
+        │                           belong to another user
+        └── NotASpool               the spool's path holds another application's SQLite
+                                    database: it is left untouched
 
 Storage failures never raise out of ``track()`` unless the spooler is strict: they are logged,
 counted and reported by ``track()`` returning ``False``.
@@ -60,3 +62,8 @@ class SchemaTooNew(SpoolError):
 
 class UnsafeSpool(SpoolError):
     """The spool's files could be read or swapped by another user; nothing is opened."""
+
+
+class NotASpool(SpoolError):
+    """The spool's path holds an SQLite database that is neither empty nor a spool (another
+    application's): nothing is added to it, its mode and journal are left as they are."""

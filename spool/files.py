@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
-from .errors import UnsafeSpool
+from .errors import NotASpool, UnsafeSpool
 
 WAL = "-wal"
 LOCK = "-lock"
@@ -99,10 +99,60 @@ def prepare_path(path: Path) -> None:
             f"the spool's directory {path.parent} is writable by every user and has no sticky "
             "bit: another user could replace the spool; choose another SQREEN_SPOOL_PATH"
         )
+    refuse_foreign(path)
     os.close(open_ours(str(path), os.O_RDWR | os.O_CREAT))
     for suffix in SIDE_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.close(open_ours(f"{path}{suffix}", os.O_RDONLY))
+
+
+# The first bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Every spool has these tables; a database with tables but not these is another application's.
+SPOOL_TABLES = frozenset({"alembic_version", "events"})
+
+
+def refuse_foreign(path: Path) -> None:
+    """Raise :class:`NotASpool` when ``path`` holds an SQLite database with tables that is not
+    a spool, before anything opens it for writing (which would switch it to WAL, change its
+    mode and add the spool's tables).
+
+    Read-only, and immutable when no process has it open in WAL mode, so the look itself
+    creates no file. Bytes that are not an SQLite database at all are a damaged spool's
+    business (the store moves them aside); so is a database that cannot be read here.
+    """
+    try:
+        with open(path, "rb", opener=_no_follow) as file:
+            if file.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return
+    except (FileNotFoundError, UnsafeSpool):
+        return  # nothing there yet, or a link: open_ours refuses it
+    query = "mode=ro" if os.path.exists(f"{path}{WAL}") else "mode=ro&immutable=1"
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, timeout=1)
+        ) as conn:
+            tables = {name for (name,) in conn.execute(_TABLES)}
+    except sqlite3.Error:
+        return
+    if tables and not SPOOL_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotASpool(
+            f"{path} is an SQLite database of another application (tables: {shown}); it was "
+            "left untouched: point SQREEN_SPOOL_PATH at a file of its own"
+        )
+
+
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+
+
+def _no_follow(name: str, flags: int) -> int:
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeSpool(f"{name} is a symbolic link") from None
+        raise
 
 
 def open_ours(name: str, flags: int) -> int:

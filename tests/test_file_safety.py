@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 import sqreen
-from sqreen import SpoolError, UnsafeSpool
+from typer.testing import CliRunner
+
+from sqreen import NotASpool, SpoolError, UnsafeSpool
+from sqreen.cli.app import app
 from sqreen.files import SIDE_FILES
 
 NOBODY = 65534
@@ -159,3 +162,39 @@ def test_a_spool_deleted_while_open_is_started_afresh_with_nothing_lost(tmp_path
         names = [name for (name,) in conn.execute("SELECT name FROM events ORDER BY seq")]
     assert names == ["before"] * 10 + ["between"] * 10 + ["after"]
     assert os.stat(path).st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_another_application_s_database_is_refused_untouched(tmp_path: Path, journal: str) -> None:
+    """SQREEN_SPOOL_PATH pointed at the application's own database: no table is added, its
+    journal mode and file mode stay, and `migrate` says what is wrong in one line."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA journal_mode={journal}")
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)")
+        conn.execute("CREATE TABLE alembic_version (version_num TEXT)")  # its own migrations
+        conn.execute("INSERT INTO alembic_version VALUES ('abc123')")
+    conn.close()
+    os.chmod(path, 0o644)
+    before = path.read_bytes()
+    spooler = sqreen.Spooler(path=path)
+    assert spooler.track("e") is False
+    assert spooler.health().failures == {"not_a_spool": 1}
+    spooler.close()
+    with pytest.raises(NotASpool, match="another application"):
+        sqreen.Spooler(path=path, strict=True).track("e")
+    result = CliRunner().invoke(app, ["--path", str(path), "migrate"])
+    assert result.exit_code != 0 and "another application" in result.output
+    assert "Traceback" not in result.output
+    assert path.read_bytes() == before
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_an_empty_database_becomes_a_spool(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    path.write_bytes(b"")
+    spooler = sqreen.Spooler(path=path)
+    assert spooler.track("e")
+    spooler.close()
