@@ -69,26 +69,42 @@ def parse_bool(value: object) -> bool:
     raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
 
 
-def parse_seconds(value: object) -> float:
+# No duration setting or option means more than this: a longer one is a typo (and overflows the
+# dates computed from it).
+MAX_SECONDS = 10 * 365 * 86400.0
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([smhdw]?)\s*")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: object) -> float:
+    """A duration: a number of seconds, or a string of one with a unit ``s``, ``m``, ``h``,
+    ``d`` or ``w`` (``90``, ``30s``, ``10m``, ``1h``, ``1.5d``, ``1w``), finite, at most
+    :data:`MAX_SECONDS`. One parser for settings, command-line options and stored actions."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise TypeError("expected a number of seconds")
-    seconds = float(value)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError("expected a finite number of seconds >= 0")
+        raise TypeError("expected a duration: seconds, or a number with s, m, h, d or w")
+    if isinstance(value, str):
+        found = _DURATION.fullmatch(value.lower())
+        if found is None:
+            raise ValueError(f"{value!r} is not a duration (examples: 90, 30s, 10m, 1h, 2d, 1w)")
+        seconds = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    else:
+        seconds = float(value)
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise ValueError(f"expected a duration from 0 to {MAX_SECONDS:.0f} seconds (ten years)")
     return seconds
 
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
-_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+def seconds_at_least(minimum: float, why: str) -> Callable[[object], float]:
+    """A duration setting that refuses values below ``minimum``, saying ``why``."""
 
+    def parse(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds < minimum:
+            raise ValueError(f"expected at least {minimum:g} seconds: {why}")
+        return seconds
 
-def parse_duration(value: str) -> float:
-    """A duration typed by an operator: seconds, or a number with ``s``, ``m``, ``h``, ``d``
-    (``90``, ``10m``, ``1h``, ``1.5d``)."""
-    found = _DURATION.fullmatch(value.lower())
-    if found is None:
-        raise ValueError(f"{value!r} is not a duration (examples: 90, 30s, 10m, 1h, 2d)")
-    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    return parse
 
 
 def parse_count(value: object) -> int:
@@ -235,10 +251,14 @@ class Settings:
 
     path: Path = _setting("SQREEN_SPOOL_PATH", parse_path, None)
     durability: str = _setting("SQREEN_SPOOL_DURABILITY", parse_durability, DEFAULT_DURABILITY)
-    lock_timeout: float = _setting("SQREEN_SPOOL_LOCK_TIMEOUT", parse_seconds, DEFAULT_LOCK_TIMEOUT)
+    lock_timeout: float = _setting(
+        "SQREEN_SPOOL_LOCK_TIMEOUT",
+        seconds_at_least(0.01, "a shorter wait fails every write that meets another"),
+        DEFAULT_LOCK_TIMEOUT,
+    )
     strict: bool = _setting("SQREEN_SPOOL_STRICT", parse_bool, DEFAULT_STRICT)
     shutdown_timeout: float = _setting(
-        "SQREEN_SHUTDOWN_TIMEOUT", parse_seconds, DEFAULT_SHUTDOWN_TIMEOUT
+        "SQREEN_SHUTDOWN_TIMEOUT", parse_duration, DEFAULT_SHUTDOWN_TIMEOUT
     )
     url: str | None = _setting("SQREEN_URL", parse_url, None)
     token: str | None = _setting("SQREEN_TOKEN", parse_token, None, repr=False)  # never logged
@@ -251,21 +271,35 @@ class Settings:
     )
     nats_create_stream: bool = _setting("SQREEN_SPOOL_NATS_CREATE_STREAM", parse_bool, False)
     heartbeat_delay: float = _setting(
-        "SQREEN_HEARTBEAT_DELAY", parse_seconds, DEFAULT_HEARTBEAT_DELAY
+        "SQREEN_HEARTBEAT_DELAY",
+        seconds_at_least(0.1, "a shorter heartbeat keeps a core busy delivering nothing"),
+        DEFAULT_HEARTBEAT_DELAY,
     )
     batch_size: int = _setting("SQREEN_SPOOL_BATCH_SIZE", parse_count, DEFAULT_BATCH_SIZE)
     max_batch_bytes: int = _setting(
         "SQREEN_SPOOL_MAX_BATCH_BYTES", parse_count, DEFAULT_MAX_BATCH_BYTES
     )
-    lease: float = _setting("SQREEN_SPOOL_LEASE", parse_seconds, DEFAULT_LEASE)
-    http_timeout: float = _setting("SQREEN_SPOOL_HTTP_TIMEOUT", parse_seconds, DEFAULT_HTTP_TIMEOUT)
+    lease: float = _setting(
+        "SQREEN_SPOOL_LEASE",
+        seconds_at_least(1.0, "a shorter lease expires while its batch is still being sent"),
+        DEFAULT_LEASE,
+    )
+    http_timeout: float = _setting(
+        "SQREEN_SPOOL_HTTP_TIMEOUT",
+        seconds_at_least(0.1, "a shorter timeout fails every request"),
+        DEFAULT_HTTP_TIMEOUT,
+    )
     retry_attempts: int = _setting(
         "SQREEN_SPOOL_RETRY_ATTEMPTS", parse_count, DEFAULT_RETRY_ATTEMPTS
     )
     keep_delivered: float = _setting(
-        "SQREEN_SPOOL_KEEP_DELIVERED", parse_seconds, DEFAULT_KEEP_DELIVERED
+        "SQREEN_SPOOL_KEEP_DELIVERED", parse_duration, DEFAULT_KEEP_DELIVERED
     )
-    max_age: float = _setting("SQREEN_SPOOL_MAX_AGE", parse_seconds, DEFAULT_MAX_AGE)
+    max_age: float = _setting(
+        "SQREEN_SPOOL_MAX_AGE",
+        seconds_at_least(0.1, "a shorter age drops every event before it can be sent"),
+        DEFAULT_MAX_AGE,
+    )
     max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_count, DEFAULT_MAX_BYTES)
     ip_header: str | None = _setting("SQREEN_IP_HEADER", parse_header, None)
     strip_sensitive_data: bool = _setting("SQREEN_STRIP_SENSITIVE_DATA", parse_bool, True)

@@ -3,15 +3,25 @@ made from the environment on first use."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import ConfigError
 from .flusher import FlushResult
 from .spooler import Spooler
 
+log = logging.getLogger("sqreen.spool")
+
 _default: Spooler | None = None
 _default_lock = threading.Lock()
+# Module-level calls and requests that found the environment's settings malformed (each then
+# does nothing), and when that was last logged: at most once per MISCONFIGURED_LOG_EVERY s.
+MISCONFIGURED_LOG_EVERY = 60.0
+misconfigured = 0
+_misconfigured_logged = -MISCONFIGURED_LOG_EVERY
 
 
 def default_spooler() -> Spooler:
@@ -23,9 +33,32 @@ def default_spooler() -> Spooler:
         return _default
 
 
-def current_spooler() -> Spooler:
-    """The default spooler, without taking the lock once it exists (per request)."""
-    return _default or default_spooler()
+def current_spooler() -> Spooler | None:
+    """The default spooler, without taking the lock once it exists (per call, per request);
+    None when the environment's settings are malformed.
+
+    A misconfigured library must never fail the host's requests or its calls to ``track()``:
+    the call does nothing, and the error is counted (:data:`misconfigured`) and logged at most
+    once a minute. An explicit :func:`configure` or ``Spooler(...)`` still raises ConfigError.
+    """
+    spooler = _default
+    if spooler is not None:
+        return spooler
+    try:
+        return default_spooler()
+    except ConfigError as exc:
+        global misconfigured, _misconfigured_logged
+        misconfigured += 1
+        now = time.monotonic()
+        if now - _misconfigured_logged >= MISCONFIGURED_LOG_EVERY:
+            _misconfigured_logged = now
+            log.error(
+                "sqreen spool: the settings are malformed, nothing is recorded or enforced "
+                "(%d calls so far): %s",
+                misconfigured,
+                exc,
+            )
+        return None
 
 
 def configure(**settings: Any) -> Spooler:
@@ -49,7 +82,8 @@ def identify(
 
     ``traits`` (a mapping of JSON values) are kept with the request's user.
     """
-    return (_default or default_spooler()).identify(user_identifiers, traits)
+    spooler = _default or current_spooler()
+    return False if spooler is None else spooler.identify(user_identifiers, traits)
 
 
 def track(event_name: str, options: Mapping[str, Any] | None = None) -> bool:
@@ -63,23 +97,26 @@ def track(event_name: str, options: Mapping[str, Any] | None = None) -> bool:
     spooler is strict. Storage trouble returns False, is logged and counted (or raises
     :class:`sqreen.SpoolError` when the spooler is strict).
     """
-    spooler = _default or default_spooler()
-    return spooler.track(event_name, options)
+    spooler = _default or current_spooler()
+    return False if spooler is None else spooler.track(event_name, options)
 
 
 def auth_track(success: bool, **user_identifiers: str | int) -> bool:
     """Record a login attempt as the event ``sqreen.auth_track`` (property ``success``) with
     the given user identifiers (str or int values); inside a request it carries the request
     too, and a successful one identifies the request's user (as :func:`identify`)."""
-    return (_default or default_spooler()).auth_track(success, **user_identifiers)
+    spooler = _default or current_spooler()
+    return False if spooler is None else spooler.auth_track(success, **user_identifiers)
 
 
 def signup_track(**user_identifiers: str | int) -> bool:
     """Record a signup as the event ``sqreen.signup_track`` with the given user identifiers;
     inside a request it also identifies the request's user (as :func:`identify`)."""
-    return (_default or default_spooler()).signup_track(**user_identifiers)
+    spooler = _default or current_spooler()
+    return False if spooler is None else spooler.signup_track(**user_identifiers)
 
 
 def flush(timeout: float | None = None) -> FlushResult:
     """Deliver the default spool's pending events now, waiting at most ``timeout`` seconds."""
-    return default_spooler().flush(timeout)
+    spooler = current_spooler()
+    return FlushResult() if spooler is None else spooler.flush(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,15 @@ def test_booleans(monkeypatch: pytest.MonkeyPatch, text: str, expected: bool) ->
         ("SQREEN_SPOOL_STRICT", "maybe", "SQREEN_SPOOL_STRICT: invalid value 'maybe'"),
         ("SQREEN_SPOOL_DURABILITY", "disk", "expected one of process, power"),
         ("SQREEN_SPOOL_LOCK_TIMEOUT", "soon", "SQREEN_SPOOL_LOCK_TIMEOUT: invalid value 'soon'"),
-        ("SQREEN_SPOOL_LOCK_TIMEOUT", "-1", "finite number of seconds >= 0"),
+        ("SQREEN_SPOOL_LOCK_TIMEOUT", "-1", "not a duration"),
         ("SQREEN_SHUTDOWN_TIMEOUT", "nan", "SQREEN_SHUTDOWN_TIMEOUT"),
+        ("SQREEN_HEARTBEAT_DELAY", "0", "at least 0.1 seconds: a shorter heartbeat keeps a core"),
+        ("SQREEN_SPOOL_LOCK_TIMEOUT", "0", "at least 0.01 seconds"),
+        ("SQREEN_SPOOL_LEASE", "0.5", "expires while its batch is still being sent"),
+        ("SQREEN_SPOOL_HTTP_TIMEOUT", "0", "fails every request"),
+        ("SQREEN_SPOOL_MAX_AGE", "0", "drops every event"),
+        ("SQREEN_SPOOL_MAX_AGE", "1e300", "ten years"),
+        ("SQREEN_SPOOL_KEEP_DELIVERED", "11000d", "ten years"),
     ],
 )
 def test_malformed_environment_names_the_variable(
@@ -113,3 +121,34 @@ def test_url_credentials_never_reach_a_log_or_repr(
     assert "PASSWD99" not in logged and "SECRET42" not in logged
     sent = collector.requests[-1].headers["Authorization"]
     assert base64.b64decode(sent.split()[1]) == b"user:PASSWD99"  # as an auth header
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("2h", 7200.0),
+        ("3d", 259200.0),
+        ("1w", 604800.0),
+        (" 1.5D ", 129600.0),
+    ],
+)
+def test_duration_settings_take_units(
+    monkeypatch: pytest.MonkeyPatch, text: str, seconds: float
+) -> None:
+    monkeypatch.setenv("SQREEN_SPOOL_MAX_AGE", text)
+    assert Settings.resolve().max_age == seconds
+
+
+def test_an_idle_spooler_with_the_shortest_heartbeat_does_not_spin(spool_path: Path) -> None:
+    """SQREEN_HEARTBEAT_DELAY=0 kept a core busy (2-3 CPU-seconds per 3 s); the shortest
+    accepted heartbeat costs an idle process little."""
+    spooler = sqreen.Spooler(path=spool_path, heartbeat_delay=0.1, url="http://127.0.0.1:9")
+    assert spooler.track("e")
+    before = time.process_time()
+    time.sleep(2)
+    used = time.process_time() - before
+    spooler.close()
+    assert used < 1.0, f"{used:.2f} CPU-seconds in 2 s idle"

@@ -17,6 +17,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import flask
 import httpx
+import logging
+
 import orjson
 import pytest
 
@@ -465,3 +467,33 @@ def test_a_client_cannot_push_starlette_s_event_past_its_limit(
         answer = client.post(f"/async?user=a@b.c&{query}", content=form, headers=FORM)
     assert answer.status_code == 200
     assert stored_request(spool_path)["path"] == "/async"
+
+
+def test_a_malformed_setting_never_fails_a_request(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQREEN_HEARTBEAT_DELAY=soon: every request answered 500 before, tracking or not. Now
+    the request goes through, nothing is recorded, and the error is logged once and counted."""
+    import sqreen.default
+
+    monkeypatch.setenv("SQREEN_HEARTBEAT_DELAY", "soon")
+    monkeypatch.setattr(sqreen.default, "misconfigured", 0)
+    monkeypatch.setattr(sqreen.default, "_misconfigured_logged", -1e9)
+    app = flask_app()
+
+    @app.route("/plain")
+    def plain() -> str:
+        return "plain"
+
+    client = app.test_client()
+    with caplog.at_level(logging.ERROR, logger="sqreen.spool"):
+        for _ in range(3):
+            assert client.get("/plain").data == b"plain"
+            assert client.post("/checkout", data={"name": "n"}).data == b"n"
+            assert client.post("/login", data={"email": "a@b.c", "password": "x"}).data == b"out"
+    assert sqreen.flush().delivered == 0
+    assert sqreen.default.misconfigured >= 9
+    logged = [r.getMessage() for r in caplog.records if "settings are malformed" in r.getMessage()]
+    assert len(logged) == 1 and "SQREEN_HEARTBEAT_DELAY" in logged[0]
+    with pytest.raises(sqreen.ConfigError):
+        sqreen.configure()  # an explicit call still says so

@@ -69,7 +69,7 @@ async def enforced(
     application swallowed it (its response, when it starts, is replaced by ours)."""
     request = current()
     assert request is not None
-    if current_spooler().screen(request) is not None:
+    if (spooler := current_spooler()) is not None and spooler.screen(request) is not None:
         await _answer(request, send, accept)
         return
     state = {"started": False, "replaced": False}

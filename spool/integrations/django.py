@@ -38,7 +38,7 @@ class SqreenMiddleware:
         try:
             context = current()
             assert context is not None
-            if current_spooler().screen(context) is not None:
+            if (spooler := current_spooler()) is not None and spooler.screen(context) is not None:
                 return _answer(context, meta)
             response = self.get_response(request)
             # Django turned a UserBlocked into a 500 (after process_exception), or the view

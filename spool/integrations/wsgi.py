@@ -42,7 +42,7 @@ def enforced(
     returns, so that its response can still be replaced."""
     request = current()
     assert request is not None
-    if current_spooler().screen(request) is not None:
+    if (spooler := current_spooler()) is not None and spooler.screen(request) is not None:
         return _answer(request, environ, start_response)
     held: list[tuple[Any, ...]] = []
     returned = False
