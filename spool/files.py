@@ -135,7 +135,7 @@ def refuse_foreign(path: Path) -> None:
             tables = {name for (name,) in conn.execute(_TABLES)}
     except sqlite3.Error:
         return
-    if tables and not SPOOL_TABLES <= tables:
+    if tables and not tables >= SPOOL_TABLES:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise NotASpool(
             f"{path} is an SQLite database of another application (tables: {shown}); it was "

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-import sqreen
 from typer.testing import CliRunner
 
+import sqreen
 from sqreen import NotASpool, SpoolError, UnsafeSpool
 from sqreen.cli.app import app
 from sqreen.files import SIDE_FILES

@@ -5,6 +5,7 @@ endpoints, concurrent asyncio requests) and Django (its test client)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
@@ -17,8 +18,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import flask
 import httpx
-import logging
-
 import orjson
 import pytest
 
