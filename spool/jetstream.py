@@ -80,6 +80,7 @@ class Publisher:
         if any(urlsplit(server).scheme == "tls" for server in servers):
             self._options["tls"] = ssl.create_default_context()  # verified, like https
         self.client: Any = None
+        self._warned_reports = False
 
     async def publish(
         self,
@@ -101,8 +102,12 @@ class Publisher:
             report = orjson.dumps({"batch_id": batch_id, "dropped": dropped})
             subject = f"{self.subject}.dropped"
             failure = await _one(js, subject, f"{batch_id}.dropped", report, batch_id, deadline)
+            if failure is not None and failure[0] == "unacked":
+                return Reply(None, failure[1])  # the server is in trouble: the events would be too
             if failure is not None:
-                return await self._unpublished(js, failure, deadline)
+                # No stream takes the report's subject (or refuses it): a configuration error,
+                # which must not hold the events back. The drops stay counted in the spool.
+                self._report_refused(subject, failure[1])
         gate = asyncio.Semaphore(IN_FLIGHT)
 
         async def each(event_id: str, body: bytes) -> tuple[str, str] | None:
@@ -116,6 +121,18 @@ class Publisher:
             return await self._unpublished(js, next(iter(failures.values())), deadline)
         unsettled = frozenset(i for i in failures if i not in rejected)
         return Reply(200, "", None, rejected, None, unsettled)
+
+    def _report_refused(self, subject: str, why: str) -> None:
+        if not self._warned_reports:
+            self._warned_reports = True
+            log.error(
+                "sqreen spool: drop reports cannot be published on %r (%s): add the subject "
+                "%r to the stream; the events are delivered, the drops stay counted in the "
+                "spool (sqreen-spool inspect)",
+                subject,
+                why,
+                f"{self.subject}.>",
+            )
 
     async def close(self) -> None:
         """Close the connection, if one is open."""

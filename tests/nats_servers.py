@@ -117,13 +117,14 @@ def run(url: str, work: Callable[[Any], Awaitable[T]], timeout: float = 30) -> T
     return asyncio.run(main())
 
 
-def add_stream(url: str, replicas: int = 1, **config: Any) -> None:
+def add_stream(
+    url: str, replicas: int = 1, subjects: tuple[str, ...] = (SUBJECT, f"{SUBJECT}.>"), **config: Any
+) -> None:
     async def add(js: Any) -> None:
         from nats.js.api import StreamConfig
 
-        subjects = [SUBJECT, f"{SUBJECT}.>"]
         await js.add_stream(
-            StreamConfig(name=STREAM, subjects=subjects, num_replicas=replicas, **config)
+            StreamConfig(name=STREAM, subjects=list(subjects), num_replicas=replicas, **config)
         )
 
     run(url, add)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import sqreen
+from sqreen.prune import prune
 
 from .conftest import run_child
 from .nats_servers import (
@@ -304,3 +305,24 @@ def test_the_cli_flushes_into_the_stream(spool_path: Path, server: NatsServer) -
     assert done.returncode == 0, done.stderr
     assert "delivered 30, rejected 0, still pending 0" in done.stdout
     assert len(tags(server.url)) == 30
+
+
+def test_a_stream_without_the_drop_subject_still_takes_the_events(
+    spool_path: Path, server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`nats stream add --subjects sqreen.events`: the drop report has no responders. It is a
+    configuration error, said once; the events are delivered (they were held back for good)."""
+    add_stream(server.url, subjects=(SUBJECT,))
+    aging = sqreen.Spooler(path=spool_path, max_age=0.2)
+    for i in range(3):
+        assert aging.track("old", {"properties": {"tag": f"old-{i}"}})
+    time.sleep(0.5)
+    assert prune(aging._store, aging.settings)["age"] == 3  # the next batch reports it
+    aging.close()
+    spooler = filled(spool_path, 5, url=server.url)
+    result = spooler.flush(timeout=20)
+    spooler.close()
+    assert (result.delivered, result.pending) == (5, 0)
+    assert sorted(tags(server.url)) == sorted(str(i) for i in range(5))
+    said = [r.getMessage() for r in caplog.records if f"{SUBJECT}.dropped" in r.getMessage()]
+    assert len(said) == 1, said
