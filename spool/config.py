@@ -169,6 +169,8 @@ def mask_url(url: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    elif parts.username is not None and is_nats(url):  # nats://TOKEN@host: the name is the token
+        netloc = netloc.replace(f"{parts.username}@", f"{MASK}@", 1)
     query = [
         (k, MASK if any(w in k.lower() for w in _SECRET_QUERY_WORDS) else v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)

@@ -141,11 +141,11 @@ class Publisher:
             await client.close()
 
     async def _jetstream(self) -> Any:
-        import nats
-
         client = self.client
         if client is None or client.is_closed:
-            client = self.client = await nats.connect(**self._options)
+            client = _tls_enforcing_client()
+            await client.connect(**self._options)
+            self.client = client
         return client.jetstream(timeout=self._timeout)
 
     async def _unpublished(self, js: Any, failure: tuple[str, str], deadline: float) -> Reply:
@@ -283,6 +283,33 @@ async def _one(
         return "unacked", f"JetStream error {exc.code}: {exc.description}"
     except (NatsError, asyncio.TimeoutError, OSError) as exc:
         return "unacked", f"NATS: {describe(exc)}"
+
+
+def _tls_enforcing_client() -> Any:
+    """A nats-py client that keeps ``tls://`` to its word.
+
+    nats-py upgrades a connection to TLS only when the server's INFO asks for it: against a
+    plaintext server (a spoofed one, or one misconfigured) it would send the CONNECT, token or
+    password included, in clear. This client refuses such a server before sending anything.
+    The INFO is the only moment to do it, and nats-py offers no hook there but this method.
+    """
+    from nats.aio.client import Client
+    from nats.errors import Error as NatsError
+
+    class TlsEnforcingClient(Client):  # type: ignore[misc]
+        async def _process_info(
+            self, info: dict[str, Any], initial_connection: bool = False
+        ) -> None:
+            server = self._current_server
+            if initial_connection and server is not None and server.uri.scheme == "tls":
+                if not info.get("tls_required"):
+                    raise NatsError(
+                        f"{server.uri.hostname}:{server.uri.port} does not require TLS; "
+                        "refusing to connect in clear to a tls:// server"
+                    )
+            await super()._process_info(info, initial_connection)
+
+    return TlsEnforcingClient()
 
 
 def describe(exc: BaseException) -> str:

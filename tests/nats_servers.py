@@ -118,7 +118,10 @@ def run(url: str, work: Callable[[Any], Awaitable[T]], timeout: float = 30) -> T
 
 
 def add_stream(
-    url: str, replicas: int = 1, subjects: tuple[str, ...] = (SUBJECT, f"{SUBJECT}.>"), **config: Any
+    url: str,
+    replicas: int = 1,
+    subjects: tuple[str, ...] = (SUBJECT, f"{SUBJECT}.>"),
+    **config: Any,
 ) -> None:
     async def add(js: Any) -> None:
         from nats.js.api import StreamConfig

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,8 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import sqreen
+from sqreen.cli.app import app
 from sqreen.prune import prune
 
 from .conftest import run_child
@@ -326,3 +329,56 @@ def test_a_stream_without_the_drop_subject_still_takes_the_events(
     assert sorted(tags(server.url)) == sorted(str(i) for i in range(5))
     said = [r.getMessage() for r in caplog.records if f"{SUBJECT}.dropped" in r.getMessage()]
     assert len(said) == 1, said
+
+
+class PlaintextNats:
+    """A plaintext server on loopback that speaks first as NATS does (INFO, asking for no
+    TLS) and keeps every byte a client sends it."""
+
+    INFO = (
+        b'INFO {"server_id":"plain","version":"2.10.0","auth_required":true,'
+        b'"tls_required":false,"max_payload":1048576,"headers":true}\r\n'
+    )
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.sendall(self.INFO)
+                conn.settimeout(0.5)
+                try:
+                    while data := conn.recv(65536):
+                        self.received += data
+                except OSError:
+                    pass
+
+
+def test_tls_means_tls_or_no_connection(spool_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """nats-py upgrades only when the server asks: a plaintext server at a tls:// URL got the
+    CONNECT with the token in clear. Now nothing is sent to it, and the token is never shown."""
+    plain = PlaintextNats()
+    url = f"tls://S3CRET-TOKEN@127.0.0.1:{plain.port}"
+    spooler = sqreen.Spooler(path=spool_path, url=url, http_timeout=1, heartbeat_delay=3600)
+    assert spooler.track("e")
+    result = spooler.flush(timeout=5)
+    assert (result.delivered, result.pending) == (0, 1)
+    assert plain.connections >= 1
+    assert b"CONNECT" not in plain.received and b"S3CRET" not in plain.received
+    assert "S3CRET" not in repr(spooler.settings)
+    assert "S3CRET" not in str(spooler.health())
+    spooler.close()
+    plain.sock.close()
+    shown = CliRunner().invoke(app, ["--path", str(spool_path), "--url", url, "inspect"])
+    assert "S3CRET" not in shown.output
+    assert not any("S3CRET" in record.getMessage() for record in caplog.records)
