@@ -301,12 +301,12 @@ def _tls_enforcing_client() -> Any:
             self, info: dict[str, Any], initial_connection: bool = False
         ) -> None:
             server = self._current_server
-            if initial_connection and server is not None and server.uri.scheme == "tls":
-                if not info.get("tls_required"):
-                    raise NatsError(
-                        f"{server.uri.hostname}:{server.uri.port} does not require TLS; "
-                        "refusing to connect in clear to a tls:// server"
-                    )
+            tls = server is not None and server.uri.scheme == "tls"
+            if initial_connection and tls and not info.get("tls_required"):
+                raise NatsError(
+                    f"{server.uri.hostname}:{server.uri.port} does not require TLS; "
+                    "refusing to connect in clear to a tls:// server"
+                )
             await super()._process_info(info, initial_connection)
 
     return TlsEnforcingClient()
