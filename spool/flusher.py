@@ -189,11 +189,13 @@ class Flusher:
                 self._health.record("collector_unavailable", why, "delivery")
                 self._outbox.failed(waiting, why, now, 0.0, {**attempt, "outcome": "partial"})
             return FlushResult(delivered=len(accepted), rejected=len(refused), failed=len(waiting))
-        if reply.status in SPLIT_STATUSES | BISECT_STATUSES:
+        halve = reply.status in SPLIT_STATUSES | BISECT_STATUSES
+        if halve or (reply.unread and len(batch) > 1):
             if len(batch) == 1:
                 self._outbox.settle((), now, False, {}, {batch.seqs[0]: reply.describe()}, attempt)
                 return FlushResult(rejected=1)
-            # Halve: a 413 batch until it fits, a 400 batch down to the events at fault.
+            # Halve: a 413 batch until it fits, a 400 batch down to the events at fault, a batch
+            # whose answer was too large to read until the answers fit.
             half = len(batch) // 2
             first = self._deliver(batch[:half], dropped, until)
             return first + self._deliver(batch[half:], {}, until)

@@ -42,7 +42,8 @@ BISECT_STATUSES = frozenset({400, 422})
 # larger value (a typo, a year-9999 date) would stop background delivery for good, while max_age
 # already bounds how long an event may wait.
 RETRY_AFTER_MAX = 3600.0
-# Of an answer's body, only this much is read (decoded): room for a whole batch's refusals.
+# Of an answer's body, only this much is read (decoded): room for a whole batch's refusals. A
+# larger answer fails its batch, which is retried, then halved.
 ANSWER_LIMIT = 1024 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -60,6 +61,8 @@ class Reply:
     # Events of an answered batch that were not acknowledged (the JetStream sink: no PubAck
     # came back for them): they stay pending, with the usual retry state.
     unsettled: frozenset[str] = frozenset()
+    # The answer came but was too large to read whole: what it says of the batch is unknown.
+    unread: bool = False
 
     @property
     def ok(self) -> bool:
@@ -168,6 +171,8 @@ class Transport:
             return Reply(None, f"timeout: no whole answer within {budget:g} s")
         except httpx.TimeoutException as exc:
             return Reply(None, f"timeout: {type(exc).__name__}")
+        except AnswerTooLarge as exc:  # retried, then halved: smaller batches, smaller answers
+            return Reply(None, f"{exc}: not read whole", unread=True)
         except httpx.LocalProtocolError as exc:  # its text can quote a header, the token's too
             return Reply(None, f"{type(exc).__name__} (the request could not be sent)")
         except httpx.HTTPError as exc:  # transport trouble, a body that does not decode, ...
@@ -260,23 +265,33 @@ def retry_after(value: str | None) -> float | None:
     return min(RETRY_AFTER_MAX, max(0.0, seconds))
 
 
+class AnswerTooLarge(Exception):
+    """An answer's body, decoded, is over :data:`ANSWER_LIMIT`: it was not read whole."""
+
+
 def answer_body(response: httpx.Response) -> bytes:
-    """At most :data:`ANSWER_LIMIT` bytes of an answer's body, decoded (gzip, deflate): an
-    endless or huge body, or a compression bomb, costs no more memory than that."""
+    """An answer's body, decoded (gzip, deflate), reading no more than :data:`ANSWER_LIMIT`
+    bytes of it: an endless or huge body, or a compression bomb, costs no more memory than
+    that. A body larger than that raises :class:`AnswerTooLarge`: a cut answer would read as
+    "nothing rejected", so it must never settle a batch."""
     raw = bytearray()
     for chunk in response.iter_raw():
         raw += chunk
-        if len(raw) >= ANSWER_LIMIT:
-            break
+        if len(raw) > ANSWER_LIMIT:
+            raise AnswerTooLarge(f"the answer is over {ANSWER_LIMIT} bytes")
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
-        return bytes(raw[:ANSWER_LIMIT])
+        return bytes(raw)
     if encoding not in _WBITS:
         raise httpx.DecodingError(f"unsupported Content-Encoding {encoding[:40]!r}")
+    decoder = zlib.decompressobj(_WBITS[encoding])
     try:
-        return zlib.decompressobj(_WBITS[encoding]).decompress(bytes(raw), ANSWER_LIMIT)
+        content = decoder.decompress(bytes(raw), ANSWER_LIMIT + 1)
     except zlib.error as exc:
         raise httpx.DecodingError(f"answer body is not valid {encoding}: {exc}") from None
+    if len(content) > ANSWER_LIMIT or decoder.unconsumed_tail:
+        raise AnswerTooLarge(f"the answer is over {ANSWER_LIMIT} bytes decoded")
+    return content
 
 
 def read_answer(content: bytes) -> tuple[dict[str, str], list[Any] | None]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,11 +18,12 @@ from typer.testing import CliRunner
 
 import sqreen
 from sqreen.cli.app import app
+from sqreen.cli.collect import Answer
 from sqreen.transport import RETRY_AFTER_MAX, retry_after
 from sqreen.worker import Worker
 
 from . import hostile
-from .conftest import run_child
+from .conftest import counters, run_child
 
 NOT_GZIP = hostile.response(200, b"this is not gzip", Content_Encoding="gzip")
 
@@ -135,7 +137,7 @@ def test_an_answer_body_costs_bounded_memory(
     child = run_child("flush_once", str(spool_path), server.url, stdout=subprocess.PIPE)
     out, _ = child.communicate(timeout=60)
     delivered, failed, peak_mib = (int(x) for x in out.split())
-    assert (delivered, failed) == (3, 0)  # a 2xx, whatever its body
+    assert (delivered, failed) == (0, 3)  # an answer not read whole settles nothing
     assert peak_mib < 150, f"{peak_mib} MiB"
     assert time.monotonic() - started < 30
 
@@ -161,3 +163,25 @@ def test_a_trickling_collector_cannot_hold_a_flush_or_the_exit(
     child.wait(timeout=30)
     assert child.returncode == 0
     assert time.monotonic() - started < 10  # past 30 s before, with shutdown_timeout=2
+
+
+def test_an_answer_too_large_to_read_whole_never_settles_its_batch(
+    spool_path: Path, collector: Any
+) -> None:
+    """900 events rejected with 1.2 KB reasons: the answer is 1.1 MiB. Cut at 1 MiB it read as
+    "nothing rejected" and all 900 counted as delivered; now the batch is retried, then
+    halved until the answers fit, and every rejection is counted."""
+    reason = "r" * 1200
+
+    def reject_all(batch: dict[str, Any]) -> Answer:
+        refused = [{"id": e["id"], "reason": reason} for e in batch["events"]]
+        return Answer(200, orjson.dumps({"rejected": refused}))
+
+    collector.default = reject_all
+    tracked(spool_path, 900)
+    spooler = sqreen.Spooler(path=spool_path, url=collector.url, retry_attempts=2)
+    result = spooler.flush(timeout=30)
+    spooler.close()
+    assert (result.delivered, result.rejected, result.pending) == (0, 900, 0)
+    assert len(collector.requests[0].answer.body) > 1024 * 1024
+    assert counters(spool_path)["dropped.rejected"] == 900
