@@ -8,6 +8,7 @@ plain sqlite3 connection (see :mod:`sqreen.enforce`).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
@@ -83,8 +84,13 @@ def clear_actions(store: Store) -> int:
 
 def load_actions(conn: sqlite3.Connection) -> list[Action]:
     """Every stored action (expired ones included: callers check ``live``)."""
-    found = []
-    for source, action_id, name, parameters, send_response, expires_at, _ in conn.execute(_SELECT):
+    found, now = [], time.time()
+    for row in conn.execute(_SELECT):
+        source, action_id, name, parameters, send_response, expires_at, received_at = row
+        if expires_at is not None and received_at > now:
+            # Received "in the future": the wall clock stepped back since. The action lasts at
+            # most its whole duration from now, not that plus the step.
+            expires_at = now + (expires_at - received_at)
         document = {
             "action": name,
             "action_id": action_id,

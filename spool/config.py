@@ -27,6 +27,9 @@ DEFAULT_HEARTBEAT_DELAY = 60.0
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 DEFAULT_LEASE = 30.0
+# Longer leases are refused: a claim expiring later than this from now was written by a clock
+# that has since stepped back (see sqreen.outbox).
+LEASE_MAX = 3600.0
 DEFAULT_HTTP_TIMEOUT = 10.0
 DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_KEEP_DELIVERED = 0.0
@@ -95,13 +98,18 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-def seconds_at_least(minimum: float, why: str) -> Callable[[object], float]:
-    """A duration setting that refuses values below ``minimum``, saying ``why``."""
+def seconds_at_least(
+    minimum: float, why: str, maximum: float = MAX_SECONDS
+) -> Callable[[object], float]:
+    """A duration setting that refuses values below ``minimum``, saying ``why``, and above
+    ``maximum``."""
 
     def parse(value: object) -> float:
         seconds = parse_duration(value)
         if seconds < minimum:
             raise ValueError(f"expected at least {minimum:g} seconds: {why}")
+        if seconds > maximum:
+            raise ValueError(f"expected at most {maximum:g} seconds")
         return seconds
 
     return parse
@@ -283,7 +291,9 @@ class Settings:
     )
     lease: float = _setting(
         "SQREEN_SPOOL_LEASE",
-        seconds_at_least(1.0, "a shorter lease expires while its batch is still being sent"),
+        seconds_at_least(
+            1.0, "a shorter lease expires while its batch is still being sent", LEASE_MAX
+        ),
         DEFAULT_LEASE,
     )
     http_timeout: float = _setting(

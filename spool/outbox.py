@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from .config import LEASE_MAX
 from .event import new_id
 from .schema import DELIVERED, DROP_REASONS, PENDING, REJECTED
 from .store import Store
@@ -24,6 +25,9 @@ from .store import Store
 # Row-level backoff after a failed delivery: 5 s, 10 s, 20 s, ... capped at an hour, jittered.
 BACKOFF_BASE = 5.0
 BACKOFF_MAX = 3600.0
+# The latest a backoff is ever written to end, from its writing: the cap, jittered (a collector's
+# Retry-After is capped lower).
+WAIT_HORIZON = BACKOFF_MAX * 1.2
 
 # Sets of rows are passed as one JSON array parameter (json_each), not as an expanded IN list:
 # one bound parameter instead of a thousand, and no per-row work in Python.
@@ -31,10 +35,15 @@ _SEQS = "(SELECT value FROM json_each(:seqs))"
 # A claim holds the span of seqs from its batch's first row to its last. Before claiming, a
 # flusher drops the expired claims and its own (it has settled its previous batch), so the live
 # claims are few and a row is claimable when no claim's span covers it.
-_EXPIRE = "DELETE FROM claims WHERE expires <= :now OR owner = :owner"
+# A claim expiring later than LEASE_MAX from now, or a backoff ending later than WAIT_HORIZON
+# from now, was written before the wall clock stepped back: read as expired, or due, at once
+# (waiting it out could take as long as the step, a day or more). Not the reader's own lease:
+# other flushers may have longer ones.
+_EXPIRE = "DELETE FROM claims WHERE expires <= :now OR expires > :latest OR owner = :owner"
 _CLAIM = (
     "SELECT events.seq, events.id, events.payload FROM events LEFT JOIN retries USING (seq) "
-    "WHERE events.status = :pending AND coalesce(retries.next_attempt_at, 0) <= :due "
+    "WHERE events.status = :pending "
+    "AND (coalesce(retries.next_attempt_at, 0) <= :due OR retries.next_attempt_at > :horizon) "
     "AND NOT EXISTS (SELECT 1 FROM claims WHERE events.seq BETWEEN lo AND hi) "
     "ORDER BY events.seq LIMIT :limit"
 )
@@ -43,7 +52,8 @@ _CLAIM = (
 _OLDEST = "SELECT seq, id, payload FROM events WHERE status = :pending ORDER BY seq LIMIT :limit"
 _HELD_BACK = (
     "SELECT EXISTS (SELECT 1 FROM claims WHERE lo <= :hi AND hi >= :lo) "
-    "OR EXISTS (SELECT 1 FROM retries WHERE seq BETWEEN :lo AND :hi AND next_attempt_at > :due)"
+    "OR EXISTS (SELECT 1 FROM retries WHERE seq BETWEEN :lo AND :hi "
+    "AND next_attempt_at > :due AND next_attempt_at <= :horizon)"
 )
 _HOLD = "INSERT INTO claims (owner, lo, hi, expires) VALUES (:owner, :lo, :hi, :until)"
 _RELEASE = "DELETE FROM claims WHERE owner = :owner"
@@ -64,7 +74,7 @@ _REASON = (
     "INSERT INTO retries (seq, attempts, next_attempt_at, last_error) VALUES (:seq, 0, 0, :error) "
     "ON CONFLICT (seq) DO UPDATE SET last_error = excluded.last_error"
 )
-_LIVE_OWNERS = "SELECT DISTINCT owner FROM claims WHERE expires > :now"
+_LIVE_OWNERS = "SELECT DISTINCT owner FROM claims WHERE expires > :now AND expires <= :latest"
 _FORGET_OWNERS = "DELETE FROM claims WHERE owner IN (SELECT value FROM json_each(:owners))"
 _ADD = (
     "INSERT INTO counters (name, value) VALUES (:name, :n) "
@@ -126,12 +136,13 @@ class Outbox:
         later.
         """
         due = float("inf") if ignore_backoff else now
+        horizon = now + WAIT_HORIZON
         with self.store.write() as raw:
-            raw.execute(_EXPIRE, {"now": now, "owner": owner})
-            params = {"pending": PENDING, "due": due, "limit": limit}
+            raw.execute(_EXPIRE, {"now": now, "latest": now + LEASE_MAX, "owner": owner})
+            params = {"pending": PENDING, "due": due, "horizon": horizon, "limit": limit}
             found = raw.execute(_OLDEST, params).fetchall()
             if found:
-                span = {"lo": found[0][0], "hi": found[-1][0], "due": due}
+                span = {"lo": found[0][0], "hi": found[-1][0], "due": due, "horizon": horizon}
                 if raw.execute(_HELD_BACK, span).fetchone()[0]:
                     found = raw.execute(_CLAIM, params).fetchall()
             batch = Batch(*zip(*found, strict=True)) if found else Batch()
@@ -154,7 +165,8 @@ class Outbox:
         """
         host = socket.gethostname()
         with self.store.write() as raw:
-            owners = [owner for (owner,) in raw.execute(_LIVE_OWNERS, {"now": now})]
+            live = {"now": now, "latest": now + LEASE_MAX}
+            owners = [owner for (owner,) in raw.execute(_LIVE_OWNERS, live)]
             dead = [owner for owner in owners if _died_here(owner, host)]
             if dead:
                 raw.execute(_FORGET_OWNERS, {"owners": orjson.dumps(dead).decode()})
@@ -200,7 +212,7 @@ class Outbox:
             "error": error[:500],
             "now": now,
             "not_before": not_before,
-            "jitter": random.uniform(0.8, 1.2),
+            "jitter": random.uniform(0.8, WAIT_HORIZON / BACKOFF_MAX),
             "cap": BACKOFF_MAX,
             "base": BACKOFF_BASE,
             "seqs": as_json(seqs),

@@ -543,3 +543,30 @@ def test_the_playbook_per_client_ip_and_its_window(tmp_path: Path) -> None:
     assert read_action(action, 64).ip_cidr == ("192.0.2.1",)  # valid for the library
     assert Playbook(playbook.rules, kept).actions(100) == playbook.actions(100)  # kept on disk
     assert playbook.actions(664) == []  # expired
+
+
+def test_an_action_received_before_the_clock_stepped_back_lasts_its_duration_at_most(
+    spool_path: Path,
+) -> None:
+    from sqreen.action_store import load_actions
+    from sqreen.store import Store
+
+    spooler = sqreen.Spooler(path=spool_path)
+    ahead = time.time() + 86400  # the clock, before it stepped back a day
+    action = read_action(
+        {
+            "action": "block_ip",
+            "parameters": {"ip_cidr": ["10.0.0.0/8"]},
+            "action_id": "a",
+            "duration": 8,
+        },
+        ahead,
+        "operator",
+    )
+    add_operator_action(spooler._store, action, ahead)
+    spooler.close()
+    store = Store(spooler.settings)
+    with store.write() as conn:
+        (loaded,) = load_actions(conn)
+    store.close()
+    assert loaded.expires_at is not None and loaded.expires_at <= time.time() + 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -343,3 +344,27 @@ def test_ids_in_batches_are_uuids(spool_path: Path, collector: Any) -> None:
     for event in collector.accepted_events():
         assert uuid.UUID(event["id"]).version == 4
     spooler.close()
+
+
+def test_a_wall_clock_stepped_back_holds_no_row_or_lease_for_the_step(
+    spool_path: Path, collector: Any
+) -> None:
+    """The rows' backoff and another flusher's claim were written with a clock a day ahead
+    (then stepped back): read as due and expired, not waited out for a day."""
+    first = make(spool_path, collector, retry_attempts=1)
+    track_many(first, 5)
+    collector.respond_with(c.status(500))
+    assert first.flush().failed == 5
+    first.close()
+    with sqlite3.connect(spool_path) as conn:
+        conn.execute("UPDATE retries SET next_attempt_at = next_attempt_at + 86400")
+        seqs = [seq for (seq,) in conn.execute("SELECT seq FROM events")]
+        conn.execute(
+            "INSERT INTO claims (owner, lo, hi, expires) VALUES (?, ?, ?, ?)",
+            ("elsewhere:1:x", min(seqs), max(seqs), time.time() + 86400 + 30),
+        )
+    conn.close()
+    second = make(spool_path, collector)
+    result = second._flush(10, ignore_backoff=False)  # what heartbeats and exit do
+    assert (result.delivered, result.pending) == (5, 0)
+    second.close()
