@@ -25,6 +25,7 @@ OPERATOR = "operator"
 _COLUMNS = "source, action_id, action, parameters, send_response, expires_at, received_at"
 _INSERT = f"INSERT OR REPLACE INTO actions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _SELECT = f"SELECT {_COLUMNS} FROM actions ORDER BY received_at, action_id"
+_SELECT_SOURCE = f"SELECT {_COLUMNS} FROM actions WHERE source = ?"
 _READ_VERSION = "SELECT value FROM counters WHERE name = ?"
 
 
@@ -43,26 +44,33 @@ def read_actions(
     return found
 
 
-def replace_collector_actions(store: Store, actions: Iterable[Action], now: float) -> None:
-    """Make ``actions`` the collector's whole list (an empty one clears it). An action already
-    held keeps its expiry: its duration counts from when it was first received."""
+def replace_collector_actions(store: Store, actions: Iterable[Action], now: float) -> bool:
+    """Make ``actions`` the collector's whole list (an empty one clears it); return whether it
+    changed. An action already held keeps its expiry and when it was received: its duration
+    counts from when it was first received. An unchanged list writes nothing and leaves the
+    version alone, so that no process reloads it (a collector repeats its list in every
+    answer)."""
     with store.write() as conn:
-        held = dict(
-            conn.execute(
-                "SELECT action_id, expires_at FROM actions WHERE source = ?", (COLLECTOR,)
-            ).fetchall()
-        )
+        held = {
+            action_id: (expires_at, received_at)
+            for action_id, expires_at, received_at in conn.execute(
+                "SELECT action_id, expires_at, received_at FROM actions WHERE source = ?",
+                (COLLECTOR,),
+            )
+        }
+        rows = [_row(a, *held.get(a.action_id, (a.expires_at, now))) for a in actions]
+        before = conn.execute(f"{_SELECT_SOURCE} ORDER BY action_id", (COLLECTOR,)).fetchall()
+        if sorted(rows, key=lambda row: str(row[1])) == before:
+            return False
         conn.execute("DELETE FROM actions WHERE source = ?", (COLLECTOR,))
-        conn.executemany(
-            _INSERT,
-            [_row(a, now, held.get(a.action_id, a.expires_at)) for a in actions],
-        )
+        conn.executemany(_INSERT, rows)
         add(conn, VERSION, 1)
+        return True
 
 
 def add_operator_action(store: Store, action: Action, now: float) -> None:
     with store.write() as conn:
-        conn.execute(_INSERT, _row(action, now, action.expires_at))
+        conn.execute(_INSERT, _row(action, action.expires_at, now))
         add(conn, VERSION, 1)
 
 
@@ -110,7 +118,7 @@ def actions_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _row(action: Action, now: float, expires_at: float | None) -> tuple[object, ...]:
+def _row(action: Action, expires_at: float | None, received_at: float) -> tuple[object, ...]:
     return (
         action.source,
         action.action_id,
@@ -118,5 +126,5 @@ def _row(action: Action, now: float, expires_at: float | None) -> tuple[object, 
         orjson.dumps(action.parameters()).decode(),
         int(action.send_response),
         expires_at,
-        now,
+        received_at,
     )

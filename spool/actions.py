@@ -219,8 +219,13 @@ def _disjoint(by_start: Sequence[tuple[int, int, int, Action]]) -> _Table:
 class ActionSet:
     """The live actions, compiled for the per-request checks."""
 
-    def __init__(self, actions: Iterable[Action] = ()) -> None:
-        self.actions = tuple(actions)
+    def __init__(self, actions: Iterable[Action] = (), now: float | None = None) -> None:
+        # Compiled at ``now``: the actions expired by then are left out, and the set is due to
+        # be compiled again at the earliest expiry of the others (sqreen.enforce.Enforcer).
+        self.actions = tuple(a for a in actions if now is None or a.live(now))
+        self.expires_next = min(
+            (a.expires_at for a in self.actions if a.expires_at is not None), default=math.inf
+        )
         ranges: dict[int, list[tuple[int, int, int, Action]]] = {4: [], 6: []}
         self._users: dict[frozenset[tuple[str, str]], Action] = {}
         # Blocks before redirects; then operator actions, then the collector's, in order.
@@ -228,6 +233,7 @@ class ActionSet:
             enumerate(self.actions),
             key=lambda pair: (not pair[1].blocks, pair[1].source != "operator", pair[0]),
         )
+        self._ranked = tuple(action for _, action in ranked)
         for rank, (_, action) in enumerate(ranked):
             for version, first, last in action.networks:
                 ranges[version].append((first, last, rank, action))
@@ -249,15 +255,38 @@ class ActionSet:
             return None
         table = self._tables.get(found[0])
         action = table.find(found[1]) if table is not None else None
-        return action if action is not None and action.live(now) else None
+        if action is None or action.live(now):
+            return action
+        # Expired since this set was compiled (it is being compiled again): another live
+        # action may cover the address too. Rare and brief: a scan, in rank order.
+        version, address = found
+        return next(
+            (
+                other
+                for other in self._ranked
+                if other.live(now)
+                and any(v == version and a <= address <= b for v, a, b in other.networks)
+            ),
+            None,
+        )
 
     def for_user(self, identifiers: Mapping[str, object], now: float) -> Action | None:
         """The action for an identified user: the action's identifier dict equals the
         identified one, values compared as strings."""
         if not self.has_users:
             return None
-        found = self._users.get(user_key(identifiers))
-        return found if found is not None and found.live(now) else None
+        key = user_key(identifiers)
+        found = self._users.get(key)
+        if found is None or found.live(now):
+            return found
+        return next(  # expired since compiled: another live action may name the user too
+            (
+                other
+                for other in self._ranked
+                if other.live(now) and any(user_key(user) == key for user in other.users)
+            ),
+            None,
+        )
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"

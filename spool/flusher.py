@@ -180,10 +180,10 @@ class Flusher:
             accepted = batch.seqs
             if refused or waiting:
                 accepted = [s for s in batch.seqs if s not in refused and s not in waiting]
+            if reply.actions is not None:  # first: in force before the batch reads as settled
+                self._store_actions(reply.actions, now)
             keep = self._settings.keep_delivered > 0
             self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
-            if reply.actions is not None:
-                self._store_actions(reply.actions, now)
             if waiting:  # no acknowledgement came back for these: they are retried later
                 why = f"{len(waiting)} of {len(batch)} events unacknowledged: {reply.error}"
                 self._health.record("collector_unavailable", why, "delivery")
@@ -210,9 +210,9 @@ class Flusher:
     def _store_actions(self, documents: list[Any], now: float) -> None:
         """The collector's answer carried its complete list of security responses."""
         actions = read_actions(documents, now, self._health.warn, COLLECTOR)
-        replace_collector_actions(self._outbox.store, actions, now)
-        if self.on_actions is not None:
-            self.on_actions()
+        changed = replace_collector_actions(self._outbox.store, actions, now)
+        if changed and self.on_actions is not None:
+            self.on_actions()  # compiles the new list here, on the delivery thread
 
     def _post(self, batch: Batch, dropped: Mapping[str, int], until: float) -> Reply:
         payloads = batch.payloads

@@ -30,6 +30,7 @@ from sqreen.action_store import add_operator_action
 from sqreen.actions import ActionSet, read_action
 from sqreen.cli.collect import Answer, check_batch
 from sqreen.integrations import asgi, wsgi
+from sqreen.store import Store
 
 from .conftest import stored_events
 
@@ -125,17 +126,14 @@ def actions_version(spool_path: Path) -> int:
 
 def push(collector: Any, actions: list[Any] | None) -> None:
     """Deliver one event, so that the collector's answer carries ``actions``; wait until the
-    answer was handled (by sqreen.flush() or by the delivery thread, whichever got the event)."""
-    spool_path = sqreen.default.current_spooler().settings.path
-    before, answered = actions_version(spool_path), len(collector.requests)
+    answer was handled (by sqreen.flush() or by the delivery thread, whichever got the event:
+    its actions are stored before its batch is settled)."""
+    answered = len(collector.requests)
     collector.respond_with(with_actions(actions))
     assert sqreen.track("heartbeat")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        sqreen.flush(5)
-        if len(collector.requests) > answered and (
-            actions is None or actions_version(spool_path) > before
-        ):
+        if sqreen.flush(5).pending == 0 and len(collector.requests) > answered:
             return
         time.sleep(0.02)
     raise AssertionError("the collector's answer was not handled in time")
@@ -570,3 +568,88 @@ def test_an_action_received_before_the_clock_stepped_back_lasts_its_duration_at_
         (loaded,) = load_actions(conn)
     store.close()
     assert loaded.expires_at is not None and loaded.expires_at <= time.time() + 8
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_an_expired_action_never_hides_a_live_one(spool_path: Path) -> None:
+    """A block for 1 s and a permanent one on the same range and user: once the first
+    expires, the second holds (the compiled table kept the first, then found it expired)."""
+    spooler = sqreen.Spooler(path=spool_path)
+    assert spooler.track("opened")  # the spool made and migrated before the clock starts
+    now = time.time()
+    for action_id, duration in (("brief", 1.0), ("forever", None)):
+        for document in (
+            block_ip(f"{action_id}-ip", "10.0.0.0/8", duration=duration),
+            {
+                **user_action("block_user", f"{action_id}-user", {"user_id": 7}),
+                "duration": duration,
+            },
+        ):
+            add_operator_action(spooler._store, read_action(document, now, "operator"), now)
+    enforcer = spooler.enforcer
+    assert enforcer.current().for_ip("10.1.2.3", time.time()).action_id == "brief-ip"  # type: ignore[union-attr]
+    time.sleep(max(0.0, now + 1.05 - time.time()))
+    for _ in range(3):  # before and after the set is compiled again without the expired ones
+        now = time.time()
+        found_ip = enforcer.current().for_ip("10.1.2.3", now)
+        found_user = enforcer.current().for_user({"user_id": 7}, now)
+        assert found_ip is not None and found_ip.action_id == "forever-ip"
+        assert found_user is not None and found_user.action_id == "forever-user"
+        time.sleep(0.05)
+    assert wait_for(lambda: len(enforcer.current().actions) == 2)
+    spooler.close()
+
+
+def test_a_replaced_spool_is_the_one_enforced(spool_path: Path) -> None:
+    spooler = sqreen.Spooler(path=spool_path, heartbeat_delay=3600)
+    now = time.time()
+    old = read_action(block_ip("old", "192.0.2.0/24"), now, "operator")
+    add_operator_action(spooler._store, old, now)
+    assert spooler.enforcer.current().for_ip("192.0.2.1", now) is not None
+    for name in spool_path.parent.iterdir():  # rm spool.db*, as a cleanup job would
+        name.unlink()
+    spooler._maintain()  # starts a fresh spool at the path
+    new = read_action(block_ip("new", "198.51.100.0/24"), now, "operator")
+    add_operator_action(spooler._store, new, now)
+    assert wait_for(lambda: spooler.enforcer.current().for_ip("198.51.100.7", time.time()))
+    assert spooler.enforcer.current().for_ip("192.0.2.1", time.time()) is None
+    spooler.close()
+
+
+def test_an_unchanged_list_changes_nothing_and_a_changed_one_compiles_off_the_request(
+    spool_path: Path,
+) -> None:
+    from sqreen.action_store import actions_version, replace_collector_actions
+
+    spooler = sqreen.Spooler(path=spool_path)
+    store = spooler._store
+    listed = [block_ip(f"r{i}", f"10.{i // 256}.{i % 256}.0/24") for i in range(10_000)]
+    actions = [read_action(d, time.time(), "collector") for d in listed]
+    assert replace_collector_actions(store, actions, time.time()) is True
+    with store.write() as conn:
+        version = actions_version(conn)
+    assert replace_collector_actions(store, actions, time.time() + 5) is False
+    with store.write() as conn:
+        assert actions_version(conn) == version  # no process reloads it
+    enforcer = spooler.enforcer
+    first = enforcer.current()
+    assert len(first.actions) == 10_000  # the first set is compiled by the first caller
+    # Another process (here: another store) adds a block: the request that notices it is
+    # answered with the set it had, while a thread of the enforcer's compiles the new one.
+    other = Store(spooler.settings)
+    added = read_action(block_ip("more", "203.0.113.0/24"), time.time(), "operator")
+    add_operator_action(other, added, time.time())
+    other.close()
+    enforcer._next_look = 0.0  # the once-a-second look is due
+    assert enforcer.current() is first
+    assert wait_for(lambda: enforcer.current() is not first)
+    assert enforcer.current().for_ip("203.0.113.9", time.time()) is not None
+    spooler.close()

@@ -15,6 +15,7 @@ from typing import Any
 import sqreen
 
 from . import collector as c
+from .child import ROOMY
 from .conftest import counters, rows, run_child
 
 
@@ -95,20 +96,14 @@ def test_chaos_every_acknowledged_event_arrives(spool_path: Path, collector: Any
     flaky = [c.accept(), c.accept(), c.status(500), c.status(503), c.reset(), c.hang(0.8)]
     collector.default = lambda batch: rng.choice(flaky)(batch)
     sqreen.Spooler(path=spool_path).close()
-    # Room for all the producers write however fast the machine is (the default 64 MiB bound
-    # dropped a third of them on a fast day): the size bound has tests of its own.
-    roomy = {**os.environ, "SQREEN_SPOOL_MAX_BYTES": str(4 << 30)}
     acknowledged: set[str] = set()
     producer_runs = 0
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         producers = [
-            run_child("track_forever", str(spool_path), stdout=subprocess.PIPE, env=roomy)
-            for _ in range(2)
+            run_child("track_forever", str(spool_path), stdout=subprocess.PIPE) for _ in range(2)
         ]
-        flushers = [
-            run_child("flush_forever", str(spool_path), collector.url, env=roomy) for _ in range(2)
-        ]
+        flushers = [run_child("flush_forever", str(spool_path), collector.url) for _ in range(2)]
         for producer in producers:  # kill at random once they are all running
             assert producer.stdout is not None
             acknowledged.add(producer.stdout.readline().decode().strip())
@@ -124,7 +119,7 @@ def test_chaos_every_acknowledged_event_arrives(spool_path: Path, collector: Any
             flusher.wait()
     collector.default = c.accept()
     time.sleep(2.1)  # the killed flushers' leases (2 s) run out
-    final = sqreen.Spooler(path=spool_path, url=collector.url, max_bytes=4 << 30)
+    final = sqreen.Spooler(path=spool_path, url=collector.url, max_bytes=ROOMY)
     assert final.flush(timeout=60).pending == 0
     final.close()
     assert not [name for name in counters(spool_path) if name.startswith("dropped.")]

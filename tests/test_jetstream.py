@@ -86,7 +86,7 @@ def test_sigkill_in_the_middle_of_drains_stores_every_event_once(
     (between a PubAck and the settle, the event goes again: the stream drops it by its id)."""
     add_stream(server.url)
     rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
-    env = {**os.environ, "SQREEN_URL": server.url, "SQREEN_HEARTBEAT_DELAY": "0.05"}
+    env = {**os.environ, "SQREEN_URL": server.url, "SQREEN_HEARTBEAT_DELAY": "0.1"}
     acknowledged: list[str] = []
     for _ in range(10):
         child = run_child("track_forever", str(spool_path), stdout=subprocess.PIPE, env=env)
@@ -369,9 +369,9 @@ def test_tls_means_tls_or_no_connection(spool_path: Path, caplog: pytest.LogCapt
     CONNECT with the token in clear. Now nothing is sent to it, and the token is never shown."""
     plain = PlaintextNats()
     url = f"tls://S3CRET-TOKEN@127.0.0.1:{plain.port}"
-    spooler = sqreen.Spooler(path=spool_path, url=url, http_timeout=1, heartbeat_delay=3600)
+    spooler = sqreen.Spooler(path=spool_path, url=url, http_timeout=3, heartbeat_delay=3600)
     assert spooler.track("e")
-    result = spooler.flush(timeout=5)
+    result = spooler.flush(timeout=10)
     assert (result.delivered, result.pending) == (0, 1)
     assert plain.connections >= 1
     assert b"CONNECT" not in plain.received and b"S3CRET" not in plain.received
