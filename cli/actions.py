@@ -24,11 +24,11 @@ from sqreen.action_store import (
     load_actions,
     remove_action,
 )
-from sqreen.actions import Malformed, read_action
+from sqreen.actions import Malformed, check_scope, read_action
 from sqreen.config import parse_duration
 from sqreen.store import Store, driver
 
-from .context import USAGE, Context, fail, plain
+from .context import USAGE, Context, fail, shown
 from .show import out
 
 app = typer.Typer(help="List, add and remove security responses (block or redirect).")
@@ -42,6 +42,14 @@ Duration = Annotated[
 Url = Annotated[str, typer.Option("--url", help="Where to redirect (an absolute http(s) URL).")]
 Users = Annotated[list[str], typer.Argument(help="The user's identifiers, as key=value.")]
 Networks = Annotated[list[str], typer.Argument(help="Addresses or CIDR ranges (v4 or v6).")]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Allow a range wider than SQREEN_SPOOL_WIDEST_BLOCK (/8, /32), or one covering "
+        "loopback.",
+    ),
+]
 
 
 @app.callback(invoke_without_command=True)
@@ -70,12 +78,17 @@ def listing(
             " ".join(f"{k}={v}" for k, v in user.items()) for user in action.users
         )
         table.add_row(
-            plain(action.action_id),
-            action.action,
-            action.source,
-            plain(", ".join(targets)),
-            plain(action.url or ""),
-            _when(action.expires_at),
+            *map(
+                shown,
+                (
+                    action.action_id,
+                    action.action,
+                    action.source,
+                    ", ".join(targets),
+                    action.url or "",
+                    _when(action.expires_at),
+                ),
+            )
         )
     out.print(table)
 
@@ -93,17 +106,23 @@ def redirect_user(ctx: typer.Context, users: Users, url: Url, duration: Duration
 
 
 @app.command("block-ip")
-def block_ip(ctx: typer.Context, networks: Networks, duration: Duration = None) -> None:
+def block_ip(
+    ctx: typer.Context, networks: Networks, duration: Duration = None, force: Force = False
+) -> None:
     """Block addresses or ranges: ``block-ip 203.0.113.0/24 2001:db8::/32``."""
-    _add(ctx, "block_ip", {"ip_cidr": networks}, duration)
+    _add(ctx, "block_ip", {"ip_cidr": networks}, duration, force)
 
 
 @app.command("redirect-ip")
 def redirect_ip(
-    ctx: typer.Context, networks: Networks, url: Url, duration: Duration = None
+    ctx: typer.Context,
+    networks: Networks,
+    url: Url,
+    duration: Duration = None,
+    force: Force = False,
 ) -> None:
     """Redirect requests from addresses or ranges to ``--url``."""
-    _add(ctx, "redirect_ip", {"ip_cidr": networks, "url": url}, duration)
+    _add(ctx, "redirect_ip", {"ip_cidr": networks, "url": url}, duration, force)
 
 
 @app.command()
@@ -122,7 +141,13 @@ def clear(ctx: typer.Context) -> None:
     typer.echo(f"removed {removed} actions")
 
 
-def _add(ctx: typer.Context, name: str, parameters: dict[str, Any], duration: str | None) -> None:
+def _add(
+    ctx: typer.Context,
+    name: str,
+    parameters: dict[str, Any],
+    duration: str | None,
+    force: bool = False,
+) -> None:
     try:
         seconds = None if duration is None else parse_duration(duration)
     except ValueError as exc:
@@ -136,6 +161,8 @@ def _add(ctx: typer.Context, name: str, parameters: dict[str, Any], duration: st
     now = time.time()
     try:
         action = read_action(document, now, OPERATOR)
+        if not force:
+            check_scope(action, ctx.obj.settings().widest_block)
     except Malformed as exc:
         fail(str(exc).removeprefix(f"{document['action_id']}: "), USAGE)
     _write(ctx, lambda store: add_operator_action(store, action, now))

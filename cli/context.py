@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from sqlalchemy import Engine
 
 from sqreen.config import Settings
@@ -35,6 +36,12 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c n
 def plain(text: object) -> str:
     """``text`` safe to print: its control characters escaped (print it with markup off)."""
     return str(text).translate(_CONTROLS)
+
+
+def shown(text: object) -> Text:
+    """``text`` for a Rich table cell: as text, never read as markup (``[/]``, ``[link=...]``
+    in a collector's action or a stored event would otherwise crash or inject), escaped."""
+    return Text(plain(text))
 
 
 def fail(exc: BaseException | str, code: int = 1) -> NoReturn:

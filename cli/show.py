@@ -14,13 +14,12 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from sqreen import report
 from sqreen.files import file_bytes
 from sqreen.selection import Selection, parse_since, status_choices
 
-from .context import USAGE, Context, fail, plain
+from .context import USAGE, Context, fail, shown
 
 app = typer.Typer(help="Show what is in the spool (changes nothing).")
 out = Console(highlight=False)
@@ -66,7 +65,7 @@ def summary(
         lines["last failure"] = f"{found.last_failure['at']} {found.last_failure['error']}"
     table = Table.grid(padding=(0, 2))
     for key, value in lines.items():
-        table.add_row(key, Text(plain(value)))  # stored text, never markup
+        table.add_row(key, shown(value))
     out.print(table)
 
 
@@ -135,7 +134,7 @@ def _table(records: list[dict[str, Any]], show_header: bool) -> Table:
         if "last_error" in record:
             detail = f"{detail}  [{record.get('attempts', 0)} attempts] {record['last_error']}"
         cells = (record["enqueued_at"][:19], record["status"], record["name"], record["id"], detail)
-        table.add_row(*(Text(plain(cell)) for cell in cells))  # stored text, never markup
+        table.add_row(*(shown(cell) for cell in cells))
     return table
 
 

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import orjson
 
-from .actions import Action, Malformed, read_action
+from .actions import Action, Malformed, check_scope, read_action
+from .config import MAX_SECONDS
 from .outbox import add
 from .store import Store
 
@@ -30,14 +31,22 @@ _READ_VERSION = "SELECT value FROM counters WHERE name = ?"
 
 
 def read_actions(
-    documents: Iterable[object], now: float, warn: Callable[[str, str], None], source: str
+    documents: Iterable[object],
+    now: float,
+    warn: Callable[[str, str], None],
+    source: str,
+    widest: tuple[int, int],
 ) -> list[Action]:
     """The valid actions of a list in the agent's format; each other one is skipped with a
-    warning (``action_unknown`` or ``action_malformed``), never stopping the rest."""
+    warning (``action_unknown`` or ``action_malformed``), never stopping the rest. A range
+    wider than ``widest`` or covering loopback is malformed (see
+    :func:`sqreen.actions.check_scope`)."""
     found: list[Action] = []
     for document in documents:
         try:
-            found.append(read_action(document, now, source))
+            action = read_action(document, now, source)
+            check_scope(action, widest)
+            found.append(action)
         except Malformed as exc:
             kind = "action_unknown" if str(exc).startswith("unknown action") else "action_malformed"
             warn(kind, f"security response skipped: {exc}")
@@ -99,6 +108,8 @@ def load_actions(conn: sqlite3.Connection) -> list[Action]:
             # Received "in the future": the wall clock stepped back since. The action lasts at
             # most its whole duration from now, not that plus the step.
             expires_at = now + (expires_at - received_at)
+        if expires_at is not None:  # stored by an older version, unbounded: as if read now
+            expires_at = min(expires_at, received_at + MAX_SECONDS)
         document = {
             "action": name,
             "action_id": action_id,

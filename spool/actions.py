@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from heapq import heappop, heappush
 from itertools import pairwise
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from .config import MAX_SECONDS
 
 IP_ACTIONS = ("block_ip", "redirect_ip")
 USER_ACTIONS = ("block_user", "redirect_user")
@@ -97,6 +99,8 @@ def read_action(document: object, received_at: float, source: str = "collector")
         or duration < 0
     ):
         raise Malformed(f"{action_id}: duration must be a number of seconds >= 0 or null")
+    if duration is not None and duration > MAX_SECONDS:
+        raise Malformed(f"{action_id}: duration must be at most {MAX_SECONDS:.0f} seconds")
     send_response = document.get("send_response", True)
     if not isinstance(send_response, bool):
         raise Malformed(f"{action_id}: send_response must be a bool")
@@ -139,12 +143,54 @@ def read_action(document: object, received_at: float, source: str = "collector")
 
 
 def check_url(url: object, action_id: str) -> str:
+    """A redirect's URL as a ``Location`` header can carry it: an absolute http(s) URL of
+    ASCII characters with no control character. A host in another script is IDNA-encoded and
+    other non-ASCII characters percent-encoded; what cannot be is Malformed."""
     if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
         raise Malformed(f"{action_id}: a redirect needs a url")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or any(c in url for c in "\r\n"):
-        raise Malformed(f"{action_id}: the redirect url must be an absolute http(s) URL")
+    wrong = Malformed(f"{action_id}: the redirect url must be an absolute http(s) URL")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in url):
+        raise wrong
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+        if not url.isascii():
+            if host is None or parts.username is not None or parts.password is not None:
+                raise wrong
+            ascii_host = host.encode("idna").decode("ascii")
+            netloc = ascii_host if port is None else f"{ascii_host}:{port}"
+            url = urlunsplit(
+                parts._replace(
+                    netloc=netloc,
+                    path=quote(parts.path, safe=_URL_SAFE),
+                    query=quote(parts.query, safe=_URL_SAFE),
+                    fragment=quote(parts.fragment, safe=_URL_SAFE),
+                )
+            )
+    except (ValueError, UnicodeError):  # a bracket left open, a bad port, an invalid IDNA label
+        raise wrong from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise wrong
     return url
+
+
+# Characters a URL keeps as they are when its other characters are percent-encoded.
+_URL_SAFE = "/?:@!$&'()*+,;=-._~%#[]"
+# Addresses no collector's action may cover: blocking them would lock the host out of itself.
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def check_scope(action: Action, widest: tuple[int, int]) -> None:
+    """Refuse (Malformed) an IP action with a range wider than ``/widest[0]`` (IPv4) or
+    ``/widest[1]`` (IPv6), or covering loopback: a collector (or a typo) could block the
+    world. An operator can pass ``--force``; a collector cannot."""
+    for text in action.ip_cidr:
+        network = parse_network(text, action.action_id)
+        limit = widest[0] if network.version == 4 else widest[1]
+        if network.prefixlen < limit:
+            raise Malformed(f"{action.action_id}: {network} is wider than /{limit}")
+        if any(n.version == network.version and network.overlaps(n) for n in LOOPBACK):
+            raise Malformed(f"{action.action_id}: {network} covers loopback")
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

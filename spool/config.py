@@ -35,6 +35,7 @@ DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_KEEP_DELIVERED = 0.0
 DEFAULT_MAX_AGE = 3 * 24 * 3600.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_WIDEST_BLOCK = (8, 32)
 # The Sqreen agents' defaults for PII scrubbing.
 DEFAULT_SENSITIVE_KEYS = (
     "password",
@@ -113,6 +114,22 @@ def seconds_at_least(
         return seconds
 
     return parse
+
+
+def parse_widest(value: object) -> tuple[int, int]:
+    """The widest ranges a collector may block: IPv4 and IPv6 prefix lengths, ``8,32``."""
+    if isinstance(value, str):
+        parts = [part.strip().lstrip("/") for part in value.split(",")]
+    elif isinstance(value, list | tuple):
+        parts = [str(part) for part in value]
+    else:
+        raise TypeError("expected two prefix lengths, IPv4 then IPv6: 8,32")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ValueError("expected two prefix lengths, IPv4 then IPv6: 8,32")
+    v4, v6 = int(parts[0]), int(parts[1])
+    if v4 > 32 or v6 > 128:
+        raise ValueError("an IPv4 prefix is at most 32, an IPv6 one at most 128")
+    return v4, v6
 
 
 def parse_count(value: object) -> int:
@@ -314,6 +331,10 @@ class Settings:
     )
     max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_count, DEFAULT_MAX_BYTES)
     ip_header: str | None = _setting("SQREEN_IP_HEADER", parse_header, None)
+    # The widest range a collector's action may cover (an operator's may with --force).
+    widest_block: tuple[int, int] = _setting(
+        "SQREEN_SPOOL_WIDEST_BLOCK", parse_widest, DEFAULT_WIDEST_BLOCK
+    )
     strip_sensitive_data: bool = _setting("SQREEN_STRIP_SENSITIVE_DATA", parse_bool, True)
     strip_sensitive_keys: tuple[str, ...] = _setting(
         "SQREEN_STRIP_SENSITIVE_KEYS", parse_keys, DEFAULT_SENSITIVE_KEYS

@@ -209,7 +209,8 @@ class Flusher:
 
     def _store_actions(self, documents: list[Any], now: float) -> None:
         """The collector's answer carried its complete list of security responses."""
-        actions = read_actions(documents, now, self._health.warn, COLLECTOR)
+        widest = self._settings.widest_block
+        actions = read_actions(documents, now, self._health.warn, COLLECTOR, widest)
         changed = replace_collector_actions(self._outbox.store, actions, now)
         if changed and self.on_actions is not None:
             self.on_actions()  # compiles the new list here, on the delivery thread

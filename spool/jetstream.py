@@ -296,13 +296,14 @@ def _tls_enforcing_client() -> Any:
     from nats.aio.client import Client
     from nats.errors import Error as NatsError
 
-    class TlsEnforcingClient(Client):  # type: ignore[misc]
+    class TlsEnforcingClient(Client):
         async def _process_info(
             self, info: dict[str, Any], initial_connection: bool = False
         ) -> None:
             server = self._current_server
             tls = server is not None and server.uri.scheme == "tls"
             if initial_connection and tls and not info.get("tls_required"):
+                assert server is not None
                 raise NatsError(
                     f"{server.uri.hostname}:{server.uri.port} does not require TLS; "
                     "refusing to connect in clear to a tls:// server"

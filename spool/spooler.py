@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+import orjson
+
 from .actions import Action
 from .bound import Bound, log_drops
 from .config import Settings
@@ -39,6 +41,7 @@ from .outbox import Outbox, add, note
 from .prune import drop_old
 from .scrub import Scrubber
 from .store import Store
+from .tally import Tally
 from .worker import Worker
 
 log = logging.getLogger("sqreen.spool")
@@ -71,6 +74,7 @@ class Spooler:
             self.settings.strip_sensitive_data and self.settings.strip_sensitive_properties
         )
         self._health = Health()
+        self._stopped = Tally()
         self._rules = Rules(self.settings.strict, self._health.warn)
         self._outbox = Outbox(self._store)
         self._flusher = connect(self.settings, self._outbox, self._health)
@@ -207,8 +211,20 @@ class Spooler:
     def _enforce(self, request: RequestContext, action: Action, output: dict[str, Any]) -> None:
         request.blocked = action
         if action.send_response:
-            properties = {"output": output, "action_id": action.action_id}
-            self._record(f"sq.action.{action.action}", {"properties": properties})
+            client = orjson.dumps(output, option=orjson.OPT_SORT_KEYS).decode()
+            requests = self._stopped.stopped(action, client, output, time.monotonic())
+            if requests is not None:
+                self._record_stopped(action, output, requests)
+
+    def _record_stopped(self, action: Action, output: dict[str, Any], requests: int) -> None:
+        """The ``sq.action.<name>`` event: the agent's properties, and how many requests the
+        action stopped for that client since the last such event (see sqreen.tally)."""
+        properties = {"output": output, "action_id": action.action_id, "requests": requests}
+        self._record(f"sq.action.{action.action}", {"properties": properties})
+
+    def _report_stopped(self, everything: bool = False) -> None:
+        for action, output, requests in self._stopped.due(time.monotonic(), everything):
+            self._record_stopped(action, output, requests)
 
     def _security_event(self) -> None:
         """A login or signup was recorded: deliver it soon, so that a collector's response to
@@ -264,6 +280,7 @@ class Spooler:
         if self._delivery is not None:
             self._delivery.stop(budget)
         self._worker.stop(max(0.0, deadline - time.monotonic()))
+        self._report_stopped(everything=True)
         result = FlushResult()
         if self._tracked and self._flusher is not None:
             result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
@@ -313,6 +330,7 @@ class Spooler:
                     self._warn_no_url()
             self._bound.keep()
             self._save_health()
+            self._report_stopped()
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "maintenance")
         if self._delivery is not None and store.inserted - self._drained_at >= settings.batch_size:

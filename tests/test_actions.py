@@ -56,6 +56,14 @@ def block_ip(action_id: str, *networks: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def redirect_ip(action_id: str, network: str, url: str) -> dict[str, Any]:
+    return {
+        "action": "redirect_ip",
+        "action_id": action_id,
+        "parameters": {"ip_cidr": [network], "url": url},
+    }
+
+
 def user_action(
     name: str, action_id: str, *users: dict[str, Any], **parameters: Any
 ) -> dict[str, Any]:
@@ -178,15 +186,15 @@ def test_each_action_kind_pushed_by_the_collector(
     names = [(e["name"], e.get("properties")) for e in stored_events(spool_path)]
     assert (
         "sq.action.block_ip",
-        {"output": {"ip_address": "203.0.113.9"}, "action_id": "ip-1"},
+        {"output": {"ip_address": "203.0.113.9"}, "action_id": "ip-1", "requests": 1},
     ) in names
     assert (
         "sq.action.block_user",
-        {"output": {"user": {"user_id": 42}}, "action_id": "user-1"},
+        {"output": {"user": {"user_id": 42}}, "action_id": "user-1", "requests": 1},
     ) in names
     assert (
         "sq.action.redirect_user",
-        {"output": {"user": {"user_id": 7}}, "action_id": "user-2"},
+        {"output": {"user": {"user_id": 7}}, "action_id": "user-2", "requests": 1},
     ) in names
 
 
@@ -229,13 +237,31 @@ def test_malformed_and_unknown_actions_are_skipped_and_never_stop_the_others(
                     "parameters": {"ip_cidr": ["10.0.0.2"]},
                 },
                 "not an object",
+                redirect_ip("open-bracket", "10.0.0.3", "http://[::1"),  # urlsplit raised
+                redirect_ip("nul", "10.0.0.4", "https://example.com/\x00"),
+                redirect_ip("esc", "10.0.0.5", "https://example.com/\x1b[2J"),
+                redirect_ip("bad-idna", "10.0.0.6", "https://a..b\u00e9/"),
+                {**block_ip("forever-and-more", "10.0.0.7"), "duration": 1e300},
+                block_ip("the-world", "0.0.0.0/0"),
+                block_ip("the-v6-world", "::/0"),
+                block_ip("too-wide", "10.0.0.0/7"),
+                block_ip("loopback", "127.0.0.1"),
+                block_ip("v6-loopback", "::1"),
                 block_ip("good", "192.0.2.0/24"),
+                redirect_ip(
+                    "idna", "198.51.100.0/24", "https://b\u00fccher.example:8443/\u00e9?q=\u00e9"
+                ),
             ],
         )
     live = spooler.enforcer.current()
-    assert [a.action_id for a in live.actions] == ["good"]
+    assert [a.action_id for a in live.actions] == ["good", "idna"]
     assert live.for_ip("192.0.2.200", time.time()) is not None
-    assert spooler.health().warnings == {"action_unknown": 1, "action_malformed": 6}
+    moved = live.for_ip("198.51.100.1", time.time())
+    assert moved is not None
+    assert moved.url == "https://xn--bcher-kva.example:8443/%C3%A9?q=%C3%A9"
+    assert spooler.health().warnings == {"action_unknown": 1, "action_malformed": 16}
+    assert sqreen.flush(5).failed == 0  # a ValueError escaped flush() and close() before
+    spooler.close()
     assert any("launch_missiles" in r.getMessage() for r in caplog.records)
 
 
@@ -653,3 +679,61 @@ def test_an_unchanged_list_changes_nothing_and_a_changed_one_compiles_off_the_re
     assert wait_for(lambda: enforcer.current() is not first)
     assert enforcer.current().for_ip("203.0.113.9", time.time()) is not None
     spooler.close()
+
+
+def test_a_blocked_flood_records_one_event_a_minute_with_its_count(spool_path: Path) -> None:
+    """2,000 requests from a blocked IP wrote 2,000 events (and, under a size bound with the
+    collector down, evicted the application's); now one event at the first, and the count of
+    the rest when the spooler closes (or the minute is over)."""
+    spooler = sqreen.configure(path=spool_path, heartbeat_delay=3600, ip_header="X-Forwarded-For")
+    assert spooler.track("app.event")
+    now = time.time()
+    add_operator_action(
+        spooler._store, read_action(block_ip("flood", "203.0.113.0/24"), now, "operator"), now
+    )
+    client = login_app().test_client()
+    for _ in range(2000):
+        assert client.get("/", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 403
+    assert client.get("/", headers={"X-Forwarded-For": "203.0.113.10"}).status_code == 403
+    spooler.close()
+    stopped = [e for e in stored_events(spool_path) if e["name"] == "sq.action.block_ip"]
+    by_client: dict[str, int] = {}
+    for event in stopped:
+        ip = event["properties"]["output"]["ip_address"]
+        by_client[ip] = by_client.get(ip, 0) + event["properties"]["requests"]
+    assert by_client == {"203.0.113.9": 2000, "203.0.113.10": 1}
+    assert len(stopped) == 3  # the first of each client at once, the 1,999 others at close
+
+
+def test_the_listing_prints_stored_text_as_text(spool_path: Path, collector: Any) -> None:
+    """A collector's user value "[/]" crashed the listing, "[link=...]" became a link, and a
+    stored expiry of 1e300 overflowed."""
+    from .test_cli import cli
+
+    sqreen.configure(path=spool_path, url=collector.url, **FAST)
+    push(
+        collector,
+        [
+            user_action("block_user", "markup", {"name": "[/]"}),
+            user_action("block_user", "link", {"name": "[link=https://evil.example/]x[/link]"}),
+        ],
+    )
+    with sqlite3.connect(spool_path) as conn:
+        conn.execute("UPDATE actions SET expires_at = 1e300 WHERE action_id = 'link'")
+    conn.close()
+    listed = cli(spool_path, "actions")
+    assert listed.exit_code == 0, listed.output
+    assert "[/]" in listed.output and "[link=https://evil.example/]" in listed.output
+    assert "\x1b]8;" not in listed.output  # no terminal hyperlink
+
+
+def test_the_operator_blocks_the_world_only_with_force(spool_path: Path) -> None:
+    from .test_cli import cli
+
+    for network in ("0.0.0.0/0", "::/0", "127.0.0.0/8", "10.0.0.0/7"):
+        refused = cli(spool_path, "actions", "block-ip", network)
+        assert refused.exit_code == 2 and (
+            "wider than" in refused.output or "loopback" in refused.output
+        )
+    assert cli(spool_path, "actions", "block-ip", "10.0.0.0/8").exit_code == 0
+    assert cli(spool_path, "actions", "block-ip", "0.0.0.0/0", "--force").exit_code == 0
