@@ -7,6 +7,7 @@ shared with the Sqreen agent, such as ``url``), durations in seconds and sizes i
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ DEFAULT_KEEP_DELIVERED = 0.0
 DEFAULT_MAX_AGE = 3 * 24 * 3600.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_WIDEST_BLOCK = (8, 32)
+DEFAULT_TRUSTED_PROXIES = 1
 # The Sqreen agents' defaults for PII scrubbing.
 DEFAULT_SENSITIVE_KEYS = (
     "password",
@@ -237,6 +239,30 @@ def parse_header(value: object) -> str | None:
     return name or None
 
 
+def parse_trusted_proxies(value: object) -> int | tuple[str, ...]:
+    """The proxies in front of the application, for ``ip_header``: a hop count (``1``: one
+    proxy appends the address it saw) or their addresses and ranges (``10.0.0.0/8,::1``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        hops = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        hops = int(value)
+    else:
+        ranges = parse_keys(value)
+        for text in ranges:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{text!r} is neither a hop count nor an address or CIDR range"
+                ) from None
+        if not ranges:
+            raise ValueError("expected a hop count (1) or proxy addresses and ranges")
+        return ranges
+    if not 1 <= hops <= 64:
+        raise ValueError("expected a hop count from 1 to 64")
+    return hops
+
+
 def parse_token(value: object) -> str | None:
     """A credential, checked without ever being echoed: surrounding white space (a secret
     mounted from a file ends with a newline) is stripped; what is left must be printable ASCII,
@@ -331,6 +357,10 @@ class Settings:
     )
     max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_count, DEFAULT_MAX_BYTES)
     ip_header: str | None = _setting("SQREEN_IP_HEADER", parse_header, None)
+    # Who wrote ip_header: the client is the address the nearest untrusted hop was seen from.
+    trusted_proxies: int | tuple[str, ...] = _setting(
+        "SQREEN_TRUSTED_PROXIES", parse_trusted_proxies, DEFAULT_TRUSTED_PROXIES
+    )
     # The widest range a collector's action may cover (an operator's may with --force).
     widest_block: tuple[int, int] = _setting(
         "SQREEN_SPOOL_WIDEST_BLOCK", parse_widest, DEFAULT_WIDEST_BLOCK

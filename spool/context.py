@@ -13,7 +13,7 @@ import ipaddress
 import itertools
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from itertools import islice, repeat
@@ -153,14 +153,21 @@ def leave(token: Token[RequestContext | None]) -> None:
 class RequestBuilder:
     """Turns a capture into the event's ``request`` object, by one spooler's settings."""
 
-    def __init__(self, ip_header: str | None, scrubber: Scrubber) -> None:
+    def __init__(
+        self, ip_header: str | None, scrubber: Scrubber, trusted: int | Sequence[str] = 1
+    ) -> None:
         self._ip_header = ip_header.lower() if ip_header else None
         self._scrubber = scrubber
+        self._trusted: int | tuple[Network, ...] = (
+            trusted
+            if isinstance(trusted, int)
+            else tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+        )
 
     def client_ip(self, capture: Capture) -> str | None:
         """The request's client IP by these settings (see :func:`client_ip`)."""
         forwarded = capture.header(self._ip_header) if self._ip_header else None
-        return client_ip(capture.peer, forwarded)
+        return client_ip(capture.peer, forwarded, self._trusted)
 
     def build(self, capture: Capture, request_id: str, collect_body: bool) -> dict[str, Any]:
         text = self._scrubber.text
@@ -282,19 +289,45 @@ def fields(encoded: str) -> FieldMap:
     return parsed
 
 
-def client_ip(peer: str | None, forwarded: str | None) -> str | None:
-    """The client end of a forwarding header's chain when it names an IP, else the peer.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    Accepts ``X-Forwarded-For`` style lists and RFC 7239 ``Forwarded`` (``for=...``), with
-    ports and brackets. Garbage in the header (spoofed or not) falls back to the peer.
+
+def client_ip(
+    peer: str | None, forwarded: str | None, trusted: int | Sequence[Network] = 1
+) -> str | None:
+    """The client's IP: the address the proxies in front of the application saw, else the
+    peer.
+
+    A forwarding header (``X-Forwarded-For`` lists, RFC 7239 ``Forwarded``'s ``for=``, with
+    ports and brackets) is read from the right, where each proxy appends the address it saw:
+    its leftmost entries are the client's to write. ``trusted`` is how many proxies there are
+    (the client is that many entries from the right), or their addresses and ranges (the
+    peer must be one of them; the client is the first entry from the right that is not).
+    Garbage where the client should be falls back to the peer.
     """
     if forwarded:
-        found = _ip(forwarded.split(",", 1)[0])
-        if found is not None:
-            return found
+        entries = forwarded.split(",")
+        if isinstance(trusted, int):
+            found = _ip(entries[-trusted]) if len(entries) >= trusted else None
+            if found is not None:
+                return found
+        elif peer is not None and _within(_ip(peer), trusted):
+            for entry in reversed(entries):
+                found = _ip(entry)
+                if found is None:
+                    break
+                if not _within(found, trusted):
+                    return found
     if peer is None:
         return None
     return _ip(peer) or peer
+
+
+def _within(ip: str | None, networks: Sequence[Network]) -> bool:
+    if ip is None:
+        return False
+    address = ipaddress.ip_address(ip)
+    return any(address.version == n.version and address in n for n in networks)
 
 
 def _ip(text: str) -> str | None:

@@ -69,7 +69,9 @@ class Spooler:
             self.settings.strip_sensitive_regex,
             self.settings.strip_sensitive_data,
         )
-        self._requests = RequestBuilder(self.settings.ip_header, self._scrubber)
+        self._requests = RequestBuilder(
+            self.settings.ip_header, self._scrubber, self.settings.trusted_proxies
+        )
         self._scrub_properties = (
             self.settings.strip_sensitive_data and self.settings.strip_sensitive_properties
         )

@@ -182,7 +182,10 @@ def test_each_action_kind_pushed_by_the_collector(
         assert get("/careless?user_id=42").status_code == 403  # the exception was swallowed
         bye = get("/me?user_id=7")
         assert (bye.status_code, bye.headers["Location"]) == (303, "https://example.com/bye")
-        assert get("/", "not-an-ip, 203.0.113.9").text == "home"  # garbage: the peer, loopback
+        assert get("/", "203.0.113.9, not-an-ip").text == "home"  # garbage: the peer, loopback
+        # The client's own entry, left of the one its proxy appended, decides nothing.
+        assert get("/", "192.0.2.1, 203.0.113.9").status_code == 403
+        assert get("/", "203.0.113.9, 192.0.2.1").text == "home"
     names = [(e["name"], e.get("properties")) for e in stored_events(spool_path)]
     assert (
         "sq.action.block_ip",

@@ -66,6 +66,10 @@ def test_booleans(monkeypatch: pytest.MonkeyPatch, text: str, expected: bool) ->
         ("SQREEN_SPOOL_MAX_AGE", "0", "drops every event"),
         ("SQREEN_SPOOL_MAX_AGE", "1e300", "ten years"),
         ("SQREEN_SPOOL_KEEP_DELIVERED", "11000d", "ten years"),
+        ("SQREEN_TRUSTED_PROXIES", "0", "hop count from 1"),
+        ("SQREEN_TRUSTED_PROXIES", "proxy.local", "neither a hop count"),
+        ("SQREEN_SPOOL_WIDEST_BLOCK", "8", "two prefix lengths"),
+        ("SQREEN_SPOOL_WIDEST_BLOCK", "8,200", "at most 128"),
     ],
 )
 def test_malformed_environment_names_the_variable(

@@ -185,21 +185,27 @@ def ip_seen(spool_path: Path, headers: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("header", "expected"),
+    ("trusted", "header", "expected"),
     [
-        ("203.0.113.7, 10.0.0.1, 10.0.0.2", "203.0.113.7"),
-        ("203.0.113.7:4711", "203.0.113.7"),
-        ("[2001:db8::1]:443, 10.0.0.1", "2001:db8::1"),
-        ("2001:db8::1", "2001:db8::1"),
-        ("not-an-ip, 203.0.113.7", PEER),
-        ("<script>, 1.2.3.4", PEER),
-        ("", PEER),
-        (None, PEER),
+        (1, "203.0.113.7", "203.0.113.7"),
+        (1, "203.0.113.7:4711", "203.0.113.7"),
+        (1, "[2001:db8::1]:443", "2001:db8::1"),
+        # nginx, ALB and Google's load balancer append: the left is the client's to write.
+        (1, "198.51.100.66, 203.0.113.7", "203.0.113.7"),
+        (1, "unknown, 203.0.113.7", "203.0.113.7"),
+        (1, "203.0.113.7, <script>", PEER),  # garbage where the client should be
+        (2, "198.51.100.66, 203.0.113.7, 10.0.0.1", "203.0.113.7"),
+        (2, "203.0.113.7", PEER),  # fewer entries than proxies: none can be trusted
+        ("192.0.2.0/24, 10.0.0.0/8", "198.51.100.66, 203.0.113.7, 10.0.0.1", "203.0.113.7"),
+        ("10.0.0.0/8", "203.0.113.7", PEER),  # the peer is no trusted proxy: header ignored
+        (1, "", PEER),
+        (1, None, PEER),
     ],
 )
-def test_client_ip_from_a_configured_header(
-    spooler: sqreen.Spooler, spool_path: Path, header: str | None, expected: str
+def test_client_ip_from_a_configured_header_read_from_the_right(
+    spool_path: Path, trusted: int | str, header: str | None, expected: str
 ) -> None:
+    sqreen.configure(path=spool_path, ip_header="X-Forwarded-For", trusted_proxies=trusted)
     headers = {} if header is None else {"X-Forwarded-For": header}
     assert ip_seen(spool_path, headers) == expected
 
@@ -210,7 +216,7 @@ def test_forwarding_headers_are_ignored_unless_configured(spool_path: Path) -> N
 
 
 def test_rfc7239_forwarded_header(spool_path: Path) -> None:
-    sqreen.configure(path=spool_path, ip_header="Forwarded")
+    sqreen.configure(path=spool_path, ip_header="Forwarded", trusted_proxies=2)
     forwarded = 'for="[2001:db8::7]:80";proto=https, for=10.0.0.1'
     assert ip_seen(spool_path, {"Forwarded": forwarded}) == "2001:db8::7"
 
