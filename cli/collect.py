@@ -7,6 +7,8 @@ the documented wire format, deduplicates by event id and hands each new event on
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import socket
 import struct
 import threading
@@ -60,10 +62,15 @@ def error(status: int, reason: str) -> Answer:
 class Receiver:
     """An HTTP server on ``host:port`` (0: any free port) answering POSTs with ``handler``."""
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, handler: Handler, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    ) -> None:
         self.handler = handler
         self.host = host
         self.port = port
+        self.token = token
+        # Bodies decoded and parsed at once: each may cost tens of MiB for a moment.
+        self.parsing = threading.BoundedSemaphore(MAX_PARSING)
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -73,7 +80,7 @@ class Receiver:
 
     def start(self) -> None:
         """Listen (again) on the same port, serving from a daemon thread."""
-        server = ThreadingHTTPServer((self.host, self.port), self._request_class())
+        server = _BoundedServer((self.host, self.port), self._request_class())
         server.daemon_threads = True
         self.port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name="collector", daemon=True).start()
@@ -91,8 +98,13 @@ class Receiver:
 
         class Request(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = IDLE_TIMEOUT
 
             def do_POST(self) -> None:
+                if not authorized(receiver.token, self.headers.get("Authorization")):
+                    self.close_connection = True  # the body is not read: nothing else is
+                    self._answer(error(401, "a valid token is required (Authorization: Bearer)"))
+                    return
                 try:
                     length = int(self.headers.get("Content-Length", 0))
                 except ValueError:
@@ -102,17 +114,39 @@ class Receiver:
                     self._answer(error(413, f"a body must be 0 to {MAX_BODY} bytes"))
                     return
                 raw = self.rfile.read(length)
+                self._watchdog.cancel()  # read whole: what follows is the collector's time
                 headers = dict(self.headers)
+                if not receiver.parsing.acquire(timeout=PARSING_WAIT):
+                    self._answer(Answer(503, b'{"error": "busy"}', {"Retry-After": "1"}))
+                    return
                 try:
                     body = decode(self.headers.get("Content-Encoding"), raw)
-                    batch = orjson.loads(body)
+                    batch = parse_batch(body)
                 except TooLarge as exc:
                     self._answer(error(413, str(exc)))
                     return
                 except ValueError as exc:
                     self._answer(error(400, str(exc)))
                     return
+                finally:
+                    receiver.parsing.release()
                 self._answer(receiver.handler(Received(self.path, headers, body, batch)))
+
+            def handle_one_request(self) -> None:
+                # A client has READ_DEADLINE seconds to send a whole request (line, headers,
+                # body) from when the connection becomes free for one: a trickle (slowloris)
+                # is cut, not waited for. Each read also times out after IDLE_TIMEOUT.
+                self._watchdog = threading.Timer(READ_DEADLINE, self._cut)
+                self._watchdog.daemon = True
+                self._watchdog.start()
+                try:
+                    super().handle_one_request()
+                finally:
+                    self._watchdog.cancel()
+
+            def _cut(self) -> None:
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
 
             def do_GET(self) -> None:
                 self._answer(error(405, "POST batches to this URL"))
@@ -141,6 +175,71 @@ class Receiver:
 # The most a batch may weigh, on the wire and once decompressed: sixteen of the spool's
 # largest batches (max_batch_bytes, 1 MiB by default).
 MAX_BODY = 16 * 1024 * 1024
+# The most events a batch may carry (ten of the spool's default batches), and the most JSON
+# values (counted by the separators and openings) a body may hold before it is parsed: 16 MiB
+# of "{}," would otherwise parse into half a GiB of empty dicts.
+MAX_EVENTS = 10_000
+MAX_VALUES = 400_000
+# The threaded collector: connections served at once (more are closed at once), bodies parsed
+# at once (more wait PARSING_WAIT s, then get 503), how long a read may wait for a byte, and
+# how long a whole request may take to arrive.
+MAX_CONNECTIONS = 128
+MAX_PARSING = 4
+PARSING_WAIT = 5.0
+IDLE_TIMEOUT = 10.0
+READ_DEADLINE = 15.0
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """Serves at most MAX_CONNECTIONS connections at once, each on its own thread; one more is
+    closed as soon as it is accepted, so that idle or trickling clients cannot take every
+    thread the host has."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def parse_batch(body: bytes) -> Any:
+    """A decoded body as JSON, refused (TooLarge) when it holds more values or events than a
+    batch may, before its parsing can cost more memory than a batch should."""
+    values = body.count(b",") + body.count(b"{") + body.count(b"[")
+    if values > MAX_VALUES:
+        raise TooLarge(f"a batch may hold at most {MAX_VALUES} JSON values")
+    batch = orjson.loads(body)
+    events = batch.get("events") if isinstance(batch, dict) else None
+    if isinstance(events, list) and len(events) > MAX_EVENTS:
+        raise TooLarge(f"a batch may carry at most {MAX_EVENTS} events")
+    return batch
+
+
+def authorized(token: str | None, header: str | None) -> bool:
+    """Whether a request may post: no token is set, or it sends ``Bearer <token>``
+    (compared in constant time)."""
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 class TooLarge(ValueError):
@@ -243,8 +342,11 @@ class ReferenceCollector:
             return error(400, problem)
         accepted = [e for e in received.batch["events"] if e["id"] not in rejected]
         with self._lock:
-            new = [e for e in accepted if e["id"] not in self._seen]
-            self._seen.update(e["id"] for e in new)
+            new = []
+            for event in accepted:  # an id repeated within the batch is new only once
+                if event["id"] not in self._seen:
+                    self._seen.add(event["id"])
+                    new.append(event)
             self.batches += 1
             self.events += len(new)
             self.duplicates += len(accepted) - len(new)

@@ -12,21 +12,34 @@ memory, per collector process.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from typing import Any
 
 import orjson
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sqreen.config import Settings
 from sqreen.jetstream import Publisher
 
-from .collect import MAX_BODY, TooLarge, check_batch, decode
+from .collect import (
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    READ_DEADLINE,
+    TooLarge,
+    authorized,
+    check_batch,
+    decode,
+    parse_batch,
+)
 from .playbook import Playbook, Rules
 
 # Read by each worker process: uvicorn starts them from an import string.
 RULES_VARIABLE = "SQREEN_COLLECT_PLAYBOOK"
+TOKEN_VARIABLE = "SQREEN_COLLECT_TOKEN"
 RETRY_AFTER = "1"  # seconds: a stream back from an election or a restart takes about that
 
 Scope = MutableMapping[str, Any]
@@ -37,10 +50,13 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 class Forwarder:
     """The ASGI app: POST a batch to any path."""
 
-    def __init__(self, settings: Settings, playbook: Playbook | None = None) -> None:
+    def __init__(
+        self, settings: Settings, playbook: Playbook | None = None, token: str | None = None
+    ) -> None:
         self._publisher = Publisher(settings, "sqreen-spool-collector")
         self._timeout = settings.http_timeout
         self._playbook = playbook
+        self._token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -59,9 +75,11 @@ class Forwarder:
         if scope["method"] != "POST":
             return 405, {"error": "POST batches to this URL"}, []
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not authorized(self._token, headers.get("authorization")):
+            return 401, {"error": "a valid token is required (Authorization: Bearer)"}, []
         try:
             body = await _body(receive, headers.get("content-length"))
-            batch = orjson.loads(decode(headers.get("content-encoding"), body))
+            batch = parse_batch(decode(headers.get("content-encoding"), body))
         except TooLarge as exc:
             return 413, {"error": str(exc)}, []
         except ValueError as exc:
@@ -123,16 +141,18 @@ def create_app() -> Forwarder:
     sink's settings, and the playbook's rules that :func:`serve` put there)."""
     rules = os.environ.get(RULES_VARIABLE)
     playbook = Playbook(Rules(**orjson.loads(rules))) if rules else None
-    return Forwarder(Settings.resolve(), playbook)
+    return Forwarder(Settings.resolve(), playbook, os.environ.get(TOKEN_VARIABLE))
 
 
-def serve(forward: str, host: str, port: int, workers: int, rules: Rules | None) -> None:
+def serve(
+    forward: str, host: str, port: int, workers: int, rules: Rules | None, token: str | None
+) -> None:
     """Serve the tier under uvicorn until stopped (SIGTERM, Ctrl-C)."""
-    import uvicorn  # the caller made sure it is there
-
     os.environ["SQREEN_URL"] = forward
     if rules is not None:
         os.environ[RULES_VARIABLE] = orjson.dumps(asdict(rules)).decode()
+    if token is not None:
+        os.environ[TOKEN_VARIABLE] = token
     Settings.resolve()  # a bad setting fails here, once, not in every worker
     uvicorn.run(
         "sqreen.cli.forward:create_app",
@@ -143,4 +163,42 @@ def serve(forward: str, host: str, port: int, workers: int, rules: Rules | None)
         log_level="warning",
         timeout_keep_alive=75,  # longer than the flusher's keep-alive pool keeps a connection
         access_log=False,
+        http=ReadDeadline,
+        limit_concurrency=MAX_CONNECTIONS,
     )
+
+
+class ReadDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request to arrive whole.
+
+    uvicorn times out an idle keep-alive connection, but not one that trickles its headers or
+    body (slowloris): a few hundred of those took the tier down. Here a connection has
+    READ_DEADLINE seconds from when it opens, or from its last response, to have sent a whole
+    request; one still waiting for the client then is closed. The application's own time is
+    not counted."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(READ_DEADLINE, self._expired)
+
+    def _expired(self) -> None:
+        cycle = self.cycle
+        waiting = cycle is None or cycle.response_complete or cycle.more_body
+        if waiting and not self.transport.is_closing():
+            self.transport.close()

@@ -44,8 +44,16 @@ class Playbook:
         self._decided: dict[str, tuple[dict[str, Any], float | None]] = {}
         self._blocked: set[object] = set()  # keys of users and IPs with a live action
         if path is not None and path.exists():
-            for item in orjson.loads(path.read_bytes()):
-                self._decided[item["action"]["action_id"]] = (item["action"], item["expires_at"])
+            try:
+                for item in orjson.loads(path.read_bytes()):
+                    action, expires = item["action"], item["expires_at"]
+                    _key(action)  # the shape the playbook writes
+                    self._decided[action["action_id"]] = (action, expires)
+            except (orjson.JSONDecodeError, TypeError, KeyError, IndexError) as exc:
+                raise ValueError(
+                    f"{path} is not the playbook's list of actions ({type(exc).__name__}): "
+                    "move it aside to start with none"
+                ) from None
             self._blocked = {_key(action) for action, _ in self._decided.values()}
 
     def answer(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,6 +4,8 @@ that forwards into NATS JetStream (:mod:`sqreen.cli.forward`)."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 import signal
 import threading
 from pathlib import Path
@@ -13,6 +15,8 @@ import orjson
 import typer
 
 from sqreen.config import is_nats, mask_url, parse_duration, parse_url
+from sqreen.errors import UnsafeSpool
+from sqreen.files import open_ours
 
 from .collect import Receiver, ReferenceCollector
 from .context import USAGE, fail, plain
@@ -30,8 +34,48 @@ def _received_id(line: bytes, out: Path, number: int) -> str:
     return event_id
 
 
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+
+
+def _token(token: str | None, token_file: Path | None, host: str) -> str | None:
+    """The token every request must carry; exit with one line when there is none and the
+    collector would listen beyond loopback (anyone there could post events and drive its
+    playbook)."""
+    if token_file is not None:
+        try:
+            token = (
+                token_file.read_text().splitlines()[0].strip() if token_file.stat().st_size else ""
+            )
+        except (OSError, IndexError) as exc:
+            fail(f"--token-file {token_file}: {getattr(exc, 'strerror', None) or exc}", USAGE)
+    if token is not None and not token.strip():
+        fail("the token is empty", USAGE)
+    if token is None and not _loopback(host):
+        fail(
+            f"--host {host} reaches beyond this machine: set --token (or --token-file, or "
+            "SQREEN_COLLECT_TOKEN), which every request must carry",
+            USAGE,
+        )
+    return None if token is None else token.strip()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _forward(
-    url: str, host: str, port: int, workers: int, rules: Rules | None, out: Path | None
+    url: str,
+    host: str,
+    port: int,
+    workers: int,
+    rules: Rules | None,
+    out: Path | None,
+    token: str | None,
 ) -> None:
     if out is not None:
         fail("--forward keeps nothing on disk: it takes no --out", USAGE)
@@ -48,7 +92,7 @@ def _forward(
     except ValueError as exc:
         fail(f"--forward {url}: {exc}", USAGE)
     print(f"listening on http://{host}:{port}/, forwarding into {mask_url(url)}", flush=True)
-    serve(url, host, port, workers, rules)
+    serve(url, host, port, workers, rules, token)
 
 
 def collect(
@@ -77,6 +121,18 @@ def collect(
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="With --forward: worker processes.")] = 1,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SQREEN_COLLECT_TOKEN",
+            show_envvar=True,
+            help="Require 'Authorization: Bearer TOKEN' on every request (needed with a --host "
+            "beyond loopback).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="Read the token from this file (its first line).")
+    ] = None,
 ) -> None:
     """Run a local reference collector: print each event received, deduplicated by id.
 
@@ -89,6 +145,7 @@ def collect(
     With --forward, it keeps nothing: each batch is answered 2xx once the stream acknowledged
     its events, 503 when it did not (the playbook's window is then per worker process).
     """
+    token = _token(token, token_file, host)
     rules = None
     if block_after is not None or block_ip_after is not None:
         try:
@@ -97,23 +154,27 @@ def collect(
             fail(str(exc), USAGE)
         rules = Rules(block_after, block_ip_after, seconds, lasts or None)
     if forward is not None:
-        _forward(forward, host, port, workers, rules, out)
+        _forward(forward, host, port, workers, rules, out, token)
         return
     playbook = None
     if rules is not None:
-        playbook = Playbook(
-            rules, None if out is None else out.with_name(out.name + ".actions.json")
-        )
+        try:
+            playbook = Playbook(
+                rules, None if out is None else out.with_name(out.name + ".actions.json")
+            )
+        except (ValueError, OSError) as exc:
+            fail(str(exc))
     seen: list[str] = []
     try:
-        if out is not None and out.exists():
+        # Made 0600 (it holds emails and IPs), and never through a link or another's file.
+        sink = None if out is None else os.fdopen(open_ours(str(out), _APPEND), "ab")
+        if out is not None:
             with out.open("rb") as previous:
                 for number, line in enumerate(previous, 1):
                     if line.strip():
                         seen.append(_received_id(line, out, number))
-        sink = out.open("ab") if out is not None else None
-    except OSError as exc:  # a directory, no permission, ...
-        fail(f"--out {out}: {exc.strerror or exc}", USAGE)
+    except (OSError, UnsafeSpool) as exc:  # a directory, no permission, a link, ...
+        fail(f"--out {out}: {getattr(exc, 'strerror', None) or exc}", USAGE)
 
     def received(event: dict[str, Any]) -> None:
         properties = orjson.dumps(event.get("properties", {})).decode()
@@ -124,7 +185,7 @@ def collect(
             sink.flush()
 
     collector = ReferenceCollector(received, seen, playbook)
-    receiver = Receiver(collector, host, port)
+    receiver = Receiver(collector, host, port, token)
     try:
         receiver.start()
     except OSError as exc:

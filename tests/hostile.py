@@ -1,14 +1,19 @@
 """A hostile collector on 127.0.0.1: a raw socket server whose answers the test scripts byte by
 byte (bad gzip, endless chunked bodies, huge bodies), for what an HTTP server library would
 never send. Each connection's request is read whole, then the next scripted answer is played.
+And hostile clients of our own collectors: compression bombs of parsed size, slowloris.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+
+import httpx
 
 Answer = Callable[[socket.socket], None]
 
@@ -111,3 +116,45 @@ class HostileCollector:
         self._stop.set()
         self._thread.join()
         self._server.close()
+
+
+@functools.cache
+def empty_objects() -> bytes:
+    """About 16 KiB on the wire that inflate to 16 MiB (under a collector's body limit) of
+    empty objects: it parsed into half a GiB."""
+    return gzip.compress(b'{"events": [' + b"{}," * 5_500_000 + b"{}]}", 9)
+
+
+def slow_clients(url: str, count: int) -> list[socket.socket]:
+    """``count`` connections that send half a request's headers and then nothing (slowloris);
+    those the server refused at once are left out."""
+    address = httpx.URL(url)
+    opened = []
+    for _ in range(count):
+        try:
+            conn = socket.create_connection((address.host, address.port), timeout=5)
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nX-Slow: ")
+        except OSError:
+            continue
+        opened.append(conn)
+    return opened
+
+
+def cut_by_server(connections: list[socket.socket], seconds: float) -> int:
+    """How many of the connections the server closed within ``seconds`` (each then closed)."""
+    closed = 0
+    deadline = time.monotonic() + seconds
+    for conn in connections:
+        try:
+            while True:
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                if conn.recv(4096) == b"":
+                    closed += 1
+                    break
+        except TimeoutError:
+            pass
+        except OSError:  # reset
+            closed += 1
+        finally:
+            conn.close()
+    return closed

@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from typer.testing import CliRunner
 
 import sqreen
 from sqreen.cli.app import app
+from sqreen.cli.collect import READ_DEADLINE
 
 from . import collector as c
+from . import hostile
 from .conftest import rows, run_child
 
 SCRIPT = str(Path(sys.executable).with_name("sqreen-spool"))
@@ -326,3 +329,73 @@ def test_collect_says_in_one_line_what_is_wrong_with_out(tmp_path: Path) -> None
     broken = runner.invoke(app, ["collect", "--port", "0", "--out", str(garbage)])
     assert broken.exit_code == 1
     assert "line 2 is not an event" in broken.stderr
+
+
+def peak_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) // 1024
+
+
+def test_collect_bounds_what_parsing_may_cost(collect: Collect) -> None:
+    """16 KiB of gzip that inflate to 16 MiB of "{}," cost 559 MiB in one request, about 1 GB
+    with four at once; a batch of 10,001 events is refused too."""
+    bomb = hostile.empty_objects()
+    assert len(bomb) < 64 * 1024
+
+    def post() -> int:
+        headers = {"Content-Encoding": "gzip"}
+        return httpx.post(collect.url, content=bomb, headers=headers, timeout=60).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: post(), range(4))) == [413] * 4
+    many = batch(*(event() for _ in range(10_001)))
+    assert httpx.post(collect.url, content=orjson.dumps(many), timeout=60).status_code == 413
+    assert peak_mib(collect.process.pid) < 200
+    assert httpx.post(collect.url, content=orjson.dumps(batch(event()))).status_code == 200
+
+
+@pytest.mark.slow
+def test_collect_outlasts_slowloris(collect: Collect) -> None:
+    slow = hostile.slow_clients(collect.url, 300)
+    assert hostile.cut_by_server(slow, READ_DEADLINE + 10) == len(slow)
+    answer = httpx.post(collect.url, content=orjson.dumps(batch(event())), timeout=10)
+    assert answer.status_code == 200
+
+
+def test_collect_takes_a_token_and_needs_one_beyond_loopback(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-collector\n")
+    server = Collect(tmp_path / "received.jsonl", "--token-file", str(token_file))
+    try:
+        body = orjson.dumps(batch(event()))
+        assert httpx.post(server.url, content=body).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.post(server.url, content=body, headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret-collector"}
+        assert httpx.post(server.url, content=body, headers=right).status_code == 200
+    finally:
+        code, printed = server.stop()
+    assert code == 0 and not any("s3cret" in line for line in printed)
+    refused = run("collect", "--host", "0.0.0.0", "--port", "0")
+    assert refused.returncode == 2 and "--token" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_collect_keeps_a_repeated_id_once_writes_out_0600_and_says_what_is_damaged(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "received.jsonl"
+    server = Collect(out)
+    try:
+        twice = event()
+        assert httpx.post(server.url, content=orjson.dumps(batch(twice, twice))).status_code == 200
+    finally:
+        server.stop()
+    assert out.read_bytes().count(twice["id"].encode()) == 1
+    assert os.stat(out).st_mode & 0o777 == 0o600
+    damaged = tmp_path / "received.jsonl.actions.json"
+    for content in (b"", b"{not json", b'[{"action": 1}]'):
+        damaged.write_bytes(content)
+        broken = run("collect", "--port", "0", "--out", str(out), "--block-after", "3")
+        assert broken.returncode == 1 and "Traceback" not in broken.stderr
+        assert "actions.json is not the playbook's list" in broken.stderr

@@ -19,9 +19,11 @@ import orjson
 import pytest
 
 import sqreen
+from sqreen.cli.collect import READ_DEADLINE
 from sqreen.event import build
 from sqreen.transport import encode_batch
 
+from . import hostile
 from .nats_servers import (
     CLI,
     Collector,
@@ -165,3 +167,25 @@ def test_forwarding_takes_no_out_and_names_the_extra_it_needs(tmp_path: Path) ->
     missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert missing.returncode == 2
     assert "pip install 'sqreen-spool[collector]'" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_tier_refuses_what_would_take_it_down(server: NatsServer, tmp_path: Path) -> None:
+    """A token on every request, parsing bombs refused in bounded memory, slowloris cut."""
+    tier = Collector(server.url, "--token", "tier-token")
+    try:
+        body = encode_batch("b-1", [build("tier", {"properties": {"tag": "t"}}).payload], {})
+        assert httpx.post(tier.url, content=body).status_code == 401
+        auth = {"Authorization": "Bearer tier-token"}
+        assert httpx.post(tier.url, content=body, headers=auth).status_code == 200
+        bomb = {**auth, "Content-Encoding": "gzip"}
+        answer = httpx.post(tier.url, content=hostile.empty_objects(), headers=bomb, timeout=60)
+        assert answer.status_code == 413
+        with open(f"/proc/{tier.process.pid}/status") as status:
+            peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+        assert peak < 200 * 1024, f"{peak // 1024} MiB"
+        slow = hostile.slow_clients(tier.url, 300)
+        assert hostile.cut_by_server(slow, READ_DEADLINE + 10) == len(slow)
+        assert httpx.post(tier.url, content=body, headers=auth, timeout=10).status_code == 200
+    finally:
+        tier.stop()
