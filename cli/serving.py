@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from sqreen.config import is_nats, mask_url, parse_duration, parse_url
+from sqreen.config import parse_duration
 from sqreen.errors import UnsafeSpool
 from sqreen.files import open_ours
+from sqreen.urls import is_nats, mask_url, parse_url
 
 from .collect import Receiver, ReferenceCollector
 from .context import USAGE, fail, plain

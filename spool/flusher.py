@@ -24,11 +24,12 @@ from tenacity import (
 )
 
 from .action_store import COLLECTOR, read_actions, replace_collector_actions
-from .config import Settings, is_nats
+from .config import Settings
 from .event import new_id
 from .health import Health
 from .outbox import Batch, Outbox, owner_name
 from .transport import BISECT_STATUSES, SPLIT_STATUSES, Reply, Transport
+from .urls import is_nats
 
 log = logging.getLogger("sqreen.spool")
 

@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .config import Settings, mask_url, nats_servers
+from .config import Settings
 from .errors import ConfigError
 from .transport import Reply
+from .urls import mask_url, nats_servers
 
 log = logging.getLogger("sqreen.spool")
 
