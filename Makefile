@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean nats-server
+.PHONY: test test-fast demo bench lint clean nats-server
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) nats-server
 	$(PY) -m pytest -q -n 2
+
+# The tests that run no process, signal, NATS server or long wait (those are marked slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 # The JetStream tests and bench run a real nats-server: Debian's package, installed when missing
 # (CI runs as root).

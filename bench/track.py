@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -160,7 +160,7 @@ def main() -> None:
         for i, (name, make) in enumerate(makers.items()):
             (root / str(i)).mkdir()
             contenders[name] = make(root / str(i))
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         timings = run(contenders, args.events, args.rounds)
         results = {name: summary(samples) for name, samples in timings.items()}
 

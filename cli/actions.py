@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -193,4 +193,4 @@ def _identifiers(pairs: list[str]) -> dict[str, str]:
 def _when(expires_at: float | None) -> str:
     if expires_at is None:
         return "never"
-    return datetime.fromtimestamp(expires_at, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")

@@ -196,6 +196,9 @@ class _BoundedServer(ThreadingHTTPServer):
     thread the host has."""
 
     daemon_threads = True
+    # Connections waiting to be accepted: with the default 5, a burst of clients waits in the
+    # kernel's SYN retries (seconds) instead of being served or closed at once.
+    request_queue_size = MAX_CONNECTIONS
 
     def __init__(self, *args: Any) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)

@@ -10,7 +10,7 @@ import difflib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -302,15 +302,15 @@ def _json_problem(value: Any, depth: int) -> str | None:
 
 def _utc(timestamp: object) -> datetime:
     if timestamp is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     if not isinstance(timestamp, datetime):
         raise InvalidEvent(f"timestamp must be a datetime, not {type(timestamp).__name__}")
-    if timestamp.tzinfo is timezone.utc:
+    if timestamp.tzinfo is UTC:
         return timestamp
     try:
         if timestamp.tzinfo is None or timestamp.utcoffset() is None:
-            return timestamp.replace(tzinfo=timezone.utc)
-        return timestamp.astimezone(timezone.utc)
+            return timestamp.replace(tzinfo=UTC)
+        return timestamp.astimezone(UTC)
     except OverflowError:
         raise InvalidEvent(f"timestamp {timestamp.isoformat()} is out of range in UTC") from None
     except Exception as exc:  # a tzinfo whose utcoffset() raises or answers nonsense

@@ -12,7 +12,7 @@ import errno
 import os
 import sqlite3
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -181,7 +181,7 @@ def open_ours(name: str, flags: int) -> int:
 
 def quarantine(path: Path) -> Path:
     """Move a damaged spool (and its WAL) aside to ``<name>.corrupt-<timestamp>``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     os.replace(path, target)
     for suffix in ("-wal", "-shm"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO
 
 import orjson
@@ -134,7 +134,7 @@ def _timestamp(value: object) -> datetime | None:
             raise InvalidEvent(f"timestamp {exc}") from None
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
-            return datetime.fromtimestamp(value, timezone.utc)
+            return datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidEvent(f"timestamp {value!r} is out of range for epoch seconds") from None
     kind = _JSON_TYPES.get(type(value), type(value).__name__)

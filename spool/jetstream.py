@@ -97,7 +97,7 @@ class Publisher:
         deadline = asyncio.get_running_loop().time() + budget
         try:
             js = await asyncio.wait_for(self._jetstream(), budget)
-        except (NatsError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NatsError, OSError) as exc:
             return Reply(None, f"NATS: no connection ({describe(exc)})")
         if dropped:
             report = orjson.dumps({"batch_id": batch_id, "dropped": dropped})
@@ -282,7 +282,7 @@ async def _one(
         if exc.code == 400:  # the stream's own limits (max_msg_size): no retry will pass them
             return "rejected", f"JetStream refused it: {exc.description}"
         return "unacked", f"JetStream error {exc.code}: {exc.description}"
-    except (NatsError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, NatsError, OSError) as exc:
         return "unacked", f"NATS: {describe(exc)}"
 
 

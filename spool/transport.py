@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -96,7 +96,7 @@ def check_url(url: str, allow_insecure_http: bool) -> None:
 
 
 def encode_batch(batch_id: str, payloads: Sequence[bytes], dropped: Mapping[str, int]) -> bytes:
-    sent_at = datetime.now(timezone.utc).isoformat()
+    sent_at = datetime.now(UTC).isoformat()
     head = b'{"batch_id":"%s","sent_at":"%s","events":[' % (batch_id.encode(), sent_at.encode())
     tail = b"]}" if not dropped else b'],"dropped":' + orjson.dumps(dropped) + b"}"
     return head + b",".join(payloads) + tail

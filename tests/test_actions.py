@@ -268,6 +268,7 @@ def test_malformed_and_unknown_actions_are_skipped_and_never_stop_the_others(
     assert any("launch_missiles" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_an_action_expires_its_duration_after_it_was_received(
     spool_path: Path, collector: Any
 ) -> None:
@@ -302,6 +303,7 @@ while time.monotonic() < deadline:
 """
 
 
+@pytest.mark.slow
 def test_another_process_on_the_spool_enforces_a_change_within_two_seconds(
     spool_path: Path, collector: Any
 ) -> None:
@@ -437,6 +439,7 @@ def test_the_actions_command_and_a_user_typed_as_a_string(
     assert cli(spool_path, "actions").stdout.strip() == "no security responses"
 
 
+@pytest.mark.slow
 def test_the_playbook_end_to_end_blocks_within_two_seconds(
     spool_path: Path, tmp_path: Path, served: str
 ) -> None:
@@ -522,6 +525,7 @@ print(client.get("/me/?user=bo").status_code, client.get("/me/?user=ada").status
     assert done.stdout.split() == ["200", "403", "403", "403", "u"]
 
 
+@pytest.mark.slow
 def test_a_forked_child_enforces_a_change_made_after_the_fork(spool_path: Path) -> None:
     spooler = sqreen.Spooler(path=spool_path)
     assert spooler.track("created")  # the spool exists
@@ -608,6 +612,7 @@ def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_an_expired_action_never_hides_a_live_one(spool_path: Path) -> None:
     """A block for 1 s and a permanent one on the same range and user: once the first
     expires, the second holds (the compiled table kept the first, then found it expired)."""
@@ -637,6 +642,7 @@ def test_an_expired_action_never_hides_a_live_one(spool_path: Path) -> None:
     spooler.close()
 
 
+@pytest.mark.slow
 def test_a_replaced_spool_is_the_one_enforced(spool_path: Path) -> None:
     spooler = sqreen.Spooler(path=spool_path, heartbeat_delay=3600)
     now = time.time()

@@ -27,6 +27,9 @@ from sqreen.store import Store
 
 from .conftest import counters, run_child
 
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 MiB = 1024 * 1024
 
 

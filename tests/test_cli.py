@@ -408,6 +408,7 @@ def test_flush_exits_1_when_the_collector_is_down(spool_path: Path, collector: A
 HOSTILE_TEXT = "[/x] [bold red]FAKE: 0 pending[/] \x1b[2J\x1b]0;owned\x07 \x9b31m"
 
 
+@pytest.mark.slow
 def test_stored_text_is_printed_as_text(spool_path: Path, collector: Any) -> None:
     spooler = sqreen.Spooler(path=spool_path)
     assert spooler.track("[bold red]FAKE: 0 pending[/]", {"properties": {"v": HOSTILE_TEXT}})

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ from sqreen.cli.collect import READ_DEADLINE
 from . import collector as c
 from . import hostile
 from .conftest import rows, run_child
+
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SCRIPT = str(Path(sys.executable).with_name("sqreen-spool"))
 
@@ -90,7 +93,7 @@ def collect(tmp_path: Path) -> Iterator[Collect]:
 
 
 def batch(*events: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    sent_at = datetime.now(timezone.utc).isoformat()
+    sent_at = datetime.now(UTC).isoformat()
     return {"batch_id": str(uuid.uuid4()), "sent_at": sent_at, "events": list(events), **extra}
 
 
@@ -268,7 +271,7 @@ def test_import_of_100000_lines(spool_path: Path, tmp_path: Path) -> None:
     assert len(stored) == 100_000
     last = orjson.loads(stored[-1]["payload"])
     assert last["properties"] == {"n": 99_999, "total": 12.5}
-    assert last["timestamp"] == datetime.fromtimestamp(1_500_099_999, timezone.utc).isoformat()
+    assert last["timestamp"] == datetime.fromtimestamp(1_500_099_999, UTC).isoformat()
     assert os.stat(f"{spool_path}-wal").st_size < 8 * 1024 * 1024  # checkpointed as it went
 
 
@@ -354,7 +357,6 @@ def test_collect_bounds_what_parsing_may_cost(collect: Collect) -> None:
     assert httpx.post(collect.url, content=orjson.dumps(batch(event()))).status_code == 200
 
 
-@pytest.mark.slow
 def test_collect_outlasts_slowloris(collect: Collect) -> None:
     slow = hostile.slow_clients(collect.url, 300)
     assert hostile.cut_by_server(slow, READ_DEADLINE + 10) == len(slow)

@@ -33,6 +33,9 @@ from .nats_servers import (
     stream_messages,
 )
 
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(nats_server: NatsServer) -> NatsServer:
@@ -169,7 +172,6 @@ def test_forwarding_takes_no_out_and_names_the_extra_it_needs(tmp_path: Path) ->
     assert "pip install 'sqreen-spool[collector]'" in missing.stderr
 
 
-@pytest.mark.slow
 def test_the_tier_refuses_what_would_take_it_down(server: NatsServer, tmp_path: Path) -> None:
     """A token on every request, parsing bombs refused in bounded memory, slowloris cut."""
     tier = Collector(server.url, "--token", "tier-token")

@@ -146,6 +146,7 @@ def test_duration_settings_take_units(
     assert Settings.resolve().max_age == seconds
 
 
+@pytest.mark.slow
 def test_an_idle_spooler_with_the_shortest_heartbeat_does_not_spin(spool_path: Path) -> None:
     """SQREEN_HEARTBEAT_DELAY=0 kept a core busy (2-3 CPU-seconds per 3 s); the shortest
     accepted heartbeat costs an idle process little."""

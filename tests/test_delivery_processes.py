@@ -12,11 +12,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import sqreen
 
 from . import collector as c
 from .child import ROOMY
 from .conftest import counters, rows, run_child
+
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_exit_flush_delivers_what_the_process_tracked(spool_path: Path, collector: Any) -> None:

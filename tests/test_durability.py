@@ -18,6 +18,9 @@ from sqreen.store import PAGE_SIZE
 
 from .conftest import counters, integrity, run_child, stored_events
 
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 KILLS = 24
 
 

@@ -102,6 +102,7 @@ def test_backoff_survives_a_restart(spool_path: Path, collector: Any) -> None:
     second.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "failure",
     [c.status(500), c.status(502), c.status(503), c.status(429), c.status(408), c.reset()],
@@ -120,6 +121,7 @@ def test_transient_failures_are_retried_with_the_same_batch_id(
     spooler.close()
 
 
+@pytest.mark.slow
 def test_retry_after_is_honoured(spool_path: Path, collector: Any) -> None:
     spooler = make(spool_path, collector)
     track_many(spooler, 3)
@@ -197,6 +199,7 @@ def test_configuration_errors_drop_nothing(
     spooler.close()
 
 
+@pytest.mark.slow
 def test_a_hanging_collector_times_out(spool_path: Path, collector: Any) -> None:
     spooler = make(spool_path, collector, http_timeout=0.3, retry_attempts=2)
     track_many(spooler, 4)
@@ -209,6 +212,7 @@ def test_a_hanging_collector_times_out(spool_path: Path, collector: Any) -> None
     spooler.close()
 
 
+@pytest.mark.slow
 def test_leases_keep_two_flushers_from_posting_the_same_rows(
     spool_path: Path, collector: Any
 ) -> None:
@@ -266,6 +270,7 @@ def test_rows_leased_by_a_process_that_died_here_are_taken_over_at_once(
     spooler.close()
 
 
+@pytest.mark.slow
 def test_drops_are_reported_once_delivered(spool_path: Path, collector: Any) -> None:
     spooler = make(spool_path, collector, max_age=0.2)
     track_many(spooler, 7, name="old")

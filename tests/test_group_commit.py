@@ -18,6 +18,9 @@ import sqreen
 
 from .conftest import integrity, run_child, stored_events
 
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 THREADS = 8
 
 

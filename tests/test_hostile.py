@@ -42,6 +42,7 @@ def tracked(path: Path, n: int = 3) -> None:
     spooler.close()
 
 
+@pytest.mark.slow
 def test_a_2xx_whose_body_does_not_decode_is_a_failure_of_its_batch(
     spool_path: Path, server: hostile.HostileCollector
 ) -> None:
@@ -56,6 +57,7 @@ def test_a_2xx_whose_body_does_not_decode_is_a_failure_of_its_batch(
     spooler.close()
 
 
+@pytest.mark.slow
 def test_the_cli_flush_reports_a_bad_answer_in_one_line(
     spool_path: Path, server: hostile.HostileCollector
 ) -> None:
@@ -67,6 +69,7 @@ def test_the_cli_flush_reports_a_bad_answer_in_one_line(
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_the_exit_flush_survives_a_bad_answer(
     spool_path: Path, server: hostile.HostileCollector
 ) -> None:
@@ -117,6 +120,7 @@ def test_retry_after_is_capped(
     assert 0 < waits <= RETRY_AFTER_MAX * 1.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "answer",
     [
@@ -142,6 +146,7 @@ def test_an_answer_body_costs_bounded_memory(
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "head",
     [b"HTTP/1.1 200 OK\r\nX-Slow: ", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"],

@@ -33,6 +33,9 @@ from .nats_servers import (
     stream_messages,
 )
 
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(nats_server: NatsServer) -> NatsServer:

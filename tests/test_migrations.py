@@ -111,6 +111,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_wheel_installs_only_the_sqreen_import_name(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
@@ -120,6 +121,7 @@ def test_wheel_installs_only_the_sqreen_import_name(wheel: Path) -> None:
     assert "sqreen/cli/app.py" in names
 
 
+@pytest.mark.slow
 def test_migrations_are_found_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(

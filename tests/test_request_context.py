@@ -250,6 +250,7 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_concurrent_threads_never_see_another_request(
     spooler: sqreen.Spooler, spool_path: Path
 ) -> None:

@@ -109,6 +109,7 @@ def test_damaged_header_is_moved_aside(spool_path: Path) -> None:
     assert [e["name"] for e in stored_events(spool_path)] == ["new"]
 
 
+@pytest.mark.slow
 def test_lock_timeout(spool_path: Path) -> None:
     spooler = sqreen.Spooler(path=spool_path, lock_timeout=0.2)
     assert spooler.track("before")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import sqreen
@@ -26,13 +26,13 @@ def test_seed_example_from_the_sqreen_docs(spooler: sqreen.Spooler, spool_path: 
 def test_name_only_gets_current_time_and_omits_empty_keys(
     spooler: sqreen.Spooler, spool_path: Path
 ) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     assert spooler.track("ping")
     assert spooler.track("pong", {"properties": {}, "user_identifiers": {}})
     for event in stored_events(spool_path):
         assert set(event) == {"id", "name", "timestamp"}
         stamp = datetime.fromisoformat(event["timestamp"])
-        assert before <= stamp <= datetime.now(timezone.utc)
+        assert before <= stamp <= datetime.now(UTC)
 
 
 def test_aware_timestamps_are_converted_to_utc(spooler: sqreen.Spooler, spool_path: Path) -> None:

@@ -19,6 +19,9 @@ from sqreen.filelock import PRESENCE_LOOK
 
 from .conftest import integrity, run_child, stored_events
 
+# Real processes, signals, servers and waits: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 LOCK_TIMEOUT = 0.5
 
 
