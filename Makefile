@@ -47,7 +47,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check spool cli migrations tests bench examples
 	$(VENV)/bin/ruff format --check spool cli migrations tests bench examples
 	rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/sqreen
-	ln -s $(CURDIR)/spool/*.py $(CURDIR)/spool/py.typed $(CURDIR)/spool/integrations $(VENV)/typecheck/sqreen/
+	ln -s $(CURDIR)/spool/*.py $(CURDIR)/spool/py.typed $(VENV)/typecheck/sqreen/
+	for d in $(CURDIR)/spool/*/; do ln -s $${d%/} $(VENV)/typecheck/sqreen/; done
 	ln -s $(CURDIR)/cli $(VENV)/typecheck/sqreen/cli
 	ln -s $(CURDIR)/migrations $(VENV)/typecheck/sqreen/migrations
 	$(VENV)/bin/mypy

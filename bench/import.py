@@ -4,7 +4,7 @@
 
 - floor: plain sqlite3 inserting the same already-encoded events, 2,000 per transaction, in the
   spool's own mode (WAL, synchronous=NORMAL): the storage cost alone;
-- library: ``sqreen.importer.import_lines`` (parse, validate, encode, batched commits,
+- library: ``sqreen.ops.importer.import_lines`` (parse, validate, encode, batched commits,
   checkpoints), the work behind ``sqreen-spool import``;
 - command: the installed ``sqreen-spool import FILE`` end to end, interpreter start and schema
   creation included.
@@ -25,8 +25,8 @@ from pathlib import Path
 import orjson
 
 from sqreen.config import Settings
-from sqreen.importer import BATCH_SIZE, import_lines, parse_line
-from sqreen.store import Store
+from sqreen.ops.importer import BATCH_SIZE, import_lines, parse_line
+from sqreen.storage.store import Store
 
 
 def write_lines(path: Path, n: int) -> None:

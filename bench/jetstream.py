@@ -26,7 +26,7 @@ from typing import Any
 
 from drain import Copies, arguments, ceiling, serve_sink
 
-from sqreen.jetstream import IN_FLIGHT
+from sqreen.delivery.jetstream import IN_FLIGHT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.nats_servers import STREAM, SUBJECT, Collector, NatsServer, add_stream, run

@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqreen
-from sqreen.bound import ceiling
 from sqreen.cli.collect import Answer, Receiver
 from sqreen.event import build
-from sqreen.files import file_bytes
+from sqreen.storage.bound import ceiling
+from sqreen.storage.files import file_bytes
 
 MiB = 1024 * 1024
 OPTIONS = {"properties": {"plan": "pro", "pad": "x" * 950}}

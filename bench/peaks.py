@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ holds the collectors
 
 import sqreen
-from sqreen.bound import ceiling
-from sqreen.files import WAL, size_of
+from sqreen.storage.bound import ceiling
+from sqreen.storage.files import WAL, size_of
 from tests.test_bound import refusing, silent
 
 MiB = 1024 * 1024

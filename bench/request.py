@@ -56,10 +56,10 @@ import orjson
 from track import INSERT, SCHEMA
 
 import sqreen
-from sqreen.action_store import add_operator_action
-from sqreen.actions import read_action
 from sqreen.event import build
 from sqreen.integrations.wsgi import SqreenMiddleware
+from sqreen.security.action_store import add_operator_action
+from sqreen.security.actions import read_action
 
 PARAMS = {
     "q": "running shoes",
@@ -157,7 +157,9 @@ def object_builder(library: Any, spooler: Any) -> Callable[[dict[str, Any]], flo
     """A request through ``library``'s WSGI middleware to an app that only builds the request
     object (as the first ``track()`` of a request does) and returns the seconds it took: the
     cost of building it, without SQLite's commit and its background work."""
-    context = sys.modules[f"{library.__name__}.context"]
+    # Where the request context lives: sqreen.request.context, or an older checkout's .context.
+    name = library.__name__
+    context = sys.modules.get(f"{name}.request.context") or sys.modules[f"{name}.context"]
     middleware = sys.modules[f"{library.__name__}.integrations.wsgi"].SqreenMiddleware
     builder = spooler._requests
     with_flag = "collect_body" in inspect.signature(context.RequestContext.request_json).parameters

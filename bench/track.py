@@ -26,7 +26,7 @@ import orjson
 
 import sqreen
 from sqreen.event import build
-from sqreen.store import PAGE_SIZE
+from sqreen.storage.store import PAGE_SIZE
 
 PROPERTIES = {"plan": "pro", "seats": 3, "country": "FR", "trial": False}
 USER = {"email": "ada@example.com", "id": "42"}
@@ -69,7 +69,7 @@ def sqlalchemy_core(directory: Path) -> Call:
     """What the insert would cost through SQLAlchemy Core (why track() does not use it)."""
     from sqlalchemy import create_engine, insert
 
-    from sqreen.schema import events
+    from sqreen.storage.schema import events
 
     engine = create_engine(f"sqlite:///{directory / 'core.db'}")
     events.metadata.create_all(engine)

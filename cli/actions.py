@@ -17,18 +17,18 @@ import orjson
 import typer
 from rich.table import Table
 
-from sqreen.action_store import (
+from sqreen.config import parse_duration
+from sqreen.security.action_store import (
     OPERATOR,
     add_operator_action,
     clear_actions,
     load_actions,
     remove_action,
 )
-from sqreen.actions import Malformed, check_scope, read_action
-from sqreen.config import parse_duration
-from sqreen.store import Store, driver
+from sqreen.security.actions import Malformed, check_scope, read_action
+from sqreen.storage.store import Store, driver
 
-from .context import USAGE, Context, fail, shown
+from .common import USAGE, Context, fail, shown
 from .show import out
 
 app = typer.Typer(help="List, add and remove security responses (block or redirect).")

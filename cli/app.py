@@ -1,7 +1,7 @@
 """``sqreen-spool``: operate a spool without writing Python.
 
 Every command runs the library's own code (delivery, pruning, validation); this module only
-parses options and prints. See :mod:`sqreen.cli.context` for output and exit-code conventions.
+parses options and prints. See :mod:`sqreen.cli.common` for output and exit-code conventions.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sqreen
-from sqreen import admin, report
-from sqreen.flusher import FlushResult, connect
+from sqreen.delivery.flusher import FlushResult, connect
 from sqreen.health import Health
-from sqreen.importer import bounded_lines, import_lines
-from sqreen.outbox import Outbox
-from sqreen.prune import preview, prune
-from sqreen.selection import Selection, status_choices
-from sqreen.store import Store
+from sqreen.ops import admin, report
+from sqreen.ops.importer import bounded_lines, import_lines
+from sqreen.ops.selection import Selection, status_choices
+from sqreen.storage.outbox import Outbox
+from sqreen.storage.prune import preview, prune
+from sqreen.storage.store import Store
 
 from . import actions, serving, show
-from .context import USAGE, Context, err, fail, plain
+from .common import USAGE, Context, err, fail, plain
 
 app = typer.Typer(
     help="Inspect and operate a sqreen-spool event spool.",

@@ -24,8 +24,8 @@ import orjson
 
 from sqreen.errors import InvalidEvent
 from sqreen.event import MAX_NAME_LENGTH, check_identifiers, check_properties
-from sqreen.schema import DROP_REASONS
-from sqreen.selection import parse_time
+from sqreen.ops.selection import parse_time
+from sqreen.storage.schema import DROP_REASONS
 
 from .playbook import Playbook
 

@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sqreen.config import Settings
-from sqreen.jetstream import Publisher
+from sqreen.delivery.jetstream import Publisher
 
 from .collect import (
     MAX_BODY,

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from sqreen.actions import user_key
+from sqreen.security.actions import user_key
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import typer
 
 from sqreen.config import parse_duration
 from sqreen.errors import UnsafeSpool
-from sqreen.files import open_ours
+from sqreen.storage.files import open_ours
 from sqreen.urls import is_nats, mask_url, parse_url
 
 from .collect import Receiver, ReferenceCollector
-from .context import USAGE, fail, plain
+from .common import USAGE, fail, plain
 from .playbook import Playbook, Rules
 
 

@@ -15,11 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sqreen import report
-from sqreen.files import file_bytes
-from sqreen.selection import Selection, parse_since, status_choices
+from sqreen.ops import report
+from sqreen.ops.selection import Selection, parse_since, status_choices
+from sqreen.storage.files import file_bytes
 
-from .context import USAGE, Context, fail, shown
+from .common import USAGE, Context, fail, shown
 
 app = typer.Typer(help="Show what is in the spool (changes nothing).")
 out = Console(highlight=False)

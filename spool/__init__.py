@@ -7,14 +7,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .default import (
-    auth_track,
-    configure,
-    flush,
-    identify,
-    signup_track,
-    track,
-)
+from .default import auth_track, configure, flush, identify, signup_track, track
+from .delivery.flusher import FlushResult
 from .errors import (
     ConfigError,
     InvalidEvent,
@@ -25,7 +19,6 @@ from .errors import (
     UnsafeSpool,
     UserBlocked,
 )
-from .flusher import FlushResult
 from .health import HealthReport
 from .spooler import Spooler
 

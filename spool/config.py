@@ -29,7 +29,7 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 DEFAULT_LEASE = 30.0
 # Longer leases are refused: a claim expiring later than this from now was written by a clock
-# that has since stepped back (see sqreen.outbox).
+# that has since stepped back (see sqreen.storage.outbox).
 LEASE_MAX = 3600.0
 DEFAULT_HTTP_TIMEOUT = 10.0
 DEFAULT_RETRY_ATTEMPTS = 3

@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .delivery.flusher import FlushResult
 from .errors import ConfigError
-from .flusher import FlushResult
 from .spooler import Spooler
 
 log = logging.getLogger("sqreen.spool")

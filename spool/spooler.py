@@ -15,12 +15,8 @@ from typing import Any
 
 import orjson
 
-from .actions import Action
-from .bound import Bound, log_drops
 from .config import Settings
-from .context import RequestBuilder, RequestContext
-from .context import current as current_request
-from .enforce import Enforcer
+from .delivery.flusher import FlushResult, connect
 from .errors import SpoolError, UserBlocked
 from .event import (
     RESERVED_PREFIX,
@@ -34,14 +30,18 @@ from .event import (
     read_options,
     relax,
 )
-from .failures import STORAGE_ERRORS, classify, describe
-from .flusher import FlushResult, connect
 from .health import Health, HealthReport
-from .outbox import Outbox, add, note
-from .prune import drop_old
-from .scrub import Scrubber
-from .store import Store
-from .tally import Tally
+from .request.context import RequestBuilder, RequestContext
+from .request.context import current as current_request
+from .request.scrub import Scrubber
+from .security.actions import Action
+from .security.enforcer import Enforcer
+from .security.tally import Tally
+from .storage.bound import Bound, log_drops
+from .storage.failures import STORAGE_ERRORS, classify, describe
+from .storage.outbox import Outbox, add, note
+from .storage.prune import drop_old
+from .storage.store import Store
 from .worker import Worker
 
 log = logging.getLogger("sqreen.spool")
@@ -220,7 +220,7 @@ class Spooler:
 
     def _record_stopped(self, action: Action, output: dict[str, Any], requests: int) -> None:
         """The ``sq.action.<name>`` event: the agent's properties, and how many requests the
-        action stopped for that client since the last such event (see sqreen.tally)."""
+        action stopped for that client since the last such event (see sqreen.security.tally)."""
         properties = {"output": output, "action_id": action.action_id, "requests": requests}
         self._record(f"sq.action.{action.action}", {"properties": properties})
 

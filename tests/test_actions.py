@@ -26,11 +26,11 @@ import orjson
 import pytest
 
 import sqreen
-from sqreen.action_store import add_operator_action
-from sqreen.actions import ActionSet, read_action
 from sqreen.cli.collect import Answer, check_batch
 from sqreen.integrations import asgi, wsgi
-from sqreen.store import Store
+from sqreen.security.action_store import add_operator_action
+from sqreen.security.actions import ActionSet, read_action
+from sqreen.storage.store import Store
 
 from .conftest import stored_events
 
@@ -579,8 +579,8 @@ def test_the_playbook_per_client_ip_and_its_window(tmp_path: Path) -> None:
 def test_an_action_received_before_the_clock_stepped_back_lasts_its_duration_at_most(
     spool_path: Path,
 ) -> None:
-    from sqreen.action_store import load_actions
-    from sqreen.store import Store
+    from sqreen.security.action_store import load_actions
+    from sqreen.storage.store import Store
 
     spooler = sqreen.Spooler(path=spool_path)
     ahead = time.time() + 86400  # the clock, before it stepped back a day
@@ -662,7 +662,7 @@ def test_a_replaced_spool_is_the_one_enforced(spool_path: Path) -> None:
 def test_an_unchanged_list_changes_nothing_and_a_changed_one_compiles_off_the_request(
     spool_path: Path,
 ) -> None:
-    from sqreen.action_store import actions_version, replace_collector_actions
+    from sqreen.security.action_store import actions_version, replace_collector_actions
 
     spooler = sqreen.Spooler(path=spool_path)
     store = spooler._store

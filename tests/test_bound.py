@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 import sqreen
-from sqreen.bound import BOUND_SLACK, ceiling, enforce_size
-from sqreen.files import file_bytes
-from sqreen.store import Store
+from sqreen.storage.bound import BOUND_SLACK, ceiling, enforce_size
+from sqreen.storage.files import file_bytes
+from sqreen.storage.store import Store
 
 from .conftest import counters, run_child
 

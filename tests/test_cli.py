@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import sqreen
-from sqreen import schema
 from sqreen.cli.app import app
 from sqreen.cli.collect import Answer
+from sqreen.storage import schema
 
 from . import collector as c
 from .conftest import counters, rows

@@ -20,18 +20,11 @@ import pytest
 
 import sqreen
 from sqreen.cli.collect import READ_DEADLINE
+from sqreen.delivery.http import encode_batch
 from sqreen.event import build
-from sqreen.transport import encode_batch
 
 from . import hostile
-from .nats_servers import (
-    CLI,
-    Collector,
-    NatsServer,
-    add_stream,
-    events_in,
-    stream_messages,
-)
+from .nats_servers import CLI, Collector, NatsServer, add_stream, events_in, stream_messages
 
 # Real processes, signals, servers and waits: left out of `make test-fast`.
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 
 import sqreen
 from sqreen.integrations import wsgi
-from sqreen.scrub import PLACEHOLDER
+from sqreen.request.scrub import PLACEHOLDER
 
 from .conftest import stored_events
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import sqreen
 from sqreen import NotASpool, SpoolError, UnsafeSpool
 from sqreen.cli.app import app
-from sqreen.files import SIDE_FILES
+from sqreen.storage.files import SIDE_FILES
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making another user's file needs root")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import sqreen
 from sqreen.cli.app import app
 from sqreen.cli.collect import Answer
-from sqreen.transport import RETRY_AFTER_MAX, retry_after
+from sqreen.delivery.http import RETRY_AFTER_MAX, retry_after
 from sqreen.worker import Worker
 
 from . import hostile

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import sqreen
 from sqreen.cli.app import app
-from sqreen.prune import prune
+from sqreen.storage.prune import prune
 
 from .conftest import run_child
 from .nats_servers import (

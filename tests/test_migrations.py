@@ -15,9 +15,9 @@ from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
 import sqreen
-from sqreen import schema
 from sqreen.cli.app import app
 from sqreen.event import build
+from sqreen.storage import schema
 
 from .conftest import run_child
 

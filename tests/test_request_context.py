@@ -24,7 +24,7 @@ import pytest
 import sqreen
 from sqreen.event import MAX_EVENT_BYTES
 from sqreen.integrations import asgi, wsgi
-from sqreen.scrub import PLACEHOLDER
+from sqreen.request.scrub import PLACEHOLDER
 
 from .conftest import stored_events
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sqreen.config import DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_PATTERN
-from sqreen.context import Capture, RequestBuilder, fields
-from sqreen.scrub import (
+from sqreen.request.context import Capture, RequestBuilder, fields
+from sqreen.request.scrub import (
     MAX_VALUE_LENGTH,
     PLACEHOLDER,
     TOO_DEEP,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sqreen
-from sqreen.filelock import PRESENCE_LOOK
+from sqreen.storage.locks import PRESENCE_LOOK
 
 from .conftest import integrity, run_child, stored_events
 
@@ -28,7 +28,7 @@ LOCK_TIMEOUT = 0.5
 @pytest.fixture
 def spooler(spool_path: Path) -> sqreen.Spooler:
     """This process's spooler, on the spool first: a writer that finds no other process there
-    does not take the turn (see sqreen.filelock.Turn)."""
+    does not take the turn (see sqreen.storage.locks.Turn)."""
     ours = sqreen.Spooler(path=spool_path, lock_timeout=LOCK_TIMEOUT)
     assert ours.track("turn", {"properties": {"tag": "first"}})
     return ours

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..context import Capture, RequestContext, current, enter, leave
 from ..default import current_spooler
 from ..errors import UserBlocked
+from ..request.context import Capture, RequestContext, current, enter, leave
 from . import DEFAULT_MAX_BODY_BYTES, answer, body_kind
 
 Scope = MutableMapping[str, Any]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..context import RequestContext, current, enter, leave
 from ..default import current_spooler
 from ..errors import UserBlocked
+from ..request.context import RequestContext, current, enter, leave
 from . import DEFAULT_MAX_BODY_BYTES, answer
 from .wsgi import body_length, capture
 

@@ -6,9 +6,9 @@ import io
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..context import Capture, RequestContext, current, enter, leave
 from ..default import current_spooler
 from ..errors import UserBlocked
+from ..request.context import Capture, RequestContext, current, enter, leave
 from . import DEFAULT_MAX_BODY_BYTES, STATUS_LINES, answer, body_kind
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

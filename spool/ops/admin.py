@@ -6,10 +6,10 @@ same spool: a row that a flusher holds is settled by whichever of the two commit
 
 from __future__ import annotations
 
-from .outbox import add
-from .schema import DELIVERED, PENDING
+from ..storage.outbox import add
+from ..storage.schema import DELIVERED, PENDING
+from ..storage.store import Store
 from .selection import Selection
-from .store import Store
 
 _SELECTED = "SELECT seq FROM events WHERE {where}"
 # Back in line with a clean slate: no backoff, no attempt count, no rejection reason.

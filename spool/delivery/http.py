@@ -26,9 +26,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import orjson
 
-from .config import Settings
-from .errors import ConfigError
-from .urls import mask_url
+from ..config import Settings
+from ..errors import ConfigError
+from ..urls import mask_url
 
 log = logging.getLogger("sqreen.spool")
 T = TypeVar("T")

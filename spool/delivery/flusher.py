@@ -23,13 +23,13 @@ from tenacity import (
     wait_random,
 )
 
-from .action_store import COLLECTOR, read_actions, replace_collector_actions
-from .config import Settings
-from .event import new_id
-from .health import Health
-from .outbox import Batch, Outbox, owner_name
-from .transport import BISECT_STATUSES, SPLIT_STATUSES, Reply, Transport
-from .urls import is_nats
+from ..config import Settings
+from ..event import new_id
+from ..health import Health
+from ..security.action_store import COLLECTOR, read_actions, replace_collector_actions
+from ..storage.outbox import Batch, Outbox, owner_name
+from ..urls import is_nats
+from .http import BISECT_STATUSES, SPLIT_STATUSES, Reply, Transport
 
 log = logging.getLogger("sqreen.spool")
 
@@ -79,11 +79,11 @@ def connect(settings: Settings, outbox: Outbox, health: Health) -> Flusher | Non
     """A flusher to ``settings.url``, or None when no collector is configured."""
     if settings.url is None:
         return None
-    from . import __version__
+    from .. import __version__
 
     agent = f"sqreen-spool/{__version__}"
     if is_nats(settings.url):
-        from .jetstream import JetStreamSink  # nats-py only for a nats:// URL
+        from .jetstream import JetStreamSink
 
         return Flusher(outbox, settings, JetStreamSink(settings, agent), health)
     return Flusher(outbox, settings, Transport(settings, agent), health)

@@ -2,7 +2,7 @@
 
 The spool is ``<path>`` with SQLite's ``<path>-wal`` and ``<path>-shm`` beside it, and the
 checkpointer's and the writers' lock files ``<path>-lock`` and ``<path>-turn`` (see
-:mod:`sqreen.filelock`).
+:mod:`sqreen.storage.locks`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
-from .errors import NotASpool, UnsafeSpool
+from ..errors import NotASpool, UnsafeSpool
 
 WAL = "-wal"
 LOCK = "-lock"
 TURN = "-turn"
-# Every file beside the spool: SQLite's, then the lock files (sqreen.filelock). Each must be
+# Every file beside the spool: SQLite's, then the lock files (sqreen.storage.locks). Each must be
 # ours and no symbolic link, or another local user could read the spool or stall its writers.
 SIDE_FILES = (WAL, "-shm", LOCK, TURN)
 

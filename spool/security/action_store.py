@@ -2,7 +2,7 @@
 version counter that tells every process sharing the spool to reload them.
 
 Writes are one ``BEGIN IMMEDIATE`` transaction each through :meth:`Store.write`; reads take a
-plain sqlite3 connection (see :mod:`sqreen.enforce`).
+plain sqlite3 connection (see :mod:`sqreen.security.enforcer`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import replace
 
 import orjson
 
+from ..config import MAX_SECONDS
+from ..storage.outbox import add
+from ..storage.store import Store
 from .actions import Action, Malformed, check_scope, read_action
-from .config import MAX_SECONDS
-from .outbox import add
-from .store import Store
 
 VERSION = "actions.version"
 COLLECTOR = "collector"
@@ -40,7 +40,7 @@ def read_actions(
     """The valid actions of a list in the agent's format; each other one is skipped with a
     warning (``action_unknown`` or ``action_malformed``), never stopping the rest. A range
     wider than ``widest`` or covering loopback is malformed (see
-    :func:`sqreen.actions.check_scope`)."""
+    :func:`sqreen.security.actions.check_scope`)."""
     found: list[Action] = []
     for document in documents:
         try:

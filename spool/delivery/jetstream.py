@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .config import Settings
-from .errors import ConfigError
-from .transport import Reply
-from .urls import mask_url, nats_servers
+from ..config import Settings
+from ..errors import ConfigError
+from ..urls import mask_url, nats_servers
+from .http import Reply
 
 log = logging.getLogger("sqreen.spool")
 

@@ -28,13 +28,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
+from ..config import Settings
+from ..event import Event
 from . import schema
-from .config import Settings
-from .event import Event
 from .failures import CORRUPT_CODES, SQLITE_BUSY, GateTimeout, sqlite_code
-from .filelock import FileLock, Turn
 from .files import LOCK, TURN, WAL, file_bytes, identity, prepare_path, quarantine, size_of
 from .group import Group
+from .locks import FileLock, Turn
 from .revision import ensure_schema, read_revision
 
 log = logging.getLogger("sqreen.spool")
@@ -101,7 +101,7 @@ class Store:
         self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
         self.checkpointer = FileLock(Path(f"{self.path}{LOCK}"))
         # Every write transaction of every process on the host takes it first, under the gate
-        # (see sqreen.filelock.Turn): writers then queue without SQLite's sleeping busy handler.
+        # (see .locks.Turn): writers then queue without SQLite's sleeping busy handler.
         self.turn = Turn(Path(f"{self.path}{TURN}"))
         self._identity: tuple[int, int] | None = None  # the opened file's (device, inode)
         # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
@@ -110,8 +110,8 @@ class Store:
         # Commits by this process, and the count at which insert() asks for maintenance.
         self.inserted = 0
         self.wake_at = self.checkpoint_every
-        # The bound (see sqreen.bound): inserts look at the files' sizes every few commits, and
-        # call on_full themselves when there is no headroom left.
+        # The bound (see .bound): inserts look at the files' sizes every few commits, and call
+        # on_full themselves when there is no headroom left.
         self.on_full: Callable[[], None] | None = None
         self._look_at = WAL_CHECK_EVERY
         self._looked = (0, 0)  # (commits, bytes on disk) at the last look
@@ -135,7 +135,7 @@ class Store:
         """Commit one event; return True when maintenance is due. Raises on storage failure.
 
         In ``power`` mode, calls that meet a commit in flight share the next one (see
-        :mod:`sqreen.group`): each commit waits for the disk, which costs far more than the
+        :mod:`sqreen.storage.group`): each commit waits for the disk, which costs far more than the
         queue. A lone caller's commit is its own, through the same queue.
         """
         if self.inserted >= self._look_at:
@@ -217,7 +217,7 @@ class Store:
         10... ms whether or not the lock was freed meanwhile, and a writer that keeps finding
         it taken sleeps ever longer while the other one commits on. With the writers' turn,
         this happens only against a writer that does not take part (the sqlite3 shell), or a
-        process that has not yet seen this one arrive (sqreen.filelock.Turn).
+        process that has not yet seen this one arrive (sqreen.storage.locks.Turn).
         """
         try:
             raw.execute(sql, parameters)

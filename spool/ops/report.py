@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine
 
-from .errors import SpoolError
-from .outbox import unreported
-from .revision import check_known, read_revision
-from .schema import DROP_REASONS, HEAD, PENDING, STATUS_NAMES
+from ..errors import SpoolError
+from ..storage.outbox import unreported
+from ..storage.revision import check_known, read_revision
+from ..storage.schema import DROP_REASONS, HEAD, PENDING, STATUS_NAMES
+from ..urls import mask_url
 from .selection import Selection
-from .urls import mask_url
 
 PAGE = 500
 

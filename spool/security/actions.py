@@ -21,7 +21,7 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .config import MAX_SECONDS
+from ..config import MAX_SECONDS
 
 IP_ACTIONS = ("block_ip", "redirect_ip")
 USER_ACTIONS = ("block_user", "redirect_user")
@@ -267,7 +267,7 @@ class ActionSet:
 
     def __init__(self, actions: Iterable[Action] = (), now: float | None = None) -> None:
         # Compiled at ``now``: the actions expired by then are left out, and the set is due to
-        # be compiled again at the earliest expiry of the others (sqreen.enforce.Enforcer).
+        # be compiled again at the earliest expiry of the others (see .enforcer.Enforcer).
         self.actions = tuple(a for a in actions if now is None or a.live(now))
         self.expires_next = min(
             (a.expires_at for a in self.actions if a.expires_at is not None), default=math.inf

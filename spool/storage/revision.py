@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from ..errors import SchemaTooNew
 from . import schema
-from .errors import SchemaTooNew
 from .failures import SQLITE_ERROR, sqlite_code
 
 
@@ -52,7 +52,7 @@ def ensure_schema(engine: Engine) -> None:
     if revision == schema.HEAD:
         return
     check_known(revision)
-    from .migrate import upgrade  # Alembic costs ~150 ms to import: only when migrating
+    from .migrate import upgrade
 
     upgrade(engine)
 

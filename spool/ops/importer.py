@@ -14,11 +14,11 @@ from typing import IO
 
 import orjson
 
-from .bound import enforce_size
-from .errors import InvalidEvent
-from .event import MAX_EVENT_BYTES, RESERVED_PREFIX, Event, build
+from ..errors import InvalidEvent
+from ..event import MAX_EVENT_BYTES, RESERVED_PREFIX, Event, build
+from ..storage.bound import enforce_size
+from ..storage.store import Store
 from .selection import parse_time
-from .store import Store
 
 LINE_KEYS = ("name", "properties", "user_identifiers", "timestamp")
 BATCH_SIZE = 2000

@@ -19,9 +19,9 @@ from sqlalchemy import Engine
 
 from sqreen.config import Settings
 from sqreen.errors import ConfigError, SpoolError
-from sqreen.failures import STORAGE_ERRORS, describe
-from sqreen.files import read_only_engine
-from sqreen.report import check_readable
+from sqreen.ops.report import check_readable
+from sqreen.storage.failures import STORAGE_ERRORS, describe
+from sqreen.storage.files import read_only_engine
 
 USAGE = 2
 

@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .config import LEASE_MAX
-from .event import new_id
+from ..config import LEASE_MAX
+from ..event import new_id
 from .schema import DELIVERED, DROP_REASONS, PENDING, REJECTED
 from .store import Store
 

@@ -7,7 +7,7 @@ import sqlite3
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .errors import NotASpool, SchemaTooNew, SpoolError, UnsafeSpool
+from ..errors import NotASpool, SchemaTooNew, SpoolError, UnsafeSpool
 
 # SQLite primary result codes (stable C API values; the sqlite3 module names them only from 3.11).
 SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 1, 3, 5, 6, 8

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..config import Settings
 from .bound import enforce_size
-from .config import Settings
 from .files import read_only_engine
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .schema import STATUSES
+from ..storage.schema import STATUSES
 
 ALL = "all"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)

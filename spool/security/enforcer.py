@@ -18,9 +18,9 @@ import time
 import weakref
 from pathlib import Path
 
+from ..storage.files import identity
 from .action_store import actions_version, load_actions
 from .actions import ActionSet
-from .files import identity
 
 log = logging.getLogger("sqreen.spool")
 

@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any
 from urllib.parse import unquote_plus
 
-from .config import DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_PATTERN
+from ..config import DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_PATTERN
 
 PLACEHOLDER = "<Redacted by Sqreen>"
 TOO_DEEP = "<too deep>"
@@ -127,7 +127,7 @@ class Scrubber:
         return [self.scrub(item, depth + 1) for item in islice(value, MAX_ITEMS)]
 
     def scrub_fields(self, parsed: dict[str, Any]) -> dict[str, Any]:
-        """A query string's or form's fields (as :func:`sqreen.context.fields` parses them:
+        """A query string's or form's fields (as :func:`sqreen.request.context.fields` parses them:
         str names, str or list-of-str values), scrubbed in place: the same result as
         :meth:`scrub` without its copy and its generic walk, as this runs on every request."""
         decisions = self._decisions

@@ -4,12 +4,12 @@ the spool.
 Two of them, with two jobs:
 
 - :class:`FileLock` (``<spool>-lock``), taken by whoever checkpoints (see
-  :meth:`sqreen.store.Store.checkpoint`). SQLite lets one checkpoint run at a time and makes the
-  others fail or wait with its sleeping busy handler. When a burst from several processes takes
-  the spool to its size bound, each of them finds it there at once: without this lock their
-  checkpoints collide while their inserts go on. With it, one process relieves the spool and the
-  others wait for it, then find it relieved; a routine checkpoint that finds the lock taken is
-  simply skipped, since another one is running.
+  :meth:`sqreen.storage.store.Store.checkpoint`). SQLite lets one checkpoint run at a time and
+  makes the others fail or wait with its sleeping busy handler. When a burst from several
+  processes takes the spool to its size bound, each of them finds it there at once: without
+  this lock their checkpoints collide while their inserts go on. With it, one process relieves
+  the spool and the others wait for it, then find it relieved; a routine checkpoint that finds
+  the lock taken is simply skipped, since another one is running.
 - :class:`Turn` (``<spool>-turn``), the writers' queue: every write transaction of every process
   takes it first, so that a writer waits for the one ahead of it by polling a lock the kernel
   frees the moment its holder is done (or dies), a few hundred microseconds at most, where

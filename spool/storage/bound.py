@@ -20,8 +20,8 @@ import math
 import sqlite3
 import time
 
+from ..health import Health
 from .failures import STORAGE_ERRORS, classify, describe
-from .health import Health
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
 from .store import Store, driver, pragma

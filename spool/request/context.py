@@ -51,7 +51,7 @@ class RequestContext:
     capture: Capture
     user: dict[str, str | int] | None = None
     traits: dict[str, Any] | None = None
-    # The security response this request is answered with (sqreen.actions.Action), if any.
+    # The security response this request is answered with (sqreen.security.actions.Action), if any.
     blocked: Any = None
     _request_id: str | None = field(default=None, repr=False)
     # The builder (spoolers may differ in settings) and the request object it encoded without

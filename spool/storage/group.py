@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from .event import Event
+from ..event import Event
 from .failures import GateTimeout
 
 
