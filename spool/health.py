@@ -4,12 +4,12 @@ callers' mistakes that the agent tolerated, counted by kind and logged without f
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import Counter
 from dataclasses import dataclass, field
+
+from .forks import at_fork
 
 log = logging.getLogger("sqreen.spool")
 # The agent's own logger name, where its users already look for the SDK's warnings.
@@ -53,8 +53,7 @@ class Health:
         self._saved: Counter[str] = Counter()
         self._last_error: str | None = None
         self._last_error_at: float | None = None
-        reset = weakref.WeakMethod(self._new_lock)
-        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
+        at_fork(after_in_child=self._new_lock)
 
     def _new_lock(self) -> None:
         # A lock held by one of the parent's threads at fork() would stay held in the child.

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable
+
+from .forks import at_fork
 
 log = logging.getLogger("sqreen.spool")
 
@@ -26,8 +27,7 @@ class Worker:
         self._name = name
         self._work = work
         self._reset()
-        reset = weakref.WeakMethod(self._reset)
-        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
+        at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()

@@ -20,7 +20,6 @@ import logging
 import os
 import ssl
 import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ import orjson
 
 from ..config import Settings
 from ..errors import ConfigError
+from ..forks import at_fork
 from ..urls import mask_url, nats_servers
 from .http import Reply
 
@@ -187,8 +187,7 @@ class JetStreamSink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
-        forget = weakref.WeakMethod(self._forget_parent)
-        os.register_at_fork(after_in_child=lambda: (m := forget()) and m())
+        at_fork(after_in_child=self._forget_parent)
 
     def post(
         self,

@@ -15,9 +15,9 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from pathlib import Path
 
+from ..forks import at_fork
 from ..storage.files import identity
 from .action_store import actions_version, load_actions
 from .actions import ActionSet
@@ -54,8 +54,7 @@ class Enforcer:
         self._compiler: threading.Thread | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        forget = weakref.WeakMethod(self._after_fork)
-        os.register_at_fork(after_in_child=lambda: (m := forget()) and m())
+        at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         # A lock held by one of the parent's threads would stay held in the child, and the

@@ -11,13 +11,12 @@ maintenance thread, or at close.
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..forks import at_fork
 from .actions import Action
 
 # One event per action and client per this many seconds at most.
@@ -42,8 +41,7 @@ class Tally:
         self._window, self._max = window, max_clients
         self._counts: dict[tuple[str, str], _Count] = {}
         self._lock = threading.Lock()
-        reset = weakref.WeakMethod(self.reset)
-        os.register_at_fork(after_in_child=lambda: (m := reset()) and m())
+        at_fork(after_in_child=self.reset)
 
     def reset(self) -> None:
         """Forget every count (in a child after ``fork()``: they are the parent's to report)."""

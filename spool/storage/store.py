@@ -18,7 +18,6 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from ..config import Settings
 from ..event import Event
+from ..forks import at_fork
 from . import schema
 from .failures import CORRUPT_CODES, SQLITE_BUSY, GateTimeout, sqlite_code
 from .files import LOCK, TURN, WAL, file_bytes, identity, prepare_path, quarantine, size_of
@@ -119,14 +119,10 @@ class Store:
         self._bulk_commits = 0
         self._grouped = settings.durability == "power"
         self._group = Group()
-        before, parent, child = (
-            weakref.WeakMethod(m)
-            for m in (self._before_fork, self._after_fork, self._forget_after_fork)
-        )
-        os.register_at_fork(
-            before=lambda: (m := before()) and m(),
-            after_in_parent=lambda: (m := parent()) and m(),
-            after_in_child=lambda: (m := child()) and m(),
+        at_fork(
+            before=self._before_fork,
+            after_in_parent=self._after_fork,
+            after_in_child=self._forget_after_fork,
         )
 
     # -- hot path -------------------------------------------------------------------------------
