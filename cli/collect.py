@@ -13,19 +13,14 @@ import socket
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from uuid import UUID
 
 import orjson
 
-from sqreen.errors import InvalidEvent
-from sqreen.event import MAX_NAME_LENGTH, check_identifiers, check_properties
-from sqreen.ops.selection import parse_time
-from sqreen.storage.schema import DROP_REASONS
+from sqreen.wire import MAX_BODY, TooLarge, check_batch, decode, parse_batch
 
 from .playbook import Playbook
 
@@ -172,14 +167,6 @@ class Receiver:
         return Request
 
 
-# The most a batch may weigh, on the wire and once decompressed: sixteen of the spool's
-# largest batches (max_batch_bytes, 1 MiB by default).
-MAX_BODY = 16 * 1024 * 1024
-# The most events a batch may carry (ten of the spool's default batches), and the most JSON
-# values (counted by the separators and openings) a body may hold before it is parsed: 16 MiB
-# of "{}," would otherwise parse into half a GiB of empty dicts.
-MAX_EVENTS = 10_000
-MAX_VALUES = 400_000
 # The threaded collector: connections served at once (more are closed at once), bodies parsed
 # at once (more wait PARSING_WAIT s, then get 503), how long a read may wait for a byte, and
 # how long a whole request may take to arrive.
@@ -221,19 +208,6 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-def parse_batch(body: bytes) -> Any:
-    """A decoded body as JSON, refused (TooLarge) when it holds more values or events than a
-    batch may, before its parsing can cost more memory than a batch should."""
-    values = body.count(b",") + body.count(b"{") + body.count(b"[")
-    if values > MAX_VALUES:
-        raise TooLarge(f"a batch may hold at most {MAX_VALUES} JSON values")
-    batch = orjson.loads(body)
-    events = batch.get("events") if isinstance(batch, dict) else None
-    if isinstance(events, list) and len(events) > MAX_EVENTS:
-        raise TooLarge(f"a batch may carry at most {MAX_EVENTS} events")
-    return batch
-
-
 def authorized(token: str | None, header: str | None) -> bool:
     """Whether a request may post: no token is set, or it sends ``Bearer <token>``
     (compared in constant time)."""
@@ -243,83 +217,6 @@ def authorized(token: str | None, header: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode(), token.encode()
     )
-
-
-class TooLarge(ValueError):
-    """A body over MAX_BODY (413)."""
-
-
-def decode(encoding: str | None, raw: bytes) -> bytes:
-    """The body without its Content-Encoding; ValueError for one that cannot be undone."""
-    if encoding in (None, "", "identity"):
-        return raw
-    if encoding != "gzip":
-        raise ValueError(f"unsupported Content-Encoding {encoding!r}; send gzip or nothing")
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        body = inflate.decompress(raw, MAX_BODY + 1)  # a bomb stops here, not in memory
-    except zlib.error as exc:
-        raise ValueError(f"body is not valid gzip: {exc}") from None
-    if len(body) > MAX_BODY or inflate.unconsumed_tail:
-        raise TooLarge(f"the body decompresses to over {MAX_BODY} bytes")
-    if not inflate.eof:
-        raise ValueError("body is not valid gzip: it ends early")
-    return body
-
-
-def check_batch(batch: Any) -> tuple[str | None, dict[str, str]]:
-    """Check a batch against the wire format.
-
-    Returns a reason to refuse the whole batch (400), or None and the events to reject one by
-    one (by id, with a reason), as a collector acknowledging each event would.
-    """
-    if not isinstance(batch, dict):
-        return "the body must be a JSON object", {}
-    for key in ("batch_id", "sent_at"):
-        if not isinstance(batch.get(key), str) or not batch[key]:
-            return f"{key!r} must be a non-empty string", {}
-    try:
-        parse_time(batch["sent_at"])
-    except ValueError as exc:
-        return f"'sent_at': {exc}", {}
-    dropped = batch.get("dropped", {})
-    if not isinstance(dropped, dict) or any(
-        key not in DROP_REASONS or type(n) is not int or n < 0 for key, n in dropped.items()
-    ):
-        return f"'dropped' must map {', '.join(DROP_REASONS)} to counts", {}
-    events = batch.get("events")
-    if not isinstance(events, list):
-        return "'events' must be a list", {}
-    rejected: dict[str, str] = {}
-    for index, event in enumerate(events):
-        if not isinstance(event, dict) or not isinstance(event.get("id"), str):
-            return f"events[{index}] has no string 'id'", {}
-        problem = check_event(event)
-        if problem is not None:
-            rejected[event["id"]] = problem
-    return None, rejected
-
-
-def check_event(event: dict[str, Any]) -> str | None:
-    """What is wrong with one wire event, or None."""
-    try:
-        UUID(event["id"])
-    except ValueError:
-        return "'id' is not a UUID"
-    name = event.get("name")
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
-        return f"'name' must be a string of 1 to {MAX_NAME_LENGTH} characters"
-    if not isinstance(event.get("timestamp"), str):
-        return "'timestamp' must be an ISO-8601 string"
-    try:
-        parse_time(event["timestamp"])
-        check_properties(event.get("properties", {}))
-        check_identifiers(event.get("user_identifiers", {}), "user_identifiers")
-    except (ValueError, InvalidEvent) as exc:
-        return str(exc)
-    if not isinstance(event.get("request", {}), dict):
-        return "'request' must be an object"
-    return None
 
 
 class ReferenceCollector:

@@ -24,17 +24,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sqreen.config import Settings
 from sqreen.delivery.jetstream import Publisher
+from sqreen.wire import MAX_BODY, TooLarge, check_batch, decode, parse_batch
 
-from .collect import (
-    MAX_BODY,
-    MAX_CONNECTIONS,
-    READ_DEADLINE,
-    TooLarge,
-    authorized,
-    check_batch,
-    decode,
-    parse_batch,
-)
+from .collect import MAX_CONNECTIONS, READ_DEADLINE, authorized
 from .playbook import Playbook, Rules
 
 # Read by each worker process: uvicorn starts them from an import string.

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from sqreen.cli.collect import Answer, Received, Receiver, check_batch, error
+from sqreen.cli.collect import Answer, Received, Receiver, error
+from sqreen.wire import check_batch
 
 Behaviour = Callable[[dict[str, Any]], Answer]
 

@@ -26,11 +26,12 @@ import orjson
 import pytest
 
 import sqreen
-from sqreen.cli.collect import Answer, check_batch
+from sqreen.cli.collect import Answer
 from sqreen.integrations import asgi, wsgi
 from sqreen.security.action_store import add_operator_action
 from sqreen.security.actions import ActionSet, read_action
 from sqreen.storage.store import Store
+from sqreen.wire import check_batch
 
 from .conftest import stored_events
 

@@ -20,8 +20,8 @@ import pytest
 
 import sqreen
 from sqreen.cli.collect import READ_DEADLINE
-from sqreen.delivery.http import encode_batch
 from sqreen.event import build
+from sqreen.wire import encode_batch
 
 from . import hostile
 from .nats_servers import CLI, Collector, NatsServer, add_stream, events_in, stream_messages

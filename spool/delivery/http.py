@@ -1,9 +1,7 @@
-"""The wire: one POST of a batch to the collector, and what its answer means.
+"""The HTTP sink: one POST of a batch to the collector, and what its answer means.
 
-The body is assembled from the events' stored bytes, never decoded and re-encoded::
-
-    {"batch_id": str, "sent_at": ISO-8601 UTC, "events": [<stored event>, ...],
-     "dropped": {"age": n, "size": n, "rejected": n, "purged": n}}   # omitted when all zero
+The body (see :mod:`sqreen.wire`) is assembled from the events' stored bytes, never decoded and
+re-encoded; the answer is read in bounded memory and never settles a batch unless read whole.
 """
 
 from __future__ import annotations
@@ -19,16 +17,15 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
-import orjson
 
 from ..config import Settings
 from ..errors import ConfigError
 from ..urls import mask_url
+from ..wire import encode_batch, read_answer
 
 log = logging.getLogger("sqreen.spool")
 T = TypeVar("T")
@@ -93,13 +90,6 @@ def check_url(url: str, allow_insecure_http: bool) -> None:
             f"SQREEN_URL {url!r} is plain http to a non-loopback host; use https, or set "
             "SQREEN_SPOOL_ALLOW_INSECURE_HTTP=1 if the network is trusted"
         )
-
-
-def encode_batch(batch_id: str, payloads: Sequence[bytes], dropped: Mapping[str, int]) -> bytes:
-    sent_at = datetime.now(UTC).isoformat()
-    head = b'{"batch_id":"%s","sent_at":"%s","events":[' % (batch_id.encode(), sent_at.encode())
-    tail = b"]}" if not dropped else b'],"dropped":' + orjson.dumps(dropped) + b"}"
-    return head + b",".join(payloads) + tail
 
 
 class Transport:
@@ -293,24 +283,3 @@ def answer_body(response: httpx.Response) -> bytes:
     if len(content) > ANSWER_LIMIT or decoder.unconsumed_tail:
         raise AnswerTooLarge(f"the answer is over {ANSWER_LIMIT} bytes decoded")
     return content
-
-
-def read_answer(content: bytes) -> tuple[dict[str, str], list[Any] | None]:
-    """From a 2xx body: the per-event refusals ``{"rejected": [{"id", "reason"}]}`` by id,
-    and the security responses ``{"actions": [...]}`` (None when the key is absent: the list
-    held stays as it is). A body that says neither, or garbage, says nothing."""
-    if not content:
-        return {}, None
-    try:
-        document = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return {}, None
-    if not isinstance(document, dict):
-        return {}, None
-    actions = document.get("actions")
-    try:
-        items = document.get("rejected") or []
-        rejected = {str(item["id"]): str(item.get("reason", "")) for item in items}
-    except (TypeError, KeyError, AttributeError):
-        rejected = {}
-    return rejected, actions if isinstance(actions, list) else None

@@ -18,7 +18,7 @@ from ..errors import InvalidEvent
 from ..event import MAX_EVENT_BYTES, RESERVED_PREFIX, Event, build
 from ..storage.bound import enforce_size
 from ..storage.store import Store
-from .selection import parse_time
+from ..wire import parse_time
 
 LINE_KEYS = ("name", "properties", "user_identifiers", "timestamp")
 BATCH_SIZE = 2000

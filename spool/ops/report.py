@@ -20,8 +20,9 @@ from sqlalchemy import Connection, Engine
 from ..errors import SpoolError
 from ..storage.outbox import unreported
 from ..storage.revision import check_known, read_revision
-from ..storage.schema import DROP_REASONS, HEAD, PENDING, STATUS_NAMES
+from ..storage.schema import HEAD, PENDING, STATUS_NAMES
 from ..urls import mask_url
+from ..wire import DROP_REASONS
 from .selection import Selection
 
 PAGE = 500

@@ -10,12 +10,12 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from ..storage.schema import STATUSES
+from ..wire import OutOfRange, parse_time
 
 ALL = "all"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -63,10 +63,6 @@ class Selection:
         return " AND ".join(clauses), params
 
 
-class OutOfRange(ValueError):
-    """A well-formed time that has no UTC equivalent (before year 1 or after 9999)."""
-
-
 def status_choices() -> str:
     return ", ".join([*STATUSES, ALL])
 
@@ -86,20 +82,3 @@ def parse_since(value: str, now: float | None = None) -> float:
         raise ValueError(
             f"{value!r} is neither an ISO-8601 time nor a duration such as 90s, 15m, 2h, 3d"
         ) from None
-
-
-def parse_time(value: str) -> datetime:
-    """An ISO-8601 time as an aware UTC datetime; naive means UTC, ``Z`` is accepted."""
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"  # fromisoformat accepts Z only from Python 3.11
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an ISO-8601 time") from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:
-        raise OutOfRange(f"{value!r} is out of range once converted to UTC") from None

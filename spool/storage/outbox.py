@@ -19,7 +19,8 @@ import orjson
 
 from ..config import LEASE_MAX
 from ..event import new_id
-from .schema import DELIVERED, DROP_REASONS, PENDING, REJECTED
+from ..wire import DROP_REASONS
+from .schema import DELIVERED, PENDING, REJECTED
 from .store import Store
 
 # Row-level backoff after a failed delivery: 5 s, 10 s, 20 s, ... capped at an hour, jittered.

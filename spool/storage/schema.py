@@ -78,7 +78,6 @@ notes = Table(
     Column("value", Text, nullable=False),
 )
 
-DROP_REASONS = ("age", "size", "rejected", "purged")
 
 # Security responses to enforce, from the collector's answers and from an operator.
 actions = Table(
