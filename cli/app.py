@@ -19,7 +19,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sqreen
-from sqreen.delivery.flusher import FlushResult, connect
+from sqreen.delivery.flusher import FlushResult, make_flusher
 from sqreen.health import Health
 from sqreen.ops import admin, report
 from sqreen.ops.importer import bounded_lines, import_lines
@@ -109,7 +109,7 @@ def flush(
         fail("no collector URL: pass --url or set SQREEN_URL", USAGE)
     store, health = Store(settings), Health(log_interval=None)  # reported below
     with context.errors(settings.path):
-        flusher = connect(settings, Outbox(store), health)
+        flusher = make_flusher(settings, Outbox(store), health)
         assert flusher is not None
         pending = store.count_pending()
         started = time.monotonic()

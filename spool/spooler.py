@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-import orjson
-
 from .config import Settings
-from .delivery.flusher import FlushResult, connect
-from .errors import SpoolError, UserBlocked
+from .delivery.flusher import FlushResult, make_flusher
+from .delivery.sink import Sink
+from .errors import SpoolError
 from .event import (
     RESERVED_PREFIX,
     Rules,
@@ -36,7 +35,7 @@ from .request.context import current as current_request
 from .request.scrub import Scrubber
 from .security.actions import Action
 from .security.enforcer import Enforcer
-from .security.tally import Tally
+from .security.responder import Responder
 from .storage.bound import Bound, log_drops
 from .storage.failures import STORAGE_ERRORS, classify, describe
 from .storage.outbox import Outbox, add, note
@@ -56,12 +55,19 @@ _warned_identify = False
 class Spooler:
     """One spool file and the work around it.
 
-    Keyword arguments are the settings listed in the README (``path``, ``durability``, ``url``,
-    ``max_bytes``, ...); an argument left out is read from its environment variable, then from
-    its default.
+    Keyword arguments are the settings (``path``, ``durability``, ``url``, ``max_bytes``, ...;
+    see docs/settings.md); an argument left out is read from its environment variable, then from
+    its default. ``sink`` delivers somewhere else than ``url`` says: any object of the
+    :class:`sqreen.delivery.sink.Sink` protocol. Use it as a context manager to close it.
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __enter__(self) -> Spooler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __init__(self, *, sink: Sink | None = None, **settings: Any) -> None:
         self.settings = Settings.resolve(settings)
         self._store = Store(self.settings)
         self._scrubber = Scrubber(
@@ -76,12 +82,11 @@ class Spooler:
             self.settings.strip_sensitive_data and self.settings.strip_sensitive_properties
         )
         self._health = Health()
-        self._stopped = Tally()
         self._rules = Rules(self.settings.strict, self._health.warn)
         self._outbox = Outbox(self._store)
-        self._flusher = connect(self.settings, self._outbox, self._health)
+        self._flusher = make_flusher(self.settings, self._outbox, self._health, sink)
         self._bound = Bound(self._store, self.settings.max_bytes, self._health)
-        self.enforcer = Enforcer(self.settings.path)
+        self._responder = Responder(self.settings.path, self._record)
         if self._flusher is not None:
             self._flusher.on_actions = self.enforcer.invalidate
         # Two threads, so that the spool's upkeep never waits behind the network: maintenance
@@ -184,14 +189,12 @@ class Spooler:
     def screen(self, request: RequestContext) -> Action | None:
         """The IP security response for a request that is starting, if any (recorded as its
         ``sq.action.*`` event): the middleware then answers it instead of the application."""
-        actions = self.enforcer.current()
-        if not actions.has_ip:
-            return None  # the usual case: one clock read, above
-        ip = self._requests.client_ip(request.capture)
-        action = actions.for_ip(ip, time.time())
-        if action is not None:
-            self._enforce(request, action, {"ip_address": ip})
-        return action
+        return self._responder.screen(request, lambda: self._requests.client_ip(request.capture))
+
+    @property
+    def enforcer(self) -> Enforcer:
+        """The security responses this process enforces, compiled and kept fresh."""
+        return self._responder.enforcer
 
     def _attach(
         self, identifiers: dict[str, str | int], traits: dict[str, Any] | None = None
@@ -204,29 +207,8 @@ class Spooler:
         request.user = identifiers
         if traits is not None:
             request.traits = traits
-        action = self.enforcer.current().for_user(identifiers, time.time())
-        if action is not None:
-            self._enforce(request, action, {"user": identifiers})
-            raise UserBlocked(action.action_id, action.url)
+        self._responder.check_user(request, identifiers)
         return True
-
-    def _enforce(self, request: RequestContext, action: Action, output: dict[str, Any]) -> None:
-        request.blocked = action
-        if action.send_response:
-            client = orjson.dumps(output, option=orjson.OPT_SORT_KEYS).decode()
-            requests = self._stopped.stopped(action, client, output, time.monotonic())
-            if requests is not None:
-                self._record_stopped(action, output, requests)
-
-    def _record_stopped(self, action: Action, output: dict[str, Any], requests: int) -> None:
-        """The ``sq.action.<name>`` event: the agent's properties, and how many requests the
-        action stopped for that client since the last such event (see sqreen.security.tally)."""
-        properties = {"output": output, "action_id": action.action_id, "requests": requests}
-        self._record(f"sq.action.{action.action}", {"properties": properties})
-
-    def _report_stopped(self, everything: bool = False) -> None:
-        for action, output, requests in self._stopped.due(time.monotonic(), everything):
-            self._record_stopped(action, output, requests)
 
     def _security_event(self) -> None:
         """A login or signup was recorded: deliver it soon, so that a collector's response to
@@ -282,7 +264,7 @@ class Spooler:
         if self._delivery is not None:
             self._delivery.stop(budget)
         self._worker.stop(max(0.0, deadline - time.monotonic()))
-        self._report_stopped(everything=True)
+        self._responder.report(everything=True)  # recorded before the exit's flush
         result = FlushResult()
         if self._tracked and self._flusher is not None:
             result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
@@ -290,7 +272,7 @@ class Spooler:
             self._save_health()
         if self._flusher is not None:
             self._flusher.close()
-        self.enforcer.close()
+        self._responder.close()
         self._store.close()
         return result
 
@@ -332,7 +314,7 @@ class Spooler:
                     self._warn_no_url()
             self._bound.keep()
             self._save_health()
-            self._report_stopped()
+            self._responder.report()
         except STORAGE_ERRORS as exc:
             self._storage_failed(exc, "maintenance")
         if self._delivery is not None and store.inserted - self._drained_at >= settings.batch_size:

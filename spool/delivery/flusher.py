@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from tenacity import (
     RetryCallState,
@@ -29,7 +29,8 @@ from ..health import Health
 from ..security.action_store import COLLECTOR, read_actions, replace_collector_actions
 from ..storage.outbox import Batch, Outbox, owner_name
 from ..urls import is_nats
-from .http import BISECT_STATUSES, SPLIT_STATUSES, Reply, Transport
+from .http import Transport
+from .sink import BISECT_STATUSES, SPLIT_STATUSES, Reply, Sink
 
 log = logging.getLogger("sqreen.spool")
 
@@ -58,25 +59,13 @@ class FlushResult:
         )
 
 
-class Sink(Protocol):
-    """Where batches go: an HTTP collector (:class:`Transport`) or NATS JetStream."""
-
-    url: str
-
-    def post(
-        self,
-        batch_id: str,
-        ids: Sequence[str],
-        payloads: Sequence[bytes],
-        dropped: Mapping[str, int],
-        timeout: float | None = None,
-    ) -> Reply: ...
-
-    def close(self) -> None: ...
-
-
-def connect(settings: Settings, outbox: Outbox, health: Health) -> Flusher | None:
-    """A flusher to ``settings.url``, or None when no collector is configured."""
+def make_flusher(
+    settings: Settings, outbox: Outbox, health: Health, sink: Sink | None = None
+) -> Flusher | None:
+    """A flusher to ``sink``, else to ``settings.url`` (an HTTP collector or NATS servers), or
+    None when there is neither."""
+    if sink is not None:
+        return Flusher(outbox, settings, sink, health)
     if settings.url is None:
         return None
     from .. import __version__

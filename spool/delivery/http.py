@@ -16,7 +16,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -26,6 +25,7 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..urls import mask_url
 from ..wire import encode_batch, read_answer
+from .sink import Reply
 
 log = logging.getLogger("sqreen.spool")
 T = TypeVar("T")
@@ -33,9 +33,6 @@ T = TypeVar("T")
 GZIP_ABOVE = 1024
 GZIP_LEVEL = 1  # most of the gain at a fraction of level 6's cost, on JSON this repetitive
 
-RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
-SPLIT_STATUSES = frozenset({413})
-BISECT_STATUSES = frozenset({400, 422})
 # A collector's Retry-After is honoured up to an hour, the longest backoff a row ever waits: a
 # larger value (a typo, a year-9999 date) would stop background delivery for good, while max_age
 # already bounds how long an event may wait.
@@ -44,35 +41,6 @@ RETRY_AFTER_MAX = 3600.0
 # larger answer fails its batch, which is retried, then halved.
 ANSWER_LIMIT = 1024 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What came back for one POST: a status, or an error when no response came."""
-
-    status: int | None
-    error: str = ""
-    retry_after: float | None = None
-    rejected: Mapping[str, str] = field(default_factory=dict)
-    # The collector's complete list of security responses, when its answer carries one.
-    actions: list[Any] | None = None
-    # Events of an answered batch that were not acknowledged (the JetStream sink: no PubAck
-    # came back for them): they stay pending, with the usual retry state.
-    unsettled: frozenset[str] = frozenset()
-    # The answer came but was too large to read whole: what it says of the batch is unknown.
-    unread: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-    @property
-    def retryable(self) -> bool:
-        """Worth another try soon: no response at all, a timeout, 408, 429 or 5xx."""
-        return self.status is None or self.status in RETRYABLE_STATUSES
-
-    def describe(self) -> str:
-        return self.error if self.status is None else f"HTTP {self.status} {self.error}".strip()
 
 
 def check_url(url: str, allow_insecure_http: bool) -> None:

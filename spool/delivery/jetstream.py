@@ -30,7 +30,7 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..forks import at_fork
 from ..urls import mask_url, nats_servers
-from .http import Reply
+from .sink import Reply
 
 log = logging.getLogger("sqreen.spool")
 

@@ -8,13 +8,28 @@ framework, and ``import sqreen`` imports none of them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from ..request.context import RequestContext
+    from ..spooler import Spooler
 
 # Form and JSON bodies up to this size are read for their fields (and handed on intact), for
 # the events that ask for them (``collect_body``); larger ones are left alone, unread.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
+
+
+def screened(request: RequestContext, spooler: Spooler | None) -> bool:
+    """Whether a security response stops the request before the application runs, by
+    ``spooler``'s actions (the process default when None; none when the environment's settings
+    are malformed: the request goes through)."""
+    if spooler is None:
+        from ..default import current_spooler
+
+        spooler = current_spooler()
+    return spooler is not None and spooler.screen(request) is not None
 
 
 def body_kind(content_type: str | None) -> str | None:

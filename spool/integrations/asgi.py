@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..default import current_spooler
 from ..errors import UserBlocked
 from ..request.context import Capture, RequestContext, current, enter, leave
-from . import DEFAULT_MAX_BODY_BYTES, answer, body_kind
+from ..spooler import Spooler
+from . import DEFAULT_MAX_BODY_BYTES, answer, body_kind, screened
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -21,9 +21,15 @@ class SqreenMiddleware:
     """Makes each HTTP request current for ``sqreen.track()`` while the application handles it
     (in its task, and in the threads it runs sync endpoints in, which copy the context)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        spooler: Spooler | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.spooler = spooler  # None: the process's default spooler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,20 +62,25 @@ class SqreenMiddleware:
             )
         )
         try:
-            await enforced(self.app, scope, receive, send, headers.get("accept"))
+            await enforced(self.app, scope, receive, send, headers.get("accept"), self.spooler)
         finally:
             leave(token)
 
 
 async def enforced(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, accept: str | None
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    accept: str | None,
+    spooler: Spooler | None = None,
 ) -> None:
     """Run ``app`` for the current request unless a security response stops it: a blocked IP
     before the application runs; a blocked user when ``identify()`` raised UserBlocked, or the
     application swallowed it (its response, when it starts, is replaced by ours)."""
     request = current()
     assert request is not None
-    if (spooler := current_spooler()) is not None and spooler.screen(request) is not None:
+    if screened(request, spooler):
         await _answer(request, send, accept)
         return
     state = {"started": False, "replaced": False}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..default import current_spooler
 from ..errors import UserBlocked
 from ..request.context import RequestContext, current, enter, leave
-from . import DEFAULT_MAX_BODY_BYTES, answer
+from ..spooler import Spooler
+from . import DEFAULT_MAX_BODY_BYTES, answer, screened
 from .wsgi import body_length, capture
 
 
@@ -18,7 +18,11 @@ class SqreenMiddleware:
     blocked user when the view's ``identify()`` raised UserBlocked (or swallowed it)."""
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        from django.conf import settings  # type: ignore[import-untyped]  # Django is there
+
         self.get_response = get_response
+        # settings.SQREEN_SPOOLER: a Spooler of the project's; the process's default if unset.
+        self.spooler: Spooler | None = getattr(settings, "SQREEN_SPOOLER", None)
 
     def __call__(self, request: Any) -> Any:
         meta = request.META
@@ -38,7 +42,7 @@ class SqreenMiddleware:
         try:
             context = current()
             assert context is not None
-            if (spooler := current_spooler()) is not None and spooler.screen(context) is not None:
+            if screened(context, self.spooler):
                 return _answer(context, meta)
             response = self.get_response(request)
             # Django turned a UserBlocked into a 500 (after process_exception), or the view

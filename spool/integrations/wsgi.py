@@ -6,10 +6,10 @@ import io
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..default import current_spooler
 from ..errors import UserBlocked
 from ..request.context import Capture, RequestContext, current, enter, leave
-from . import DEFAULT_MAX_BODY_BYTES, STATUS_LINES, answer, body_kind
+from ..spooler import Spooler
+from . import DEFAULT_MAX_BODY_BYTES, STATUS_LINES, answer, body_kind, screened
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -18,22 +18,31 @@ class SqreenMiddleware:
     """Makes each request current for ``sqreen.track()`` while the application handles it,
     and answers the requests that a security response stops (see :func:`enforced`)."""
 
-    def __init__(self, app: WSGIApp, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        spooler: Spooler | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.spooler = spooler  # None: the process's default spooler
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         token = enter(capture(environ, *read_body(environ, self.max_body_bytes)))
         try:
-            return enforced(self.app, environ, start_response)
+            return enforced(self.app, environ, start_response, self.spooler)
         finally:
             leave(token)
 
 
 def enforced(
-    app: WSGIApp, environ: dict[str, Any], start_response: Callable[..., Any]
+    app: WSGIApp,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    spooler: Spooler | None = None,
 ) -> Iterable[bytes]:
     """Run ``app`` for the current request, unless a security response stops it: a blocked IP
     before the application runs; a blocked user when ``identify()`` raises UserBlocked, or
@@ -42,7 +51,7 @@ def enforced(
     returns, so that its response can still be replaced."""
     request = current()
     assert request is not None
-    if (spooler := current_spooler()) is not None and spooler.screen(request) is not None:
+    if screened(request, spooler):
         return _answer(request, environ, start_response)
     held: list[tuple[Any, ...]] = []
     returned = False
