@@ -172,12 +172,8 @@ def _add(
 def _write(ctx: typer.Context, change: Any) -> Any:
     context: Context = ctx.obj
     settings = context.settings()
-    store = Store(settings)
-    with context.errors(settings.path):
-        try:
-            return change(store)
-        finally:
-            store.close()
+    with context.errors(settings.path), Store(settings) as store:
+        return change(store)
 
 
 def _identifiers(pairs: list[str]) -> dict[str, str]:

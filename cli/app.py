@@ -81,12 +81,8 @@ def migrate(ctx: typer.Context) -> None:
     """Create the spool or bring its schema up to date; print the revisions before and after."""
     context: Context = ctx.obj
     settings = context.settings()
-    store = Store(settings)
-    with context.errors(settings.path):
-        try:
-            before, after = store.migrate()
-        finally:
-            store.close()
+    with context.errors(settings.path), Store(settings) as store:
+        before, after = store.migrate()
     typer.echo(f"{store.path}: {before or '(empty)'} -> {after}")
 
 
@@ -107,16 +103,17 @@ def flush(
     settings = context.existing(batch_size=batch_size)
     if settings.url is None:
         fail("no collector URL: pass --url or set SQREEN_URL", USAGE)
-    store, health = Store(settings), Health(log_interval=None)  # reported below
-    with context.errors(settings.path):
+    health = Health(log_interval=None)  # reported below
+    with context.errors(settings.path), Store(settings) as store:
         flusher = make_flusher(settings, Outbox(store), health)
         assert flusher is not None
-        pending = store.count_pending()
-        started = time.monotonic()
-        with _progress(pending) as progress:
-            result = flusher.flush(timeout, ignore_backoff=True, progress=progress)
-        flusher.close()
-        store.close()
+        try:
+            pending = store.count_pending()
+            started = time.monotonic()
+            with _progress(pending) as progress:
+                result = flusher.flush(timeout, ignore_backoff=True, progress=progress)
+        finally:
+            flusher.close()
     elapsed = time.monotonic() - started
     typer.echo(
         f"delivered {result.delivered}, rejected {result.rejected}, "
@@ -161,11 +158,8 @@ def prune_command(
         if dry_run:
             dropped = preview(settings)
         else:
-            store = Store(settings)
-            try:
+            with Store(settings) as store:
                 dropped = prune(store, settings)
-            finally:
-                store.close()
     verb = "would drop" if dry_run else "dropped"
     typer.echo(
         f"{verb} {dropped['age']} events older than {show.duration(settings.max_age)} (max_age), "
@@ -194,10 +188,8 @@ def requeue(
     if status not in ("rejected", "delivered"):
         fail("requeue takes --status rejected or --status delivered", USAGE)
     settings = context.existing()
-    store = Store(settings)
-    with context.errors(settings.path):
+    with context.errors(settings.path), Store(settings) as store:
         moved = admin.requeue(store, _selection(status, name, ids))
-        store.close()
     typer.echo(f"requeued {moved} {status} events")
 
 
@@ -217,10 +209,8 @@ def purge(
             matching = report.count(engine, selection)
         fail(f"would delete {matching} {status} events; pass --yes to delete them", USAGE)
     settings = context.existing()
-    store = Store(settings)
-    with context.errors(settings.path):
+    with context.errors(settings.path), Store(settings) as store:
         deleted = admin.purge(store, selection)
-        store.close()
     typer.echo(f"purged {deleted} {status} events")
 
 
@@ -260,10 +250,8 @@ def import_command(
                 fail(f"nothing imported: {checked.invalid} invalid lines (--strict)")
             copy.seek(0)
             source = copy
-        store = Store(settings)
-        with context.errors(settings.path):
+        with context.errors(settings.path), Store(settings) as store:
             result = import_lines(store, bounded_lines(source), report, settings.max_bytes)
-            store.close()
     elapsed = time.monotonic() - started
     rate = f", {result.valid / elapsed:,.0f} events/s" if result.valid >= 1000 else ""
     typer.echo(f"imported {result.valid} events into {settings.path} ({elapsed:.2f} s{rate})")

@@ -131,6 +131,26 @@ def parse_widest(value: object) -> tuple[int, int]:
     return v4, v6
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?))?b?\s*", re.IGNORECASE)
+_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes: a whole number, or a number with a unit (``64MiB``, ``512 KiB``,
+    ``1GB``; ``KiB`` and its kin are powers of 1024, ``KB`` of 1000), more than 0."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError("expected a size: bytes, or a number with KiB, MiB, GiB (or KB, MB, GB)")
+    found = _SIZE.fullmatch(str(value))
+    if found is None:
+        raise ValueError(f"{value!r} is not a size (examples: 67108864, 64MiB, 512KiB, 1GB)")
+    number, prefix, binary = found.groups()
+    base = 1024 if binary else 1000
+    size = int(float(number) * base ** _POWERS.get((prefix or "").lower(), 0))
+    if size <= 0:
+        raise ValueError("expected a size > 0")
+    return size
+
+
 def parse_count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise TypeError("expected a whole number")
@@ -270,7 +290,7 @@ class Settings:
     )
     batch_size: int = _setting("SQREEN_SPOOL_BATCH_SIZE", parse_count, DEFAULT_BATCH_SIZE)
     max_batch_bytes: int = _setting(
-        "SQREEN_SPOOL_MAX_BATCH_BYTES", parse_count, DEFAULT_MAX_BATCH_BYTES
+        "SQREEN_SPOOL_MAX_BATCH_BYTES", parse_size, DEFAULT_MAX_BATCH_BYTES
     )
     lease: float = _setting(
         "SQREEN_SPOOL_LEASE",
@@ -295,7 +315,7 @@ class Settings:
         seconds_at_least(0.1, "a shorter age drops every event before it can be sent"),
         DEFAULT_MAX_AGE,
     )
-    max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_count, DEFAULT_MAX_BYTES)
+    max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_size, DEFAULT_MAX_BYTES)
     ip_header: str | None = _setting("SQREEN_IP_HEADER", parse_header, None)
     # Who wrote ip_header: the client is the address the nearest untrusted hop was seen from.
     trusted_proxies: int | tuple[str, ...] = _setting(

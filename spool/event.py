@@ -29,7 +29,7 @@ _OPTION_KEY_SET = frozenset(OPTION_KEYS)
 _SCALARS = (str, int, bool, type(None))
 
 
-class Rules(NamedTuple):
+class Strictness(NamedTuple):
     """How strictly events are checked. Where the real agent was lenient (an unknown option
     key, more than 16 properties, a reserved name...), a lenient spooler calls ``warn`` with a
     kind and a message and goes on as the agent did; a strict one raises InvalidEvent. Plain
@@ -40,10 +40,10 @@ class Rules(NamedTuple):
 
 
 def _unheard(kind: str, message: str) -> None:
-    """The strict rules' warn: no lenient rule reaches it, and no request context either."""
+    """The strict mode's warn: no lenient rule reaches it, and no request context either."""
 
 
-STRICT = Rules(True, _unheard)
+STRICT = Strictness(True, _unheard)
 
 
 class Event(NamedTuple):
@@ -59,13 +59,13 @@ def build(
     options: object,
     user: Mapping[str, str | int] | None = None,
     request: Callable[[bool], bytes] | None = None,
-    rules: Rules = STRICT,
+    rules: Strictness = STRICT,
 ) -> Event:
     """Validate ``track()``'s arguments and encode the event; raise InvalidEvent on a mistake.
 
     ``user`` (from ``identify()``) applies unless the options name ``user_identifiers``;
     ``request`` gives the current request's object, already encoded (once per request), with
-    its body's fields or without (``collect_body``). ``rules``: see :class:`Rules`.
+    its body's fields or without (``collect_body``). ``rules``: see :class:`Strictness`.
     """
     event_name = check_name(event_name)
     timestamp = properties = identifiers = None
@@ -123,7 +123,7 @@ def check_name(event_name: object) -> str:
     return event_name
 
 
-def relax(rules: Rules, kind: str, message: str) -> None:
+def relax(rules: Strictness, kind: str, message: str) -> None:
     """Apply one of the agent's relaxed rules: raise when strict, else warn and go on."""
     if rules.strict:
         raise InvalidEvent(message)
@@ -136,7 +136,7 @@ def same_user(a: Mapping[str, object], b: Mapping[str, object]) -> bool:
     return a.keys() == b.keys() and all(str(value) == str(b[key]) for key, value in a.items())
 
 
-def as_bool(value: object, what: str, rules: Rules) -> bool:
+def as_bool(value: object, what: str, rules: Strictness) -> bool:
     """``value`` where a bool is expected: the agent took any value for its truth."""
     if type(value) is bool:
         return value
@@ -238,7 +238,7 @@ def _unknown_keys_message(options: Mapping[Any, Any]) -> str:
 def check_properties(
     properties: object,
     what: str = "properties",
-    rules: Rules = STRICT,
+    rules: Strictness = STRICT,
     event_name: str | None = None,
 ) -> dict[str, Any]:
     """``properties`` as a plain dict of plain JSON values, or InvalidEvent.

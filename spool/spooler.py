@@ -19,7 +19,7 @@ from .delivery.sink import Sink
 from .errors import SpoolError
 from .event import (
     RESERVED_PREFIX,
-    Rules,
+    Strictness,
     as_bool,
     build,
     check_identifiers,
@@ -82,7 +82,7 @@ class Spooler:
             self.settings.strip_sensitive_data and self.settings.strip_sensitive_properties
         )
         self._health = Health()
-        self._rules = Rules(self.settings.strict, self._health.warn)
+        self._rules = Strictness(self.settings.strict, self._health.warn)
         self._outbox = Outbox(self._store)
         self._flusher = make_flusher(self.settings, self._outbox, self._health, sink)
         self._bound = Bound(self._store, self.settings.max_bytes, self._health)

@@ -157,3 +157,38 @@ def test_an_idle_spooler_with_the_shortest_heartbeat_does_not_spin(spool_path: P
     used = time.process_time() - before
     spooler.close()
     assert used < 1.0, f"{used:.2f} CPU-seconds in 2 s idle"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("67108864", 67108864),
+        ("64MiB", 67108864),
+        ("512 KiB", 524288),
+        ("1GB", 10**9),
+        ("1.5MiB", 1572864),
+        ("100", 100),
+    ],
+)
+def test_size_settings_take_units(monkeypatch: pytest.MonkeyPatch, text: str, size: int) -> None:
+    monkeypatch.setenv("SQREEN_SPOOL_MAX_BYTES", text)
+    assert Settings.resolve().max_bytes == size
+
+
+@pytest.mark.parametrize("text", ["0", "x", "1XB", "-1", "64 MiBs"])
+def test_malformed_sizes_are_refused(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("SQREEN_SPOOL_MAX_BATCH_BYTES", text)
+    with pytest.raises(ConfigError, match="SQREEN_SPOOL_MAX_BATCH_BYTES"):
+        Settings.resolve()
+
+
+def test_one_duration_parser_for_settings_and_the_cli(spool_path: Path) -> None:
+    from sqreen.ops.selection import parse_since
+
+    assert parse_since("1w", now=1_000_000.0) == 1_000_000.0 - 604800
+    assert parse_since("90", now=1000.0) == 910.0
+    assert parse_since("2026-12-04T00:00:00Z") == 1796342400.0
+    result = CliRunner().invoke(
+        app, ["--path", str(spool_path), "actions", "block-user", "a=b", "--duration", "1w"]
+    )
+    assert result.exit_code == 0, result.output

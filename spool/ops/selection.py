@@ -6,7 +6,6 @@ shows exactly the rows a ``purge`` with the same options would delete.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,12 +13,11 @@ from typing import Any
 
 import orjson
 
+from ..config import parse_duration
 from ..storage.schema import STATUSES
 from ..wire import OutOfRange, parse_time
 
 ALL = "all"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True)
@@ -68,17 +66,18 @@ def status_choices() -> str:
 
 
 def parse_since(value: str, now: float | None = None) -> float:
-    """Unix seconds from an ISO-8601 time (naive means UTC) or a duration ago (``90s``,
-    ``15m``, ``2h``, ``3d``, ``1w``)."""
-    match = _DURATION.match(value)
-    if match:
-        amount, unit = match.groups()
-        return (time.time() if now is None else now) - float(amount) * _UNIT_SECONDS[unit.lower()]
+    """Unix seconds from an ISO-8601 time (naive means UTC) or a duration ago (``90``, ``90s``,
+    ``15m``, ``2h``, ``3d``, ``1w``: the settings' parser)."""
     try:
         return parse_time(value).timestamp()
     except OutOfRange:
         raise
     except ValueError:
+        pass
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
         raise ValueError(
-            f"{value!r} is neither an ISO-8601 time nor a duration such as 90s, 15m, 2h, 3d"
+            f"{value!r} is neither an ISO-8601 time nor a duration such as 90s, 15m, 2h, 3d, 1w"
         ) from None
+    return (time.time() if now is None else now) - seconds

@@ -419,6 +419,12 @@ class Store:
                 conn.executemany(_INSERT, rows)
         return len(rows)
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close every connection this process opened; the next use reopens."""
         with self._side, self._lock:
