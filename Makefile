@@ -35,6 +35,7 @@ bench: $(STAMP) nats-server
 	$(PY) bench/track.py
 	$(PY) bench/drain.py
 	$(PY) bench/import.py
+	$(PY) bench/startup.py
 	$(PY) bench/request.py
 	$(PY) bench/outage.py
 	$(PY) bench/peaks.py

@@ -69,7 +69,7 @@ def sqlalchemy_core(directory: Path) -> Call:
     """What the insert would cost through SQLAlchemy Core (why track() does not use it)."""
     from sqlalchemy import create_engine, insert
 
-    from sqreen.storage.schema import events
+    from sqreen.storage.tables import events
 
     engine = create_engine(f"sqlite:///{directory / 'core.db'}")
     events.metadata.create_all(engine)

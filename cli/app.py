@@ -19,7 +19,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sqreen
-from sqreen.delivery.flusher import FlushResult, make_flusher
+from sqreen.delivery.make import make_flusher
+from sqreen.delivery.result import FlushResult
 from sqreen.health import Health
 from sqreen.ops import admin, report
 from sqreen.ops.importer import bounded_lines, import_lines

@@ -18,9 +18,9 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from sqreen.config import Settings
-from sqreen.errors import ConfigError, SpoolError
+from sqreen.errors import ConfigError
 from sqreen.ops.report import check_readable
-from sqreen.storage.failures import STORAGE_ERRORS, describe
+from sqreen.storage.failures import describe, storage_errors
 from sqreen.storage.files import read_only_engine
 
 USAGE = 2
@@ -102,7 +102,7 @@ class Context:
             yield
         except ConfigError as exc:
             self.fail(exc, USAGE)
-        except (*STORAGE_ERRORS, SpoolError) as exc:
+        except storage_errors() as exc:  # SpoolError among them
             self.fail(exc, 1, f"{path}: " if path is not None else "")
 
     def fail(self, exc: BaseException, code: int = 1, prefix: str = "") -> NoReturn:

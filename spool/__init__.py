@@ -5,10 +5,8 @@ The public API is what ``__all__`` lists; every other module is internal.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .default import auth_track, configure, flush, identify, signup_track, track
-from .delivery.flusher import FlushResult
+from .delivery.result import FlushResult
 from .errors import (
     ConfigError,
     InvalidEvent,
@@ -22,10 +20,21 @@ from .errors import (
 from .health import HealthReport
 from .spooler import Spooler
 
-try:
-    __version__ = version("sqreen-spool")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> str:
+    # The version is read from the installed metadata when first asked for: importlib.metadata
+    # costs a quarter of import sqreen's time.
+    if name != "__version__":
+        raise AttributeError(f"module 'sqreen' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("sqreen-spool")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        found = "0.0.0"
+    globals()["__version__"] = found
+    return found
+
 
 __all__ = [
     "ConfigError",

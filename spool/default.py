@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .delivery.flusher import FlushResult
+from .delivery.result import FlushResult
 from .errors import ConfigError
 from .spooler import Spooler
 

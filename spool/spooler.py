@@ -14,7 +14,8 @@ from functools import partial
 from typing import Any
 
 from .config import Settings
-from .delivery.flusher import FlushResult, make_flusher
+from .delivery.make import make_flusher
+from .delivery.result import FlushResult
 from .delivery.sink import Sink
 from .errors import SpoolError
 from .event import (
@@ -37,7 +38,7 @@ from .security.actions import Action
 from .security.enforcer import Enforcer
 from .security.responder import Responder
 from .storage.bound import Bound, log_drops
-from .storage.failures import STORAGE_ERRORS, classify, describe
+from .storage.failures import classify, describe, storage_errors
 from .storage.outbox import Outbox, add, note
 from .storage.prune import drop_old
 from .storage.store import Store
@@ -140,7 +141,7 @@ class Spooler:
             event = build(event_name, options, request.user, body, rules)
         try:
             maintenance_due = self._store.insert(event)
-        except STORAGE_ERRORS as exc:
+        except storage_errors() as exc:
             self._storage_failed(exc, "track")
             return False
         self._tracked = True
@@ -268,7 +269,7 @@ class Spooler:
         result = FlushResult()
         if self._tracked and self._flusher is not None:
             result = self._flush(max(0.0, deadline - time.monotonic()), ignore_backoff=False)
-        with contextlib.suppress(*STORAGE_ERRORS):  # already counted and logged
+        with contextlib.suppress(*storage_errors()):  # already counted and logged
             self._save_health()
         if self._flusher is not None:
             self._flusher.close()
@@ -282,7 +283,7 @@ class Spooler:
                 self._warn_no_url()
                 return FlushResult(pending=self._store.count_pending())
             return self._flusher.flush(timeout, ignore_backoff)
-        except STORAGE_ERRORS as exc:
+        except storage_errors() as exc:
             self._storage_failed(exc, "flush")
             return FlushResult()
 
@@ -315,7 +316,7 @@ class Spooler:
             self._bound.keep()
             self._save_health()
             self._responder.report()
-        except STORAGE_ERRORS as exc:
+        except storage_errors() as exc:
             self._storage_failed(exc, "maintenance")
         if self._delivery is not None and store.inserted - self._drained_at >= settings.batch_size:
             self._drained_at = store.inserted  # counted from now: the delivery drains it all
@@ -334,7 +335,7 @@ class Spooler:
         delay = self.settings.heartbeat_delay * _jitter()
         try:
             self._flusher.flush(self.settings.lease * 2)
-        except STORAGE_ERRORS as exc:
+        except storage_errors() as exc:
             self._storage_failed(exc, "delivery")
         return delay
 

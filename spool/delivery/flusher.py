@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from tenacity import (
@@ -28,8 +27,7 @@ from ..event import new_id
 from ..health import Health
 from ..security.action_store import COLLECTOR, read_actions, replace_collector_actions
 from ..storage.outbox import Batch, Outbox, owner_name
-from ..urls import is_nats
-from .http import Transport
+from .result import FlushResult
 from .sink import BISECT_STATUSES, SPLIT_STATUSES, Reply, Sink
 
 log = logging.getLogger("sqreen.spool")
@@ -37,45 +35,6 @@ log = logging.getLogger("sqreen.spool")
 CONFIG_STATUSES = frozenset({401, 403, 404})
 # Retries inside one flush stop early enough to settle the rows before their lease runs out.
 LEASE_SHARE = 0.8
-
-
-@dataclass(frozen=True)
-class FlushResult:
-    """What one flush did: events delivered, rejected, failed (still pending), left pending."""
-
-    delivered: int = 0
-    rejected: int = 0
-    failed: int = 0
-    pending: int = 0
-    timed_out: bool = False
-
-    def __add__(self, other: FlushResult) -> FlushResult:
-        return FlushResult(
-            self.delivered + other.delivered,
-            self.rejected + other.rejected,
-            self.failed + other.failed,
-            other.pending,
-            self.timed_out or other.timed_out,
-        )
-
-
-def make_flusher(
-    settings: Settings, outbox: Outbox, health: Health, sink: Sink | None = None
-) -> Flusher | None:
-    """A flusher to ``sink``, else to ``settings.url`` (an HTTP collector or NATS servers), or
-    None when there is neither."""
-    if sink is not None:
-        return Flusher(outbox, settings, sink, health)
-    if settings.url is None:
-        return None
-    from .. import __version__
-
-    agent = f"sqreen-spool/{__version__}"
-    if is_nats(settings.url):
-        from .jetstream import JetStreamSink
-
-        return Flusher(outbox, settings, JetStreamSink(settings, agent), health)
-    return Flusher(outbox, settings, Transport(settings, agent), health)
 
 
 class Flusher:

@@ -21,7 +21,7 @@ import sqlite3
 import time
 
 from ..health import Health
-from .failures import STORAGE_ERRORS, classify, describe
+from .failures import classify, describe, storage_errors
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
 from .store import Store, driver, pragma
@@ -98,7 +98,7 @@ class Bound:
             if self.keep(wait=self.store.settings.lock_timeout):
                 self._failures = 0
                 return
-        except STORAGE_ERRORS as exc:
+        except storage_errors() as exc:
             self._health.record(classify(exc), describe(exc), "size bound")
         self._failures += 1
         # Counted from the attempt's end, and at least RELIEF_SHARE times as long as it took:

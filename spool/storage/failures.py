@@ -1,11 +1,15 @@
 """What storage failures are: SQLite's result codes, read through SQLAlchemy's wrapping, and
-the kinds they are counted under (``Spooler.health()``, ``inspect``)."""
+the kinds they are counted under (``Spooler.health()``, ``inspect``).
+
+SQLAlchemy is not imported here: ``import sqreen`` does without it. An SQLAlchemy error wraps the
+driver's in ``orig``; one can exist only once SQLAlchemy was imported (by whoever opened an
+engine), which :func:`storage_errors` looks at when an exception is being matched.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+import sys
 
 from ..errors import NotASpool, SchemaTooNew, SpoolError, UnsafeSpool
 
@@ -17,16 +21,14 @@ CORRUPT_CODES = frozenset({SQLITE_CORRUPT, SQLITE_NOTADB})
 
 def sqlite_code(exc: BaseException) -> int | None:
     """The SQLite result code behind ``exc`` (unwrapping SQLAlchemy), or None."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
+    exc = _unwrapped(exc)
     code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
     return None if code is None else int(code) & 0xFF
 
 
 def describe(exc: BaseException) -> str:
     """One line for logs and the CLI: the driver's message, without SQLAlchemy's wrapping."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
+    exc = _unwrapped(exc)
     return str(exc) or type(exc).__name__
 
 
@@ -34,8 +36,23 @@ class GateTimeout(SpoolError):
     """Another thread of this process held the spool past the lock timeout."""
 
 
-# What storage may raise. Anything else is a bug and propagates.
-STORAGE_ERRORS = (sqlite3.Error, SQLAlchemyError, OSError, SpoolError)
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The driver's exception inside an SQLAlchemy DBAPIError (its ``orig``), else ``exc``."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+# What storage may raise, SQLAlchemy's errors aside (see storage_errors). Anything else is a bug.
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, SpoolError)
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What storage may raise, for ``except storage_errors():`` (evaluated only when an
+    exception is being matched): SQLAlchemy's errors too, once SQLAlchemy was imported."""
+    alchemy = sys.modules.get("sqlalchemy.exc")
+    if alchemy is None:
+        return _STORAGE_ERRORS
+    return (*_STORAGE_ERRORS, alchemy.SQLAlchemyError)
 
 
 def classify(exc: BaseException) -> str:

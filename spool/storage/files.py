@@ -14,11 +14,12 @@ import sqlite3
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from ..errors import NotASpool, UnsafeSpool
+
+if TYPE_CHECKING:  # imported when an engine is made, not with sqreen
+    from sqlalchemy import Engine
 
 WAL = "-wal"
 LOCK = "-lock"
@@ -56,6 +57,9 @@ def read_only_engine(path: Path, lock_timeout: float) -> Engine:
     For inspecting: it never creates, migrates, quarantines or checkpoints the file, and a
     read-only connection cannot write even by mistake.
     """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import URL
+
     query = {"mode": "ro", "uri": "true"}
     if not os.path.exists(f"{path}{WAL}"):
         # No process has the spool open (the last one to close it removed its WAL): reading it

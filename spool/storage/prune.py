@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +50,8 @@ def preview(settings: Settings) -> dict[str, int]:
     The same code as the real thing, so the answer cannot drift from it; the spool itself is
     only read (through SQLite's backup API, a consistent snapshot).
     """
+    import tempfile  # the CLI's dry run only: not on import sqreen's path
+
     with tempfile.TemporaryDirectory(prefix="sqreen-prune-") as directory:
         copy = Path(directory) / settings.path.name
         source = read_only_engine(settings.path, settings.lock_timeout)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from typing import TYPE_CHECKING
 
 from ..errors import SchemaTooNew
 from . import schema
 from .failures import SQLITE_ERROR, sqlite_code
+
+if TYPE_CHECKING:  # the callers hold SQLAlchemy objects: it is imported by then
+    from sqlalchemy import Connection, Engine
 
 
 @contextlib.contextmanager
@@ -29,6 +30,8 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 def read_revision(conn: Connection) -> str | None:
     """The spool's schema revision, in one query; None for a spool with no schema yet."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     except DBAPIError as exc:

@@ -20,12 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import PoolProxiedConnection
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..event import Event
@@ -36,6 +31,10 @@ from .files import LOCK, TURN, WAL, file_bytes, identity, prepare_path, quaranti
 from .group import Group
 from .locks import FileLock, Turn
 from .revision import ensure_schema, read_revision
+
+if TYPE_CHECKING:  # SQLAlchemy is imported when a spool is opened, not with sqreen
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.pool import PoolProxiedConnection
 
 log = logging.getLogger("sqreen.spool")
 
@@ -284,6 +283,8 @@ class Store:
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Apply pending migrations now; return the schema revisions before and after."""
+        from sqlalchemy.exc import DBAPIError
+
         prepare_path(self.path)
         probe = self._create_engine()
         try:
@@ -497,6 +498,8 @@ class Store:
         return self._raw
 
     def _open_engine(self) -> Engine:
+        from sqlalchemy.exc import DBAPIError
+
         prepare_path(self.path)
         engine = self._create_engine()
         try:
@@ -523,6 +526,9 @@ class Store:
         return engine
 
     def _create_engine(self) -> Engine:
+        from sqlalchemy import create_engine, event
+        from sqlalchemy.engine import URL
+
         engine = create_engine(
             URL.create("sqlite", database=str(self.path)),
             connect_args={"timeout": self.settings.lock_timeout, "check_same_thread": False},

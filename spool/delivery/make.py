@@ -1,0 +1,38 @@
+"""The flusher a spooler needs, made on demand: the delivery stack (tenacity, httpx or
+nats-py) is imported only by a spooler that delivers, never by ``import sqreen``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..config import Settings
+from ..health import Health
+from ..storage.outbox import Outbox
+from ..urls import is_nats
+from .sink import Sink
+
+if TYPE_CHECKING:
+    from .flusher import Flusher
+
+
+def make_flusher(
+    settings: Settings, outbox: Outbox, health: Health, sink: Sink | None = None
+) -> Flusher | None:
+    """A flusher to ``sink``, else to ``settings.url`` (an HTTP collector or NATS servers), or
+    None when there is neither."""
+    from .flusher import Flusher  # tenacity, and the sink's HTTP or NATS client: only now
+
+    if sink is not None:
+        return Flusher(outbox, settings, sink, health)
+    if settings.url is None:
+        return None
+    from .. import __version__
+
+    agent = f"sqreen-spool/{__version__}"
+    if is_nats(settings.url):
+        from .jetstream import JetStreamSink
+
+        return Flusher(outbox, settings, JetStreamSink(settings, agent), health)
+    from .http import Transport
+
+    return Flusher(outbox, settings, Transport(settings, agent), health)
