@@ -153,4 +153,6 @@ def test_failures_are_logged_at_a_bounded_rate(
         for _ in range(200):
             assert spooler.track("lost") is False
     assert spooler.health().failures == {"read_only": 200}
-    assert len([r for r in caplog.records if r.name == "sqreen.spool"]) == 1
+    # Failures are logged at ERROR; the background thread's one-off warnings may land later.
+    failures = [r for r in caplog.records if r.name == "sqreen.spool" and r.levelno >= 40]
+    assert len(failures) == 1
