@@ -79,6 +79,12 @@ class Forwarder:
         problem, rejected = check_batch(batch)
         if problem is not None:
             return 400, {"error": problem}, []
+        return await self._forward(batch, rejected)
+
+    async def _forward(
+        self, batch: dict[str, Any], rejected: dict[str, str]
+    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+        """Publish a checked batch's valid events; 2xx once the stream took them all."""
         events = [e for e in batch["events"] if e["id"] not in rejected]
         reply = await self._publisher.publish(
             batch["batch_id"],

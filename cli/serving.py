@@ -8,8 +8,9 @@ import ipaddress
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import orjson
 import typer
@@ -165,17 +166,31 @@ def collect(
             )
         except (ValueError, OSError) as exc:
             fail(str(exc))
+    sink, seen = _opened_out(out)
+    _serve(ReferenceCollector(_printer(sink), seen, playbook), host, port, token)
+    if sink is not None:
+        sink.close()
+
+
+def _opened_out(out: Path | None) -> tuple[BinaryIO | None, list[str]]:
+    """``--out`` opened for appending, and the ids it already holds; one line on trouble."""
+    if out is None:
+        return None, []
     seen: list[str] = []
     try:
         # Made 0600 (it holds emails and IPs), and never through a link or another's file.
-        sink = None if out is None else os.fdopen(open_ours(str(out), _APPEND), "ab")
-        if out is not None:
-            with out.open("rb") as previous:
-                for number, line in enumerate(previous, 1):
-                    if line.strip():
-                        seen.append(_received_id(line, out, number))
+        sink = os.fdopen(open_ours(str(out), _APPEND), "ab")
+        with out.open("rb") as previous:
+            for number, line in enumerate(previous, 1):
+                if line.strip():
+                    seen.append(_received_id(line, out, number))
     except (OSError, UnsafeSpool) as exc:  # a directory, no permission, a link, ...
         fail(f"--out {out}: {getattr(exc, 'strerror', None) or exc}", USAGE)
+    return sink, seen
+
+
+def _printer(sink: BinaryIO | None) -> Callable[[dict[str, Any]], None]:
+    """Print each new event on a line, and append it to ``--out``."""
 
     def received(event: dict[str, Any]) -> None:
         properties = orjson.dumps(event.get("properties", {})).decode()
@@ -185,7 +200,11 @@ def collect(
             sink.write(orjson.dumps(event) + b"\n")
             sink.flush()
 
-    collector = ReferenceCollector(received, seen, playbook)
+    return received
+
+
+def _serve(collector: ReferenceCollector, host: str, port: int, token: str | None) -> None:
+    """Serve until SIGTERM or Ctrl-C, then say what was received."""
     receiver = Receiver(collector, host, port, token)
     try:
         receiver.start()
@@ -198,8 +217,6 @@ def collect(
         while not stop.wait(0.5):
             pass
     receiver.stop()
-    if sink is not None:
-        sink.close()
     print(
         f"received {collector.events} events in {collector.batches} batches "
         f"({collector.duplicates} duplicates, {collector.rejected} rejected)",

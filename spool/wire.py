@@ -111,31 +111,38 @@ def check_batch(batch: Any) -> tuple[str | None, dict[str, str]]:
     Returns a reason to refuse the whole batch (400), or None and the events to reject one by
     one (by id, with a reason), as a collector acknowledging each event would.
     """
-    if not isinstance(batch, dict):
-        return "the body must be a JSON object", {}
-    for key in ("batch_id", "sent_at"):
-        if not isinstance(batch.get(key), str) or not batch[key]:
-            return f"{key!r} must be a non-empty string", {}
-    try:
-        parse_time(batch["sent_at"])
-    except ValueError as exc:
-        return f"'sent_at': {exc}", {}
-    dropped = batch.get("dropped", {})
-    if not isinstance(dropped, dict) or any(
-        key not in DROP_REASONS or type(n) is not int or n < 0 for key, n in dropped.items()
-    ):
-        return f"'dropped' must map {', '.join(DROP_REASONS)} to counts", {}
-    events = batch.get("events")
-    if not isinstance(events, list):
-        return "'events' must be a list", {}
+    problem = _check_head(batch)
+    if problem is not None:
+        return problem, {}
     rejected: dict[str, str] = {}
-    for index, event in enumerate(events):
+    for index, event in enumerate(batch["events"]):
         if not isinstance(event, dict) or not isinstance(event.get("id"), str):
             return f"events[{index}] has no string 'id'", {}
         problem = check_event(event)
         if problem is not None:
             rejected[event["id"]] = problem
     return None, rejected
+
+
+def _check_head(batch: Any) -> str | None:
+    """What is wrong with a batch's own fields (all but its events' contents), or None."""
+    if not isinstance(batch, dict):
+        return "the body must be a JSON object"
+    for key in ("batch_id", "sent_at"):
+        if not isinstance(batch.get(key), str) or not batch[key]:
+            return f"{key!r} must be a non-empty string"
+    try:
+        parse_time(batch["sent_at"])
+    except ValueError as exc:
+        return f"'sent_at': {exc}"
+    dropped = batch.get("dropped", {})
+    if not isinstance(dropped, dict) or any(
+        key not in DROP_REASONS or type(n) is not int or n < 0 for key, n in dropped.items()
+    ):
+        return f"'dropped' must map {', '.join(DROP_REASONS)} to counts"
+    if not isinstance(batch.get("events"), list):
+        return "'events' must be a list"
+    return None
 
 
 def check_event(event: dict[str, Any]) -> str | None:

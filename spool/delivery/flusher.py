@@ -122,22 +122,7 @@ class Flusher:
             "error": None if reply.ok else reply.describe(),
         }
         if reply.ok:
-            named, unsettled = reply.rejected, reply.unsettled
-            pairs = list(zip(batch.seqs, batch.ids, strict=True))
-            refused = {seq: named[i] for seq, i in pairs if i in named} if named else {}
-            waiting = [seq for seq, i in pairs if i in unsettled] if unsettled else []
-            accepted = batch.seqs
-            if refused or waiting:
-                accepted = [s for s in batch.seqs if s not in refused and s not in waiting]
-            if reply.actions is not None:  # first: in force before the batch reads as settled
-                self._store_actions(reply.actions, now)
-            keep = self._settings.keep_delivered > 0
-            self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
-            if waiting:  # no acknowledgement came back for these: they are retried later
-                why = f"{len(waiting)} of {len(batch)} events unacknowledged: {reply.error}"
-                self._health.record("collector_unavailable", why, "delivery")
-                self._outbox.failed(waiting, why, now, 0.0, {**attempt, "outcome": "partial"})
-            return FlushResult(delivered=len(accepted), rejected=len(refused), failed=len(waiting))
+            return self._answered(batch, dropped, reply, now, attempt)
         halve = reply.status in SPLIT_STATUSES | BISECT_STATUSES
         if halve or (reply.unread and len(batch) > 1):
             if len(batch) == 1:
@@ -155,6 +140,32 @@ class Flusher:
         not_before = now + reply.retry_after if reply.retry_after else 0.0
         self._outbox.failed(batch.seqs, reply.describe(), now, not_before, attempt)
         return FlushResult(failed=len(batch))
+
+    def _answered(
+        self,
+        batch: Batch,
+        dropped: Mapping[str, int],
+        reply: Reply,
+        now: float,
+        attempt: dict[str, Any],
+    ) -> FlushResult:
+        """Settle a batch answered 2xx: accepted, refused by name, or not acknowledged."""
+        named, unsettled = reply.rejected, reply.unsettled
+        pairs = list(zip(batch.seqs, batch.ids, strict=True))
+        refused = {seq: named[i] for seq, i in pairs if i in named} if named else {}
+        waiting = [seq for seq, i in pairs if i in unsettled] if unsettled else []
+        accepted = batch.seqs
+        if refused or waiting:
+            accepted = [s for s in batch.seqs if s not in refused and s not in waiting]
+        if reply.actions is not None:  # first: in force before the batch reads as settled
+            self._store_actions(reply.actions, now)
+        keep = self._settings.keep_delivered > 0
+        self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
+        if waiting:  # no acknowledgement came back for these: they are retried later
+            why = f"{len(waiting)} of {len(batch)} events unacknowledged: {reply.error}"
+            self._health.record("collector_unavailable", why, "delivery")
+            self._outbox.failed(waiting, why, now, 0.0, {**attempt, "outcome": "partial"})
+        return FlushResult(delivered=len(accepted), rejected=len(refused), failed=len(waiting))
 
     def _store_actions(self, documents: list[Any], now: float) -> None:
         """The collector's answer carried its complete list of security responses."""

@@ -80,6 +80,32 @@ class Malformed(ValueError):
 def read_action(document: object, received_at: float, source: str = "collector") -> Action:
     """An action from the agent's format (``duration`` counted from ``received_at``), or
     Malformed naming the problem (an unknown name among them)."""
+    document, action_id, name, parameters = _identity(document)
+    send_response = document.get("send_response", True)
+    if not isinstance(send_response, bool):
+        raise Malformed(f"{action_id}: send_response must be a bool")
+    url = parameters.get("url")
+    if name.startswith("redirect_"):
+        url = check_url(url, action_id)
+    elif url is not None:
+        raise Malformed(f"{action_id}: only a redirect has a url")
+    duration = _duration(document.get("duration"), action_id)
+    found = Action(
+        action=name,
+        action_id=action_id,
+        url=url,
+        expires_at=None if duration is None else received_at + duration,
+        send_response=send_response,
+        source=source,
+    )
+    if name in IP_ACTIONS:
+        networks = _networks(parameters.get("ip_cidr"), action_id)
+        return replace(found, ip_cidr=networks[0], networks=networks[1])
+    return replace(found, users=_users(parameters.get("users"), action_id))
+
+
+def _identity(document: object) -> tuple[Mapping[str, Any], str, str, Mapping[str, Any]]:
+    """An action as a mapping, its id, name and parameters, checked."""
     if not isinstance(document, Mapping):
         raise Malformed(f"an action must be an object, not {type(document).__name__}")
     name = document.get("action")
@@ -91,42 +117,39 @@ def read_action(document: object, received_at: float, source: str = "collector")
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, Mapping):
         raise Malformed(f"{action_id}: parameters must be an object")
-    duration = document.get("duration")
-    if duration is not None and (
+    return document, action_id, str(name), parameters
+
+
+def _duration(duration: object, action_id: str) -> float | None:
+    """Seconds from 0 to MAX_SECONDS, or None (never expires)."""
+    if duration is None:
+        return None
+    if (
         isinstance(duration, bool)
         or not isinstance(duration, int | float)
         or not math.isfinite(duration)
         or duration < 0
     ):
         raise Malformed(f"{action_id}: duration must be a number of seconds >= 0 or null")
-    if duration is not None and duration > MAX_SECONDS:
+    if duration > MAX_SECONDS:
         raise Malformed(f"{action_id}: duration must be at most {MAX_SECONDS:.0f} seconds")
-    send_response = document.get("send_response", True)
-    if not isinstance(send_response, bool):
-        raise Malformed(f"{action_id}: send_response must be a bool")
-    url = parameters.get("url")
-    if name.startswith("redirect_"):
-        url = check_url(url, action_id)
-    elif url is not None:
-        raise Malformed(f"{action_id}: only a redirect has a url")
-    found = Action(
-        action=name,
-        action_id=action_id,
-        url=url,
-        expires_at=None if duration is None else received_at + float(duration),
-        send_response=send_response,
-        source=source,
+    return float(duration)
+
+
+def _networks(
+    networks: object, action_id: str
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """The ranges as given, and as ``(version, first, last)`` integers."""
+    if not isinstance(networks, list) or not networks:
+        raise Malformed(f"{action_id}: ip_cidr must be a non-empty list")
+    parsed = tuple(
+        (network.version, int(network.network_address), int(network.broadcast_address))
+        for network in (parse_network(text, action_id) for text in networks)
     )
-    if name in IP_ACTIONS:
-        networks = parameters.get("ip_cidr")
-        if not isinstance(networks, list) or not networks:
-            raise Malformed(f"{action_id}: ip_cidr must be a non-empty list")
-        parsed = tuple(
-            (network.version, int(network.network_address), int(network.broadcast_address))
-            for network in (parse_network(text, action_id) for text in networks)
-        )
-        return replace(found, ip_cidr=tuple(networks), networks=parsed)
-    users = parameters.get("users")
+    return tuple(networks), parsed
+
+
+def _users(users: object, action_id: str) -> tuple[dict[str, Any], ...]:
     if not isinstance(users, list) or not users:
         raise Malformed(f"{action_id}: users must be a non-empty list of identifier objects")
     for user in users:
@@ -139,7 +162,7 @@ def read_action(document: object, received_at: float, source: str = "collector")
             )
         ):
             raise Malformed(f"{action_id}: each user must map str to str or int")
-    return replace(found, users=tuple(dict(user) for user in users))
+    return tuple(dict(user) for user in users)
 
 
 def check_url(url: object, action_id: str) -> str:
