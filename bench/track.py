@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -59,8 +60,8 @@ def floor(directory: Path, synchronous: str, page_size: int | None = None) -> Ca
     return call
 
 
-def ours(directory: Path, durability: str) -> Call:
-    spooler = sqreen.Spooler(path=directory / "spool.db", durability=durability)
+def ours(directory: Path, durability: str, library: Any = sqreen) -> Call:
+    spooler = library.Spooler(path=directory / "spool.db", durability=durability)
     spooler.track("warm.up")
     return lambda: spooler.track("bench.event", OPTIONS)
 
@@ -141,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", 60000)))
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--against", help="another checkout's spool/ folder, run alongside")
     args = parser.parse_args()
     logging.getLogger("segment").setLevel(logging.CRITICAL)
 
@@ -156,6 +158,11 @@ def main() -> None:
             "floor (sqlite3, power)": lambda d: floor(d, "FULL"),
             "track() power": lambda d: ours(d, "power"),
         }
+        if args.against:
+            from request import load  # bench/request.py: a checkout as another package
+
+            baseline = load(args.against)
+            makers["track() process, against"] = lambda d: ours(d, "process", baseline)
         contenders = {}
         for i, (name, make) in enumerate(makers.items()):
             (root / str(i)).mkdir()
@@ -184,6 +191,11 @@ def main() -> None:
         "power: track() p50 / floor p50 (target <= 1.2)": tw["p50"] / fw["p50"],
         "power: track() mean / floor mean": tw["mean"] / fw["mean"],
     }
+    if "track() process, against" in results:
+        theirs = results["track() process, against"]
+        ratios["process: track() p50, this checkout / --against (target <= 1.03)"] = (
+            tp["p50"] / theirs["p50"]
+        )
     print()
     for label, value in ratios.items():
         print(f"{label:64} {value:8.2f}")

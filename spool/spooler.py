@@ -70,7 +70,7 @@ class Spooler:
 
     def __init__(self, *, sink: Sink | None = None, **settings: Any) -> None:
         self.settings = Settings.resolve(settings)
-        self._store = Store(self.settings)
+        self._store = Store(self.settings, self._after_commit)
         self._scrubber = Scrubber(
             self.settings.strip_sensitive_keys,
             self.settings.strip_sensitive_regex,
@@ -98,6 +98,7 @@ class Spooler:
             None if self._flusher is None else Worker(f"{name}:delivery", self._deliver)
         )
         self._tracked = False
+        self._wake_at = self._store.checkpoint_every  # the commit count that wakes maintenance
         self._next_prune = 0.0
         self._drained_at = 0
         self._warned_no_url = False
@@ -287,6 +288,12 @@ class Spooler:
             self._storage_failed(exc, "flush")
             return FlushResult()
 
+    def _after_commit(self, inserted: int) -> bool:
+        """The store's one hook, after each commit: the bound looks at the files (and relieves
+        them at once when a burst outran the maintenance thread); True when maintenance is
+        due."""
+        return self._bound.watch(inserted) or inserted >= self._wake_at
+
     def _maintain(self) -> float | None:
         """The maintenance thread's work: checkpoint, keep the spool bounded, save the
         counters; every heartbeat, drop what is too old. It wakes the delivery thread early
@@ -297,7 +304,7 @@ class Spooler:
         ahead = store.checkpoint_every
         if self._delivery is not None:
             ahead = min(ahead, settings.batch_size - (store.inserted - self._drained_at))
-        store.wake_at = store.inserted + max(1, ahead)
+        self._wake_at = store.inserted + max(1, ahead)
         now = time.monotonic()
         try:
             carried = store.reopen_if_replaced()

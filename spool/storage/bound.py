@@ -22,6 +22,7 @@ import time
 
 from ..health import Health
 from .failures import classify, describe, storage_errors
+from .files import WAL, size_of
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
 from .store import Store, driver, pragma
@@ -48,6 +49,14 @@ FILE_SHARE = 0.9
 # way), inserts try again after a pause that doubles with each failure in a row, up to
 # RELIEF_RETRY: a passing reader costs little, one that stays (holding a snapshot) is not
 # waited for at every commit.
+# How often (in commits, at most) the bound looks at the files' sizes after a commit: two stat
+# calls. Nearer the bound it looks more often, down to every commit (see Bound.watch).
+WAL_CHECK_EVERY = 16
+# Past this many times its limit, the WAL is the inserting caller's to checkpoint: the
+# maintenance thread could not keep up with the burst.
+WAL_BRAKE = 2
+# What one commit adds to the files, assumed until measured: a few 2 KiB pages and their headers.
+COMMIT_BYTES = 8192
 RELIEF_FIRST_RETRY = 0.001
 RELIEF_RETRY = 0.5
 # A failed relief is not tried again for at least this many times as long as it took.
@@ -60,15 +69,55 @@ def ceiling(max_bytes: int) -> int:
 
 
 class Bound:
-    """Keeps one store under its bound: from the maintenance thread, and from the inserting
-    caller when a burst outruns it (the store calls :meth:`relieve`)."""
+    """Keeps one store under its bound: from the maintenance thread (:meth:`keep`), and from
+    the inserting caller when a burst outruns it (:meth:`watch`, after each commit)."""
 
     def __init__(self, store: Store, max_bytes: int, health: Health) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self._health = health
         self._retry_at, self._failures = -math.inf, 0
-        store.on_full = self.relieve
+        self._look_at = WAL_CHECK_EVERY
+        self._looked = (0, 0)  # (commits, bytes on disk) at the last look
+        self._growth = float(COMMIT_BYTES)
+
+    def watch(self, inserted: int) -> bool:
+        """After the store's ``inserted``-th commit: keep the bound under a burst that the
+        maintenance thread cannot keep up with; True when the files were at the bound (the
+        maintenance thread is due too).
+
+        Checkpoints and cuts run beside the inserts, and a burst (several threads, several
+        processes) can outrun them. So inserts look at the files' sizes: at the bound (see
+        :meth:`headroom`), the caller does the maintenance itself (:meth:`relieve`) before
+        adding more. The nearer the files are to the bound, measured in what a commit of any
+        writer has been seen to add to them, the sooner the next look: down to every commit.
+        """
+        if inserted < self._look_at:
+            return False  # the usual case: one comparison per commit
+        room, total = self.headroom()
+        commits, before = self._looked
+        if total > before and inserted > commits:  # other processes' writes count too
+            self._growth = max((total - before) / (inserted - commits), self._growth * 0.9)
+        full = room <= 0
+        if full:
+            self.relieve()
+            room, total = self.headroom()
+        self._looked = (inserted, total)
+        # Past its limit the WAL is in the catch-up's hands, which other processes may outrun:
+        # each of them then looks at every commit, so that all stop within a commit of the bound.
+        ahead = int(room / (2 * max(self._growth, COMMIT_BYTES / 2)))
+        if room < (WAL_BRAKE - 1) * self.store.wal_limit:
+            ahead = 1
+        self._look_at = inserted + max(1, min(WAL_CHECK_EVERY, ahead))
+        return full
+
+    def headroom(self) -> tuple[int, int]:
+        """How many bytes the files may still grow before the bound needs relief (none once
+        they reach ``max_bytes``, or the WAL WAL_BRAKE times its limit), and their size."""
+        path = self.store.path
+        wal = size_of(f"{path}{WAL}")
+        total = size_of(str(path)) + wal
+        return min(self.max_bytes - total, WAL_BRAKE * self.store.wal_limit - wal), total
 
     def keep(self, wait: float = 0.0) -> bool:
         """Checkpoint, then enforce the bound; False when a reader of another process kept the
@@ -80,7 +129,7 @@ class Bound:
         spool, else empties the WAL at once (holding writers off) before the cut.
         """
         with self.store.checkpointer.held(wait) as held:
-            if not held or (wait and self.store.headroom()[0] > 0):
+            if not held or (wait and self.headroom()[0] > 0):
                 return held
             complete = self.store.checkpoint(now=wait > 0)
             dropped = enforce_size(self.store, self.max_bytes)
@@ -88,9 +137,9 @@ class Bound:
         return complete
 
     def relieve(self) -> None:
-        """Called by an insert that found the files at the bound: cut them back now, in this
-        thread, rather than add to them (the inserts of other processes at the bound wait for
-        it). A failure is counted; the insert goes on."""
+        """For an insert that found the files at the bound: cut them back now, in this thread,
+        rather than add to them (the inserts of other processes at the bound wait for it). A
+        failure is counted; the insert goes on."""
         began = time.monotonic()
         if began < self._retry_at:
             return

@@ -19,20 +19,19 @@ from .failures import GateTimeout
 class _Slot:
     """One queued call: its event, then its outcome."""
 
-    __slots__ = ("done", "due", "error", "event", "lead")
+    __slots__ = ("done", "error", "event", "lead")
 
     def __init__(self, event: Event) -> None:
         self.event = event
         self.done: threading.Event | None = None  # made for a call that waits (a follower)
         self.lead = False  # woken to lead the next commit, not with an outcome
-        self.due = False
         self.error: BaseException | None = None
 
 
 # Called by the leader with ``take``, which returns the events queued at that moment (a commit
 # takes them once it holds the writer, so that the calls arriving meanwhile join this one), and
 # whether the last commit was shared (others are likely about to queue: worth a moment).
-Commit = Callable[[Callable[[], Sequence[Event]], bool], bool]
+Commit = Callable[[Callable[[], Sequence[Event]], bool], None]
 
 
 class Group:
@@ -48,9 +47,9 @@ class Group:
         self._leading = False
         self._shared = False  # the last commit held more than one call
 
-    def insert(self, event: Event, commit: Commit, timeout: float) -> bool:
-        """Commit ``event`` with the others queued now; return ``commit``'s answer (whether
-        maintenance is due), or raise what the shared commit raised."""
+    def insert(self, event: Event, commit: Commit, timeout: float) -> None:
+        """Commit ``event`` with the others queued now, or raise what the shared commit
+        raised."""
         slot = _Slot(event)
         with self._lock:
             self._queue.append(slot)
@@ -65,9 +64,10 @@ class Group:
             # answering False before it is known could report a stored event as lost.
             slot.done.wait()
             if not slot.lead:  # committed (or failed) by an earlier leader
-                return _outcome(slot)
+                _outcome(slot)
+                return
         self._lead(commit)
-        return _outcome(slot)
+        _outcome(slot)
 
     def _withdraw(self, slot: _Slot) -> bool:
         """Take a caller that gave up out of the queue; False when it is too late: a commit
@@ -88,15 +88,12 @@ class Group:
             return [slot.event for slot in batch]
 
         try:
-            due = commit(take, self._shared)
+            commit(take, self._shared)
         except BaseException as exc:
             if not batch:  # failed before taking its batch (the writer's lock timed out)
                 take()
             for slot in batch:
                 slot.error = exc
-        else:
-            for slot in batch:
-                slot.due = due
         finally:
             with self._lock:
                 # Arrived during the commit: the first of them leads next. A caller that gave
@@ -114,7 +111,6 @@ class Group:
                     slot.done.set()
 
 
-def _outcome(slot: _Slot) -> bool:
+def _outcome(slot: _Slot) -> None:
     if slot.error is not None:
         raise slot.error
-    return slot.due

@@ -27,7 +27,7 @@ from ..event import Event
 from ..forks import at_fork
 from . import schema
 from .failures import CORRUPT_CODES, SQLITE_BUSY, GateTimeout, sqlite_code
-from .files import LOCK, TURN, WAL, file_bytes, identity, prepare_path, quarantine, size_of
+from .files import LOCK, TURN, file_bytes, identity, prepare_path, quarantine
 from .group import Group
 from .locks import FileLock, Turn
 from .revision import ensure_schema, read_revision
@@ -37,6 +37,14 @@ if TYPE_CHECKING:  # SQLAlchemy is imported when a spool is opened, not with sqr
     from sqlalchemy.pool import PoolProxiedConnection
 
 log = logging.getLogger("sqreen.spool")
+
+# Told the count of this process's commits after each one; answers whether maintenance is due.
+AfterCommit = Callable[[int], bool]
+
+
+def _nothing_due(inserted: int) -> bool:
+    return False
+
 
 # Checkpoint (passively, from the worker thread) after this many commits. Auto-checkpointing is
 # off on every connection: SQLite's own would run inside whichever track() call crossed the
@@ -59,16 +67,8 @@ CATCH_UP_PASSES = 8
 # checkpoint (which syncs the database file) after every few, not after each, keeps the WAL
 # within a few MiB without a sync per transaction. Left to grow, the WAL costs every reader.
 BULK_CHECKPOINT_EVERY = 8
-# How often (in commits, at most) an insert looks at the files' sizes, for the bound: two stat
-# calls. Nearer the bound it looks more often, down to every commit (see Store._look).
-WAL_CHECK_EVERY = 16
-# Past this many times its limit, the WAL is the inserting caller's to checkpoint (Store._look):
-# the maintenance thread could not keep up with the burst.
-WAL_BRAKE = 2
 # The writer polls a write lock that another connection holds this often at most (_execute).
 BUSY_POLL = 0.0002
-# What one commit adds to the files, assumed until measured: a few 2 KiB pages and their headers.
-COMMIT_BYTES = 8192
 
 PAGE_SIZE = 2048
 WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
@@ -83,7 +83,7 @@ _inherited: list[object] = []
 class Store:
     """One spool file, opened lazily, safe across threads and ``fork()``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, after_commit: AfterCommit = _nothing_due) -> None:
         self.settings = settings
         self.path = settings.path
         # Every use of SQLite in this process holds one of two locks, so that fork() can wait
@@ -106,15 +106,10 @@ class Store:
         # Under a size bound smaller than the defaults assume, the WAL must stay a fraction of it.
         self.wal_limit = min(WAL_RESTART_BYTES, settings.max_bytes // 16)
         self.checkpoint_every = max(16, min(CHECKPOINT_EVERY, self.wal_limit // 8192))
-        # Commits by this process, and the count at which insert() asks for maintenance.
+        # Commits by this process (counting on across fork(): the thresholds that the hook's
+        # owners compare it with stay meaningful), and the one hook told of each.
         self.inserted = 0
-        self.wake_at = self.checkpoint_every
-        # The bound (see .bound): inserts look at the files' sizes every few commits, and call
-        # on_full themselves when there is no headroom left.
-        self.on_full: Callable[[], None] | None = None
-        self._look_at = WAL_CHECK_EVERY
-        self._looked = (0, 0)  # (commits, bytes on disk) at the last look
-        self._growth = float(COMMIT_BYTES)
+        self.after_commit = after_commit
         self._bulk_commits = 0
         self._grouped = settings.durability == "power"
         self._group = Group()
@@ -127,16 +122,17 @@ class Store:
     # -- hot path -------------------------------------------------------------------------------
 
     def insert(self, event: Event) -> bool:
-        """Commit one event; return True when maintenance is due. Raises on storage failure.
+        """Commit one event; return what ``after_commit`` says (whether maintenance is due).
+        Raises on storage failure.
 
         In ``power`` mode, calls that meet a commit in flight share the next one (see
-        :mod:`sqreen.storage.group`): each commit waits for the disk, which costs far more than the
-        queue. A lone caller's commit is its own, through the same queue.
+        :mod:`sqreen.storage.group`): each commit waits for the disk, which costs far more than
+        the queue. A lone caller's commit is its own, through the same queue. The hook runs
+        after the writer is free again: what it does (the bound's relief) may take a while.
         """
-        if self.inserted >= self._look_at:
-            self._look()
         if self._grouped:
-            return self._group.insert(event, self._commit_many, self.settings.lock_timeout)
+            self._group.insert(event, self._commit_many, self.settings.lock_timeout)
+            return self.after_commit(self.inserted)
         lock, turn = self._lock, self.turn
         self._acquire(lock)  # by hand: a context manager would cost 2 µs of this call
         try:
@@ -151,11 +147,12 @@ class Store:
             finally:
                 turn.give()
             self.inserted += 1
-            return self.inserted >= self.wake_at
+            inserted = self.inserted
         finally:
             lock.release()
+        return self.after_commit(inserted)
 
-    def _commit_many(self, take: Callable[[], Sequence[Event]], shared: bool) -> bool:
+    def _commit_many(self, take: Callable[[], Sequence[Event]], shared: bool) -> None:
         """One transaction for a group's events: the hot path's, shared. By hand, as
         insert() is: context managers would cost a lone caller a tenth of its call."""
         lock, turn = self._lock, self.turn
@@ -182,7 +179,6 @@ class Store:
             finally:
                 turn.give()
             self.inserted += len(events)
-            return self.inserted >= self.wake_at
         finally:
             lock.release()
 
@@ -231,38 +227,6 @@ class Store:
                 if sqlite_code(exc) != SQLITE_BUSY or time.monotonic() >= deadline:
                     raise
             wait = min(wait * 2 or BUSY_POLL / 8, BUSY_POLL)
-
-    def _look(self) -> None:
-        """Keep the bound under a burst that the maintenance thread cannot keep up with.
-
-        Checkpoints and cuts run beside the inserts, and a burst (several threads, several
-        processes) can outrun them. So inserts look at the files' sizes: at the bound (see
-        :meth:`headroom`), the caller does the maintenance itself (``on_full``) before adding
-        more. The nearer the files are to the bound, measured in what a commit of any writer
-        has been seen to add to them, the sooner the next look: down to every commit.
-        """
-        room, total = self.headroom()
-        commits, before = self._looked
-        if total > before and self.inserted > commits:  # other processes' writes count too
-            self._growth = max((total - before) / (self.inserted - commits), self._growth * 0.9)
-        if room <= 0 and self.on_full is not None:
-            self.wake_at = self.inserted  # the maintenance thread too, if it is idle
-            self.on_full()
-            room, total = self.headroom()
-        self._looked = (self.inserted, total)
-        # Past its limit the WAL is in the catch-up's hands, which other processes may outrun:
-        # each of them then looks at every commit, so that all stop within a commit of the bound.
-        ahead = int(room / (2 * max(self._growth, COMMIT_BYTES / 2)))
-        if room < (WAL_BRAKE - 1) * self.wal_limit:
-            ahead = 1
-        self._look_at = self.inserted + max(1, min(WAL_CHECK_EVERY, ahead))
-
-    def headroom(self) -> tuple[int, int]:
-        """How many bytes the files may still grow before the bound needs relief (none once
-        they reach ``max_bytes``, or the WAL WAL_BRAKE times its limit), and their size."""
-        wal = size_of(f"{self.path}{WAL}")
-        total = size_of(str(self.path)) + wal
-        return min(self.settings.max_bytes - total, WAL_BRAKE * self.wal_limit - wal), total
 
     def insert_many(self, events: Sequence[Event]) -> None:
         """Commit many events in one transaction (imports): one commit, not one per event."""
@@ -574,10 +538,6 @@ class Store:
         self._group.reset()
         self._writer = self._raw = self._engine = None
         self._pid = os.getpid()
-        self.inserted = 0
-        self.wake_at = self.checkpoint_every
-        self._look_at = WAL_CHECK_EVERY
-        self._looked = (0, 0)
 
 
 def _passive(connection: sqlite3.Connection) -> int:
