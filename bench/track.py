@@ -27,7 +27,7 @@ import orjson
 
 import sqreen
 from sqreen.event import build
-from sqreen.storage.store import PAGE_SIZE
+from sqreen.storage.opening import PAGE_SIZE
 
 PROPERTIES = {"plan": "pro", "seats": 3, "country": "FR", "trial": False}
 USER = {"email": "ada@example.com", "id": "42"}

@@ -26,7 +26,8 @@ from sqreen.security.action_store import (
     remove_action,
 )
 from sqreen.security.actions import Malformed, check_scope, read_action
-from sqreen.storage.store import Store, driver
+from sqreen.storage.sql import driver
+from sqreen.storage.store import Store
 
 from .common import USAGE, Context, fail, shown
 from .show import out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import sqreen
-from sqreen.storage.store import PAGE_SIZE
+from sqreen.storage.opening import PAGE_SIZE
 
 from .conftest import counters, integrity, run_child, stored_events
 

@@ -25,7 +25,8 @@ from .failures import classify, describe, storage_errors
 from .files import WAL, size_of
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
-from .store import Store, driver, pragma
+from .sql import driver, pragma
+from .store import Store
 
 log = logging.getLogger("sqreen.spool")
 

@@ -17,7 +17,8 @@ from .bound import enforce_size
 from .files import read_only_engine
 from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
-from .store import Store, driver
+from .sql import driver
+from .store import Store
 
 _DROP_OLD = "DELETE FROM events WHERE status = :status AND enqueued_at < :before"
 _EXPIRE_SETTLED = "DELETE FROM events WHERE status = :status AND settled_at < :before"

@@ -26,11 +26,13 @@ from ..config import Settings
 from ..event import Event
 from ..forks import at_fork
 from . import schema
+from .checkpoints import Checkpoints
 from .failures import CORRUPT_CODES, SQLITE_BUSY, GateTimeout, sqlite_code
-from .files import LOCK, TURN, file_bytes, identity, prepare_path, quarantine
+from .files import LOCK, TURN, file_bytes, identity, prepare_path
 from .group import Group
 from .locks import FileLock, Turn
-from .revision import ensure_schema, read_revision
+from .opening import create_engine, open_engine
+from .revision import read_revision
 
 if TYPE_CHECKING:  # SQLAlchemy is imported when a spool is opened, not with sqreen
     from sqlalchemy import Connection, Engine
@@ -58,21 +60,9 @@ CHECKPOINT_EVERY = 1000
 # database under max_bytes. The file is then reused, not truncated, so later commits overwrite
 # allocated blocks instead of growing the file again.
 WAL_RESTART_BYTES = 16 * 1024 * 1024
-# How long (ms) a truncating checkpoint waits for other processes' readers and writers.
-TRUNCATE_WAIT_MS = 100
-# The catch-up repeats passive checkpoints until one finds at most this many new frames.
-CATCH_UP_FRAMES = 64
-CATCH_UP_PASSES = 8
-# Bulk transactions (an import's or a delivery's batches) each rewrite thousands of rows; a
-# checkpoint (which syncs the database file) after every few, not after each, keeps the WAL
-# within a few MiB without a sync per transaction. Left to grow, the WAL costs every reader.
-BULK_CHECKPOINT_EVERY = 8
 # The writer polls a write lock that another connection holds this often at most (_execute).
 BUSY_POLL = 0.0002
 
-PAGE_SIZE = 2048
-WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
-_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 _PENDING_ROWS = f"SELECT id, name, enqueued_at, payload FROM events WHERE status = {schema.PENDING}"
 _INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
 # Connections inherited across fork(): the child must neither use nor close them (closing would
@@ -110,7 +100,7 @@ class Store:
         # owners compare it with stay meaningful), and the one hook told of each.
         self.inserted = 0
         self.after_commit = after_commit
-        self._bulk_commits = 0
+        self.checkpoints = Checkpoints(self)
         self._grouped = settings.durability == "power"
         self._group = Group()
         at_fork(
@@ -188,9 +178,9 @@ class Store:
 
         Every write but the hot-path insert goes through here. Plain sqlite3: statements that
         move a thousand rows pay for no pool checkout and no SQLAlchemy result rows."""
-        with self._gate():
+        with self.gate():
             raw = self._writer_connection()
-            with self._turn():
+            with self.writers_turn():
                 self._execute(raw, "BEGIN IMMEDIATE")
                 try:
                     yield raw
@@ -240,9 +230,8 @@ class Store:
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
         """A connection for reads (each statement its own snapshot), opening the spool if needed."""
-        with self._gate():
-            engine = self._opened()
-        with self._held(self._side), engine.connect() as conn:
+        engine = self.opened()
+        with self.side(), engine.connect() as conn:
             yield conn
 
     def migrate(self) -> tuple[str | None, str | None]:
@@ -263,81 +252,13 @@ class Store:
         return before, self.revision()
 
     def checkpoint(self, truncate: bool = False, now: bool = False) -> bool:
-        """Copy the WAL into the database file, keeping the WAL file small; False when a
-        reader of another process kept it from copying everything.
-
-        ``truncate`` also empties the WAL file, holding writers off while it does (see
-        :meth:`_truncate`: a reader on the WAL in another process may put it off). ``now``
-        does the same without first trying a passive pass: for a caller at the size bound.
-
-        One checkpoint at a time on the host (:attr:`checkpointer`): a routine one finds
-        another running and skips; ``truncate`` and ``now`` wait for it.
-        """
-        with self._gate():
-            engine = self._opened()  # first: it makes the spool's directory
-        wait = self.settings.lock_timeout if truncate or now else 0.0
-        with self.checkpointer.held(wait) as held:
-            return not held or self._checkpoint(engine, truncate, now)
-
-    def _checkpoint(self, engine: Engine, truncate: bool, now: bool) -> bool:
-        with self._held(self._side):
-            raw = engine.raw_connection()
-            try:
-                connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
-                # Beside track()'s inserts: copies what the WAL holds now, never blocks them.
-                frames = 0 if now else _passive(connection)
-                if truncate or now:
-                    return self._truncate(connection)
-                if frames * (pragma(connection, "page_size") + WAL_FRAME_HEADER) >= self.wal_limit:
-                    return self._catch_up(connection, frames)
-                return True
-            finally:
-                raw.close()
+        """Copy the WAL into the database file; see :meth:`.checkpoints.Checkpoints.run`."""
+        return self.checkpoints.run(truncate, now)
 
     def bulk_committed(self) -> None:
-        """Count one bulk transaction, and checkpoint after every few."""
-        self._bulk_commits += 1
-        if self._bulk_commits % BULK_CHECKPOINT_EVERY == 0:
-            self.checkpoint()
-
-    def _truncate(self, connection: sqlite3.Connection) -> bool:
-        """Copy all of the WAL and empty its file (the size bound counts it), holding the
-        inserts off; True when it was done.
-
-        This needs SQLite's write lock: holding the gate and the writers' turn hands it over at
-        once, where SQLite's busy handler would sleep and lose races to the inserts. It
-        also waits for readers to leave the WAL, and the inserts wait with it: only briefly, so
-        that a reader holding a snapshot (another process) delays the start-over instead.
-        """
-        with self._gate(), self._turn():
-            connection.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}").close()
-            try:
-                busy, _frames, _copied = connection.execute(
-                    "PRAGMA wal_checkpoint(TRUNCATE)"
-                ).fetchone()
-                return not busy
-            finally:
-                waits = int(self.settings.lock_timeout * 1000)
-                connection.execute(f"PRAGMA busy_timeout = {waits}").close()
-
-    def _catch_up(self, connection: sqlite3.Connection, frames: int) -> bool:
-        """Let the WAL start over, under a burst of inserts, with writers held off briefly;
-        False when a reader of another process kept it from copying everything.
-
-        The WAL starts over at the first commit after a checkpoint copied all of it, but under a
-        burst every passive checkpoint ends behind the inserts, so the WAL only grows. Each pass
-        here copies what came in during the last; once little is left, a last pass copies the
-        rest with every writer held off.
-        """
-        for _ in range(CATCH_UP_PASSES):
-            previous, frames = frames, _passive(connection)
-            if frames - previous <= CATCH_UP_FRAMES:
-                break
-        with self.write():  # every writer held off: this process's by the gate, the others'
-            # by SQLite's write lock, which a passive checkpoint does not need. Unlike RESTART it
-            # never waits for readers: with one still on the WAL (inspect), the WAL grows on.
-            _busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return bool(frames == copied)
+        """Count one bulk transaction (an import's, a delivery's); see
+        :meth:`.checkpoints.Checkpoints.bulk_committed`."""
+        self.checkpoints.bulk_committed()
 
     def file_bytes(self) -> int:
         """The spool's size on disk: database file and WAL."""
@@ -372,7 +293,7 @@ class Store:
         ):
             return None
         wait = self.settings.lock_timeout
-        with self.checkpointer.held(wait), self._side, self._gate():
+        with self.checkpointer.held(wait), self._side, self.gate():
             if identity(self.path) == self._identity:
                 return None  # another thread (maintenance, an explicit call) just did it
             rows = self._writer_connection().execute(_PENDING_ROWS).fetchall()
@@ -397,11 +318,12 @@ class Store:
 
     # -- opening and fork -----------------------------------------------------------------------
 
-    def _gate(self) -> contextlib.AbstractContextManager[None]:
+    def gate(self) -> contextlib.AbstractContextManager[None]:
+        """The writer's lock of this process (held by every write, and by opening)."""
         return self._held(self._lock)
 
     @contextlib.contextmanager
-    def _turn(self) -> Iterator[None]:
+    def writers_turn(self) -> Iterator[None]:
         """The writers' turn, for a caller holding the gate."""
         self.turn.take(self.settings.lock_timeout)
         try:
@@ -424,6 +346,16 @@ class Store:
             raise GateTimeout(
                 f"another thread held the spool for over {self.settings.lock_timeout} s"
             )
+
+    def side(self) -> contextlib.AbstractContextManager[None]:
+        """The lock of this process's connections other than the writer's (reads,
+        checkpoints): see the constructor."""
+        return self._held(self._side)
+
+    def opened(self) -> Engine:
+        """The engine, the spool opened (or made) first."""
+        with self.gate():
+            return self._opened()
 
     def _opened(self) -> Engine:
         if self._engine is None or self._pid != os.getpid():
@@ -462,65 +394,12 @@ class Store:
         return self._raw
 
     def _open_engine(self) -> Engine:
-        from sqlalchemy.exc import DBAPIError
-
-        prepare_path(self.path)
-        engine = self._create_engine()
-        try:
-            ensure_schema(engine)
-        except DBAPIError as exc:
-            engine.dispose()
-            if sqlite_code(exc) not in CORRUPT_CODES:
-                raise
-            moved = quarantine(self.path)
-            log.error(
-                "spool %s is not a readable SQLite database (%s); moved it to %s and "
-                "started a fresh spool",
-                self.path,
-                exc.orig,
-                moved,
-            )
-            prepare_path(self.path)
-            engine = self._create_engine()
-            ensure_schema(engine)
-        except BaseException:
-            engine.dispose()
-            raise
+        engine = open_engine(self.path, self.settings, self.wal_limit)
         self._identity = identity(self.path)  # the file opened, after any quarantine
         return engine
 
     def _create_engine(self) -> Engine:
-        from sqlalchemy import create_engine, event
-        from sqlalchemy.engine import URL
-
-        engine = create_engine(
-            URL.create("sqlite", database=str(self.path)),
-            connect_args={"timeout": self.settings.lock_timeout, "check_same_thread": False},
-        )
-        synchronous = _SYNCHRONOUS[self.settings.durability]
-
-        @event.listens_for(engine, "connect")
-        def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-            dbapi_connection.isolation_level = None  # transactions are explicit, see module doc
-            # This connection's own settings first: they touch no file.
-            for setting in (
-                f"synchronous={synchronous}",
-                "wal_autocheckpoint=0",
-                f"journal_size_limit={self.wal_limit}",
-            ):
-                dbapi_connection.execute(f"PRAGMA {setting}").close()
-            if pragma(dbapi_connection, "page_count") == 0:
-                # Only a file with no header yet takes these, and setting them on an existing
-                # spool is a write transaction: every new connection would wait for any other
-                # writer's lock. Incremental vacuum lets pruning give space back to the disk.
-                # Each commit writes whole pages to the WAL, and a spool's commit adds one small
-                # row: 2 KiB pages halve the bytes per commit, so the WAL starts over half as
-                # often.
-                for setting in (f"page_size={PAGE_SIZE}", "auto_vacuum=INCREMENTAL"):
-                    dbapi_connection.execute(f"PRAGMA {setting}").close()
-            dbapi_connection.execute("PRAGMA journal_mode=WAL").close()  # a read, once set
-
-        return engine
+        return create_engine(self.path, self.settings, self.wal_limit)
 
     def _close_locked(self) -> None:
         if self._writer is not None:
@@ -538,21 +417,3 @@ class Store:
         self._group.reset()
         self._writer = self._raw = self._engine = None
         self._pid = os.getpid()
-
-
-def _passive(connection: sqlite3.Connection) -> int:
-    """A passive checkpoint; how many frames the WAL held when it started."""
-    _busy, frames, _copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return max(0, int(frames))
-
-
-def pragma(connection: sqlite3.Connection, name: str) -> int:
-    """The value of an integer pragma (``page_size``, ``freelist_count``, ...)."""
-    return int(connection.execute(f"PRAGMA {name}").fetchone()[0])
-
-
-def driver(conn: Connection) -> sqlite3.Connection:
-    """The sqlite3 connection under an SQLAlchemy connection (for the backup API, and helpers
-    shared with :meth:`Store.write`'s transactions)."""
-    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
-    return raw

@@ -1,0 +1,23 @@
+"""Small helpers on SQLite connections, shared by the storage modules."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
+
+
+def pragma(connection: sqlite3.Connection, name: str) -> int:
+    """The value of an integer pragma (``page_size``, ``freelist_count``, ...)."""
+    return int(connection.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under an SQLAlchemy connection (for the backup API, and helpers
+    shared with :meth:`Store.write`'s transactions)."""
+    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    return raw
