@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqreen
-from sqreen.cli.collect import Answer, Receiver
+from sqreen.cli.reference import Answer, Receiver
 from sqreen.event import build
 from sqreen.storage.bound import ceiling
 from sqreen.storage.files import file_bytes

@@ -29,7 +29,7 @@ from sqreen.storage.outbox import Outbox
 from sqreen.storage.prune import preview, prune
 from sqreen.storage.store import Store
 
-from . import actions, serving, show
+from . import actions, collect, show
 from .common import USAGE, Context, err, fail, plain
 
 app = typer.Typer(
@@ -291,7 +291,7 @@ def _invalid_summary(invalid: int) -> None:
     err.print(f"{invalid} invalid lines skipped{more}")
 
 
-app.command()(serving.collect)
+app.command()(collect.collect)
 
 
 def main() -> None:

@@ -1,261 +1,224 @@
-"""The reference collector behind ``sqreen-spool collect``, and the server the tests script.
-
-:class:`Receiver` is the HTTP part: it reads each POST (any path), undoes gzip, parses the JSON
-and answers whatever its handler says. :class:`ReferenceCollector` is the handler that checks
-the documented wire format, deduplicates by event id and hands each new event on.
-"""
+"""``sqreen-spool collect``: the reference collector, or with ``--forward`` the collector tier
+that forwards into NATS JetStream (:mod:`sqreen.cli.forward`)."""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
-import socket
-import struct
+import ipaddress
+import os
+import signal
 import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
 
 import orjson
+import typer
 
-from sqreen.wire import MAX_BODY, TooLarge, check_batch, decode, parse_batch
+from sqreen.config import parse_duration
+from sqreen.errors import UnsafeSpool
+from sqreen.storage.files import open_ours
+from sqreen.urls import is_nats, mask_url, parse_url
 
-from .playbook import Playbook
-
-
-@dataclass
-class Answer:
-    """A response: status, JSON body, headers; or, for tests of failure handling, an answer
-    sent only after ``delay`` seconds, or a TCP reset instead of an answer."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    reset: bool = False
+from .common import USAGE, fail, plain
+from .playbook import Playbook, Rules
+from .reference import Receiver, ReferenceCollector
 
 
-@dataclass
-class Received:
-    """One POST: its headers, its decoded body, and the batch (None if the body is not JSON)."""
-
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    batch: Any
-
-
-Handler = Callable[[Received], Answer]
+def _received_id(line: bytes, out: Path, number: int) -> str:
+    """The event id of one line of ``--out``; exit with one line if it is not one."""
+    try:
+        event_id = orjson.loads(line)["id"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        event_id = None
+    if not isinstance(event_id, str):
+        fail(f"--out {out}: line {number} is not an event received earlier (JSON with an id)")
+    return event_id
 
 
-def error(status: int, reason: str) -> Answer:
-    return Answer(status, orjson.dumps({"error": reason}))
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 
-class Receiver:
-    """An HTTP server on ``host:port`` (0: any free port) answering POSTs with ``handler``."""
-
-    def __init__(
-        self, handler: Handler, host: str = "127.0.0.1", port: int = 0, token: str | None = None
-    ) -> None:
-        self.handler = handler
-        self.host = host
-        self.port = port
-        self.token = token
-        # Bodies decoded and parsed at once: each may cost tens of MiB for a moment.
-        self.parsing = threading.BoundedSemaphore(MAX_PARSING)
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
-
-    def start(self) -> None:
-        """Listen (again) on the same port, serving from a daemon thread."""
-        server = _BoundedServer((self.host, self.port), self._request_class())
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, name="collector", daemon=True).start()
-        self._server = server
-
-    def stop(self) -> None:
-        """Stop listening: connections are refused until :meth:`start`."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _request_class(self) -> type[BaseHTTPRequestHandler]:
-        receiver = self
-
-        class Request(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = IDLE_TIMEOUT
-
-            def do_POST(self) -> None:
-                if not authorized(receiver.token, self.headers.get("Authorization")):
-                    self.close_connection = True  # the body is not read: nothing else is
-                    self._answer(error(401, "a valid token is required (Authorization: Bearer)"))
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length", 0))
-                except ValueError:
-                    length = -1
-                if not 0 <= length <= MAX_BODY:
-                    self.close_connection = True  # the body is not read: nothing else is
-                    self._answer(error(413, f"a body must be 0 to {MAX_BODY} bytes"))
-                    return
-                raw = self.rfile.read(length)
-                self._watchdog.cancel()  # read whole: what follows is the collector's time
-                headers = dict(self.headers)
-                if not receiver.parsing.acquire(timeout=PARSING_WAIT):
-                    self._answer(Answer(503, b'{"error": "busy"}', {"Retry-After": "1"}))
-                    return
-                try:
-                    body = decode(self.headers.get("Content-Encoding"), raw)
-                    batch = parse_batch(body)
-                except TooLarge as exc:
-                    self._answer(error(413, str(exc)))
-                    return
-                except ValueError as exc:
-                    self._answer(error(400, str(exc)))
-                    return
-                finally:
-                    receiver.parsing.release()
-                self._answer(receiver.handler(Received(self.path, headers, body, batch)))
-
-            def handle_one_request(self) -> None:
-                # A client has READ_DEADLINE seconds to send a whole request (line, headers,
-                # body) from when the connection becomes free for one: a trickle (slowloris)
-                # is cut, not waited for. Each read also times out after IDLE_TIMEOUT.
-                self._watchdog = threading.Timer(READ_DEADLINE, self._cut)
-                self._watchdog.daemon = True
-                self._watchdog.start()
-                try:
-                    super().handle_one_request()
-                finally:
-                    self._watchdog.cancel()
-
-            def _cut(self) -> None:
-                with contextlib.suppress(OSError):
-                    self.connection.shutdown(socket.SHUT_RDWR)
-
-            def do_GET(self) -> None:
-                self._answer(error(405, "POST batches to this URL"))
-
-            def _answer(self, answer: Answer) -> None:
-                if answer.delay:
-                    time.sleep(answer.delay)
-                if answer.reset:
-                    linger = struct.pack("ii", 1, 0)
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                    self.connection.close()
-                    return
-                head = f"HTTP/1.1 {answer.status} {self.responses.get(answer.status, ('',))[0]}"
-                head += f"\r\nContent-Type: application/json\r\nContent-Length: {len(answer.body)}"
-                head += "".join(f"\r\n{k}: {v}" for k, v in answer.headers.items())
-                # One send: header and body in two would stall each keep-alive request by about
-                # 40 ms (Nagle's algorithm against the client's delayed ACK).
-                self.wfile.write(head.encode() + b"\r\n\r\n" + answer.body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        return Request
-
-
-# The threaded collector: connections served at once (more are closed at once), bodies parsed
-# at once (more wait PARSING_WAIT s, then get 503), how long a read may wait for a byte, and
-# how long a whole request may take to arrive.
-MAX_CONNECTIONS = 128
-MAX_PARSING = 4
-PARSING_WAIT = 5.0
-IDLE_TIMEOUT = 10.0
-READ_DEADLINE = 15.0
-
-
-class _BoundedServer(ThreadingHTTPServer):
-    """Serves at most MAX_CONNECTIONS connections at once, each on its own thread; one more is
-    closed as soon as it is accepted, so that idle or trickling clients cannot take every
-    thread the host has."""
-
-    daemon_threads = True
-    # Connections waiting to be accepted: with the default 5, a burst of clients waits in the
-    # kernel's SYN retries (seconds) instead of being served or closed at once.
-    request_queue_size = MAX_CONNECTIONS
-
-    def __init__(self, *args: Any) -> None:
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(*args)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+def _token(token: str | None, token_file: Path | None, host: str) -> str | None:
+    """The token every request must carry; exit with one line when there is none and the
+    collector would listen beyond loopback (anyone there could post events and drive its
+    playbook)."""
+    if token_file is not None:
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+            token = (
+                token_file.read_text().splitlines()[0].strip() if token_file.stat().st_size else ""
+            )
+        except (OSError, IndexError) as exc:
+            fail(f"--token-file {token_file}: {getattr(exc, 'strerror', None) or exc}", USAGE)
+    if token is not None and not token.strip():
+        fail("the token is empty", USAGE)
+    if token is None and not _loopback(host):
+        fail(
+            f"--host {host} reaches beyond this machine: set --token (or --token-file, or "
+            "SQREEN_COLLECT_TOKEN), which every request must carry",
+            USAGE,
+        )
+    return None if token is None else token.strip()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
 
-
-def authorized(token: str | None, header: str | None) -> bool:
-    """Whether a request may post: no token is set, or it sends ``Bearer <token>``
-    (compared in constant time)."""
-    if token is None:
+def _loopback(host: str) -> bool:
+    if host == "localhost":
         return True
-    scheme, _, given = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _forward(
+    url: str,
+    host: str,
+    port: int,
+    workers: int,
+    rules: Rules | None,
+    out: Path | None,
+    token: str | None,
+) -> None:
+    if out is not None:
+        fail("--forward keeps nothing on disk: it takes no --out", USAGE)
+    try:
+        import nats  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        fail("--forward needs uvicorn and nats-py: pip install 'sqreen-spool[collector]'", USAGE)
+    from .forward import serve
+
+    try:
+        if not is_nats(parse_url(url) or ""):
+            raise ValueError("expected nats:// or tls:// URLs")
+    except ValueError as exc:
+        fail(f"--forward {url}: {exc}", USAGE)
+    print(f"listening on http://{host}:{port}/, forwarding into {mask_url(url)}", flush=True)
+    serve(url, host, port, workers, rules, token)
+
+
+def collect(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free).")] = 8750,
+    out: Annotated[
+        Path | None, typer.Option(help="Append each new event to this file as a JSON line.")
+    ] = None,
+    block_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="Block a user after this many failed logins in --window."),
+    ] = None,
+    block_ip_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="Block a client IP after this many failed logins in --window."),
+    ] = None,
+    window: Annotated[str, typer.Option(help="The playbook's window (30s, 10m, 1h).")] = "10m",
+    block_for: Annotated[
+        str, typer.Option(help="How long a playbook block lasts (10m, 1h; 0: until removed).")
+    ] = "1h",
+    forward: Annotated[
+        str | None,
+        typer.Option(
+            help="Forward every event into NATS JetStream (nats://host:4222,...) under uvicorn: "
+            "a stateless collector tier."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="With --forward: worker processes.")] = 1,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SQREEN_COLLECT_TOKEN",
+            show_envvar=True,
+            help="Require 'Authorization: Bearer TOKEN' on every request (needed with a --host "
+            "beyond loopback).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="Read the token from this file (its first line).")
+    ] = None,
+) -> None:
+    """Run a local reference collector: print each event received, deduplicated by id.
+
+    It accepts the documented wire format (gzip included) POSTed to any path, answers 400 with
+    a reason to malformed batches and rejects invalid events one by one. With --block-after or
+    --block-ip-after, a playbook blocks users or IPs after failed logins, through the actions
+    of its answers (kept beside --out, so that a restart keeps them). It exists to try the
+    loop; it is not a security product.
+
+    With --forward, it keeps nothing: each batch is answered 2xx once the stream acknowledged
+    its events, 503 when it did not (the playbook's window is then per worker process).
+    """
+    token = _token(token, token_file, host)
+    rules = None
+    if block_after is not None or block_ip_after is not None:
+        try:
+            seconds, lasts = parse_duration(window), parse_duration(block_for)
+        except ValueError as exc:
+            fail(str(exc), USAGE)
+        rules = Rules(block_after, block_ip_after, seconds, lasts or None)
+    if forward is not None:
+        _forward(forward, host, port, workers, rules, out, token)
+        return
+    playbook = None
+    if rules is not None:
+        try:
+            playbook = Playbook(
+                rules, None if out is None else out.with_name(out.name + ".actions.json")
+            )
+        except (ValueError, OSError) as exc:
+            fail(str(exc))
+    sink, seen = _opened_out(out)
+    _serve(ReferenceCollector(_printer(sink), seen, playbook), host, port, token)
+    if sink is not None:
+        sink.close()
+
+
+def _opened_out(out: Path | None) -> tuple[BinaryIO | None, list[str]]:
+    """``--out`` opened for appending, and the ids it already holds; one line on trouble."""
+    if out is None:
+        return None, []
+    seen: list[str] = []
+    try:
+        # Made 0600 (it holds emails and IPs), and never through a link or another's file.
+        sink = os.fdopen(open_ours(str(out), _APPEND), "ab")
+        with out.open("rb") as previous:
+            for number, line in enumerate(previous, 1):
+                if line.strip():
+                    seen.append(_received_id(line, out, number))
+    except (OSError, UnsafeSpool) as exc:  # a directory, no permission, a link, ...
+        fail(f"--out {out}: {getattr(exc, 'strerror', None) or exc}", USAGE)
+    return sink, seen
+
+
+def _printer(sink: BinaryIO | None) -> Callable[[dict[str, Any]], None]:
+    """Print each new event on a line, and append it to ``--out``."""
+
+    def received(event: dict[str, Any]) -> None:
+        properties = orjson.dumps(event.get("properties", {})).decode()
+        line = f"{event['timestamp']}  {event['name']}  {event['id']}  {properties}"
+        print(plain(line), flush=True)
+        if sink is not None:
+            sink.write(orjson.dumps(event) + b"\n")
+            sink.flush()
+
+    return received
+
+
+def _serve(collector: ReferenceCollector, host: str, port: int, token: str | None) -> None:
+    """Serve until SIGTERM or Ctrl-C, then say what was received."""
+    receiver = Receiver(collector, host, port, token)
+    try:
+        receiver.start()
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    print(f"listening on {receiver.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        while not stop.wait(0.5):
+            pass
+    receiver.stop()
+    print(
+        f"received {collector.events} events in {collector.batches} batches "
+        f"({collector.duplicates} duplicates, {collector.rejected} rejected)",
+        flush=True,
     )
-
-
-class ReferenceCollector:
-    """Accepts valid batches, rejects invalid events by id, and passes each event it has not
-    seen before to ``on_event``. ``seen`` preloads ids received earlier (from ``--out``). With
-    a ``playbook``, each answer also carries the security responses it decided."""
-
-    def __init__(
-        self,
-        on_event: Callable[[dict[str, Any]], None],
-        seen: Iterable[str] = (),
-        playbook: Playbook | None = None,
-    ):
-        self._on_event = on_event
-        self._seen = set(seen)
-        self._playbook = playbook
-        self._lock = threading.Lock()
-        self.batches = self.events = self.duplicates = self.rejected = 0
-
-    def __call__(self, received: Received) -> Answer:
-        problem, rejected = check_batch(received.batch)
-        if problem is not None:
-            return error(400, problem)
-        accepted = [e for e in received.batch["events"] if e["id"] not in rejected]
-        with self._lock:
-            new = []
-            for event in accepted:  # an id repeated within the batch is new only once
-                if event["id"] not in self._seen:
-                    self._seen.add(event["id"])
-                    new.append(event)
-            self.batches += 1
-            self.events += len(new)
-            self.duplicates += len(accepted) - len(new)
-            self.rejected += len(rejected)
-            for event in new:
-                self._on_event(event)
-        answer: dict[str, Any] = {"accepted": len(new), "duplicates": len(accepted) - len(new)}
-        if self._playbook is not None:  # the complete list of its actions, in every answer
-            answer["actions"] = self._playbook.answer(new)
-        if rejected:
-            answer["rejected"] = [{"id": i, "reason": why} for i, why in rejected.items()]
-        return Answer(200, orjson.dumps(answer))

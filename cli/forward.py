@@ -26,8 +26,8 @@ from sqreen.config import Settings
 from sqreen.delivery.jetstream import Publisher
 from sqreen.wire import MAX_BODY, TooLarge, check_batch, decode, parse_batch
 
-from .collect import MAX_CONNECTIONS, READ_DEADLINE, authorized
 from .playbook import Playbook, Rules
+from .reference import MAX_CONNECTIONS, READ_DEADLINE, authorized
 
 # Read by each worker process: uvicorn starts them from an import string.
 RULES_VARIABLE = "SQREEN_COLLECT_PLAYBOOK"

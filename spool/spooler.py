@@ -38,8 +38,9 @@ from .security.actions import Action
 from .security.enforcer import Enforcer
 from .security.responder import Responder
 from .storage.bound import Bound, log_drops
+from .storage.counters import add, note
 from .storage.failures import classify, describe, storage_errors
-from .storage.outbox import Outbox, add, note
+from .storage.outbox import Outbox
 from .storage.prune import drop_old
 from .storage.store import Store
 from .worker import Worker

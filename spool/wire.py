@@ -1,6 +1,6 @@
 """The wire format, both directions: what a sink sends and a collector receives, and what a
 collector answers. One module, used by the HTTP sink (``sqreen.delivery.http``), the JetStream
-sink's drop reports and the reference collector (``sqreen.cli.collect``); it knows nothing of
+sink's drop reports and the reference collector (``sqreen.cli.reference``); it knows nothing of
 the spool's storage.
 
 A batch is one JSON object, its events the stored event JSON as it is (never decoded and

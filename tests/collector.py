@@ -1,6 +1,6 @@
 """A real HTTP collector on 127.0.0.1 (port 0) for the tests, scriptable per request.
 
-It is the reference collector's server (``sqreen.cli.collect.Receiver``) with a handler that
+It is the reference collector's server (``sqreen.cli.reference.Receiver``) with a handler that
 records every request. Behaviours are functions of the decoded batch returning what to do;
 ``respond_with`` queues them for the next requests, after which the default (accept) applies.
 Accepting checks the batch against the wire format as ``sqreen-spool collect`` does, so every
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from sqreen.cli.collect import Answer, Received, Receiver, error
+from sqreen.cli.reference import Answer, Received, Receiver, error
 from sqreen.wire import check_batch
 
 Behaviour = Callable[[dict[str, Any]], Answer]

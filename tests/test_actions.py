@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 import sqreen
-from sqreen.cli.collect import Answer
+from sqreen.cli.reference import Answer
 from sqreen.integrations import asgi, wsgi
 from sqreen.security.action_store import add_operator_action
 from sqreen.security.actions import ActionSet, read_action

@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 
 import sqreen
 from sqreen.cli.app import app
-from sqreen.cli.collect import Answer
+from sqreen.cli.reference import Answer
 from sqreen.storage import schema
 
 from . import collector as c

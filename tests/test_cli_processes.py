@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 import sqreen
 from sqreen.cli.app import app
-from sqreen.cli.collect import READ_DEADLINE
+from sqreen.cli.reference import READ_DEADLINE
 
 from . import collector as c
 from . import hostile

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 import sqreen
-from sqreen.cli.collect import READ_DEADLINE
+from sqreen.cli.reference import READ_DEADLINE
 from sqreen.event import build
 from sqreen.wire import encode_batch
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import sqreen
 from sqreen.cli.app import app
-from sqreen.cli.collect import Answer
+from sqreen.cli.reference import Answer
 from sqreen.delivery.http import RETRY_AFTER_MAX, retry_after
 from sqreen.worker import Worker
 

@@ -6,7 +6,7 @@ same spool: a row that a flusher holds is settled by whichever of the two commit
 
 from __future__ import annotations
 
-from ..storage.outbox import add
+from ..storage.counters import add
 from ..storage.schema import DELIVERED, PENDING
 from ..storage.store import Store
 from .selection import Selection

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import Connection, Engine
 
 from ..errors import SpoolError
-from ..storage.outbox import unreported
+from ..storage.counters import unreported
 from ..storage.revision import check_known, read_revision
 from ..storage.schema import HEAD, PENDING, STATUS_NAMES
 from ..urls import mask_url

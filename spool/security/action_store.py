@@ -15,7 +15,7 @@ from dataclasses import replace
 import orjson
 
 from ..config import MAX_SECONDS
-from ..storage.outbox import add
+from ..storage.counters import add
 from ..storage.store import Store
 from .actions import Action, Malformed, check_scope, read_action
 

@@ -21,9 +21,9 @@ import sqlite3
 import time
 
 from ..health import Health
+from .counters import add
 from .failures import classify, describe, storage_errors
 from .files import WAL, size_of
-from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
 from .sql import driver, pragma
 from .store import Store

@@ -19,7 +19,7 @@ import orjson
 
 from ..config import LEASE_MAX
 from ..event import new_id
-from ..wire import DROP_REASONS
+from .counters import add, note, unreported_drops
 from .schema import DELIVERED, PENDING, REJECTED
 from .store import Store
 
@@ -77,14 +77,6 @@ _REASON = (
 )
 _LIVE_OWNERS = "SELECT DISTINCT owner FROM claims WHERE expires > :now AND expires <= :latest"
 _FORGET_OWNERS = "DELETE FROM claims WHERE owner IN (SELECT value FROM json_each(:owners))"
-_ADD = (
-    "INSERT INTO counters (name, value) VALUES (:name, :n) "
-    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
-)
-_NOTE = (
-    "INSERT INTO notes (name, value) VALUES (:name, :value) "
-    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-)
 
 
 @dataclass(frozen=True)
@@ -259,31 +251,5 @@ def _delete(raw: sqlite3.Connection, seqs: Sequence[int]) -> None:
         raw.execute(_DELETE, {"seqs": as_json(seqs)})
 
 
-def unreported_drops(raw: sqlite3.Connection) -> dict[str, int]:
-    """Drops counted in the spool but not yet received by the collector, by reason."""
-    return unreported(dict(raw.execute("SELECT name, value FROM counters").fetchall()))
-
-
-def unreported(values: Mapping[str, int]) -> dict[str, int]:
-    """The drops not yet reported, by reason, from the spool's counters."""
-    owed = {
-        reason: values.get(f"dropped.{reason}", 0) - values.get(f"reported.{reason}", 0)
-        for reason in DROP_REASONS
-    }
-    return {reason: n for reason, n in owed.items() if n > 0}
-
-
-def note(raw: sqlite3.Connection, name: str, document: Mapping[str, Any]) -> None:
-    """Record a small JSON document (such as the last delivery attempt), in the caller's
-    transaction."""
-    raw.execute(_NOTE, {"name": name, "value": orjson.dumps(document).decode()})
-
-
 def as_json(seqs: Iterable[int]) -> str:
     return orjson.dumps(seqs if isinstance(seqs, list | tuple) else list(seqs)).decode()
-
-
-def add(raw: sqlite3.Connection, name: str, n: int) -> None:
-    """Add ``n`` to a counter, inside the caller's transaction."""
-    if n:
-        raw.execute(_ADD, {"name": name, "n": n})

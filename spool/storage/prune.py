@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..config import Settings
 from .bound import enforce_size
+from .counters import add
 from .files import read_only_engine
-from .outbox import add
 from .schema import DELIVERED, PENDING, REJECTED
 from .sql import driver
 from .store import Store
