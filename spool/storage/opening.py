@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..config import Settings
 from .failures import CORRUPT_CODES, sqlite_code
 from .files import prepare_path, quarantine
-from .revision import ensure_schema
+from .revision import ensure_schema, read_revision
 from .sql import pragma
 
 if TYPE_CHECKING:  # SQLAlchemy is imported when a spool is opened, not with sqreen
@@ -94,3 +94,21 @@ def create_engine(path: Path, settings: Settings, wal_limit: int) -> Engine:
         dbapi_connection.execute("PRAGMA journal_mode=WAL").close()  # a read, once set
 
     return engine
+
+
+def stored_revision(path: Path, settings: Settings, wal_limit: int) -> str | None:
+    """The schema revision the file at ``path`` holds, without migrating it; None for a new
+    or damaged file (opening it then moves the damaged one aside)."""
+    from sqlalchemy.exc import DBAPIError
+
+    prepare_path(path)
+    probe = create_engine(path, settings, wal_limit)
+    try:
+        with probe.connect() as conn:
+            return read_revision(conn)
+    except DBAPIError as exc:
+        if sqlite_code(exc) not in CORRUPT_CODES:
+            raise
+        return None
+    finally:
+        probe.dispose()

@@ -28,10 +28,10 @@ from ..forks import at_fork
 from . import schema
 from .checkpoints import Checkpoints
 from .failures import CORRUPT_CODES, SQLITE_BUSY, GateTimeout, sqlite_code
-from .files import LOCK, TURN, file_bytes, identity, prepare_path
+from .files import LOCK, TURN, file_bytes, identity
 from .group import Group
 from .locks import FileLock, Turn
-from .opening import create_engine, open_engine
+from .opening import open_engine, stored_revision
 from .revision import read_revision
 
 if TYPE_CHECKING:  # SQLAlchemy is imported when a spool is opened, not with sqreen
@@ -236,19 +236,7 @@ class Store:
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Apply pending migrations now; return the schema revisions before and after."""
-        from sqlalchemy.exc import DBAPIError
-
-        prepare_path(self.path)
-        probe = self._create_engine()
-        try:
-            with probe.connect() as conn:
-                before = read_revision(conn)
-        except DBAPIError as exc:
-            if sqlite_code(exc) not in CORRUPT_CODES:
-                raise
-            before = None  # opening below moves the damaged file aside
-        finally:
-            probe.dispose()
+        before = stored_revision(self.path, self.settings, self.wal_limit)
         return before, self.revision()
 
     def checkpoint(self, truncate: bool = False, now: bool = False) -> bool:
@@ -397,9 +385,6 @@ class Store:
         engine = open_engine(self.path, self.settings, self.wal_limit)
         self._identity = identity(self.path)  # the file opened, after any quarantine
         return engine
-
-    def _create_engine(self) -> Engine:
-        return create_engine(self.path, self.settings, self.wal_limit)
 
     def _close_locked(self) -> None:
         if self._writer is not None:
