@@ -652,7 +652,7 @@ def test_a_replaced_spool_is_the_one_enforced(spool_path: Path) -> None:
     assert spooler.enforcer.current().for_ip("192.0.2.1", now) is not None
     for name in spool_path.parent.iterdir():  # rm spool.db*, as a cleanup job would
         name.unlink()
-    spooler._maintain()  # starts a fresh spool at the path
+    spooler._upkeep._maintain()  # starts a fresh spool at the path
     new = read_action(block_ip("new", "198.51.100.0/24"), now, "operator")
     add_operator_action(spooler._store, new, now)
     assert wait_for(lambda: spooler.enforcer.current().for_ip("198.51.100.7", time.time()))

@@ -153,7 +153,7 @@ def test_a_spool_deleted_while_open_is_started_afresh_with_nothing_lost(tmp_path
         name.unlink()
     for i in range(10):
         assert spooler.track("between", {"properties": {"i": i}})  # into the deleted file
-    spooler._maintain()  # the next heartbeat (or checkpoint) notices
+    spooler._upkeep._maintain()  # the next heartbeat (or checkpoint) notices
     assert spooler.health().failures.get("spool_replaced") == 1
     assert spooler.track("after")
     spooler.close()

@@ -96,7 +96,7 @@ def test_backoff_survives_a_restart(spool_path: Path, collector: Any) -> None:
     assert first.flush().failed == 5
     first.close()
     second = make(spool_path, collector)
-    result = second._flush(None, ignore_backoff=False)  # what heartbeats and exit do
+    result = second._upkeep.flush(None, ignore_backoff=False)  # what heartbeats and exit do
     assert (result.delivered, result.pending) == (0, 5)
     assert len(collector.requests) == 1
     second.close()
@@ -275,7 +275,7 @@ def test_drops_are_reported_once_delivered(spool_path: Path, collector: Any) -> 
     spooler = make(spool_path, collector, max_age=0.2)
     track_many(spooler, 7, name="old")
     time.sleep(0.3)
-    spooler._maintain()  # a heartbeat: prunes the old events, then delivers (nothing left)
+    spooler._upkeep._maintain()  # a heartbeat: prunes the old events, then delivers (nothing left)
     assert counters(spool_path)["dropped.age"] == 7
     track_many(spooler, 2, name="new")
     collector.respond_with(c.status(500), c.status(500), c.status(500))
@@ -370,6 +370,6 @@ def test_a_wall_clock_stepped_back_holds_no_row_or_lease_for_the_step(
         )
     conn.close()
     second = make(spool_path, collector)
-    result = second._flush(10, ignore_backoff=False)  # what heartbeats and exit do
+    result = second._upkeep.flush(10, ignore_backoff=False)  # what heartbeats and exit do
     assert (result.delivered, result.pending) == (5, 0)
     second.close()

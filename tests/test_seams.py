@@ -72,7 +72,7 @@ def test_a_middleware_screens_with_its_own_spooler(spool_path: Path, tmp_path: P
 def test_a_spooler_closes_at_the_end_of_its_block(spool_path: Path) -> None:
     with sqreen.Spooler(path=spool_path) as spooler:
         assert spooler.track("inside")
-        maintenance = spooler._worker._thread
+        maintenance = spooler._upkeep._worker._thread
         assert maintenance is not None and maintenance.is_alive()
     maintenance.join(1)
     assert not maintenance.is_alive()

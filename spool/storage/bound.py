@@ -22,7 +22,7 @@ import time
 
 from ..health import Health
 from .counters import add
-from .failures import classify, describe, storage_errors
+from .failures import record_failure, storage_errors
 from .files import WAL, size_of
 from .schema import DELIVERED, PENDING, REJECTED
 from .sql import driver, pragma
@@ -149,7 +149,7 @@ class Bound:
                 self._failures = 0
                 return
         except storage_errors() as exc:
-            self._health.record(classify(exc), describe(exc), "size bound")
+            record_failure(self._health, exc, "size bound")
         self._failures += 1
         # Counted from the attempt's end, and at least RELIEF_SHARE times as long as it took:
         # an attempt that waited out the lock timeout (a lock held by a stopped process) is not

@@ -12,6 +12,7 @@ import sqlite3
 import sys
 
 from ..errors import NotASpool, SchemaTooNew, SpoolError, UnsafeSpool
+from ..health import Health
 
 # SQLite primary result codes (stable C API values; the sqlite3 module names them only from 3.11).
 SQLITE_ERROR, SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 1, 3, 5, 6, 8
@@ -77,3 +78,10 @@ def classify(exc: BaseException) -> str:
     if code == SQLITE_IOERR or isinstance(exc, OSError):
         return "io_error"
     return "storage_error"
+
+
+def record_failure(health: Health, exc: BaseException, where: str) -> tuple[str, str]:
+    """Count (and log, at a bounded rate) a storage failure of ``where``; its kind and text."""
+    kind, error = classify(exc), describe(exc)
+    health.record(kind, error, where)
+    return kind, error
