@@ -199,12 +199,12 @@ def looks_like_card_number(text: str) -> bool:
     """Exactly what the default pattern ``^(?:\\d[ -]*?){13,16}$`` matches, several times
     faster on the short values most parameters hold: 13 to 16 digits, each followed by any
     spaces or dashes, and nothing else."""
+    if not text.isascii():  # the pattern's \\d also matches other scripts' digits
+        return _DEFAULT.search(text) is not None  # the text as given: see the next line
     if text.endswith("\n"):  # the pattern's $ also matches before a final newline
         text = text[:-1]
     if len(text) < CARD_DIGITS_MIN:
         return False
-    if not text.isascii():  # the pattern's \\d also matches other scripts' digits
-        return _DEFAULT.search(text) is not None
     if not text[0].isdigit() or text.strip(_CARD_CHARACTERS):
         return False
     return CARD_DIGITS_MIN <= len(text) - text.count(" ") - text.count("-") <= CARD_DIGITS_MAX
