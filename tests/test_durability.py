@@ -95,20 +95,20 @@ def test_threads_in_one_process(spooler: sqreen.Spooler, spool_path: Path) -> No
 
 def test_fork_child_opens_its_own_connection(spooler: sqreen.Spooler, spool_path: Path) -> None:
     assert spooler.track("parent.before")
-    parent_connection = spooler._store._raw
+    parent_connection = spooler._store.connections._raw
     pid = os.fork()
     if pid == 0:  # child: must not reuse the parent's connection, and must not deadlock
         code = 1
         try:
             ok = all(spooler.track("child", {"properties": {"i": i}}) for i in range(100))
-            code = 0 if ok and spooler._store._raw is not parent_connection else 2
+            code = 0 if ok and spooler._store.connections._raw is not parent_connection else 2
         finally:
             os._exit(code)
     for i in range(100):
         assert spooler.track("parent", {"properties": {"i": i}})
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert spooler._store._raw is parent_connection
+    assert spooler._store.connections._raw is parent_connection
     names = [e["name"] for e in stored_events(spool_path)]
     assert names.count("child") == 100 and names.count("parent") == 101 - 1 + 0
     assert integrity(spool_path) == "ok"

@@ -57,7 +57,7 @@ def test_threads_share_commits_and_every_event_is_stored_once(spool_path: Path) 
 def test_a_failed_group_commit_is_false_for_every_caller_in_it(spool_path: Path) -> None:
     spooler = sqreen.Spooler(path=spool_path, durability="power")
     assert spooler.track("before")
-    writer = spooler._store._raw  # cap the file, as a full disk would
+    writer = spooler._store.connections._raw  # cap the file, as a full disk would
     pages = writer.execute("PRAGMA page_count").fetchone()[0]
     writer.execute(f"PRAGMA max_page_count = {pages + 8}")
     said = tracking_threads(spooler, 10, pad=3000)

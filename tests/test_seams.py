@@ -76,4 +76,6 @@ def test_a_spooler_closes_at_the_end_of_its_block(spool_path: Path) -> None:
         assert maintenance is not None and maintenance.is_alive()
     maintenance.join(1)
     assert not maintenance.is_alive()
-    assert spooler._store._raw is None  # the file is closed: the next use would reopen it
+    assert (
+        spooler._store.connections._raw is None
+    )  # the file is closed: the next use would reopen it

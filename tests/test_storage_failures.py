@@ -68,7 +68,9 @@ def test_read_only_directory_for_an_existing_spool(spool_path: Path) -> None:
 
 def test_full_disk(spooler: sqreen.Spooler, spool_path: Path) -> None:
     assert spooler.track("before")
-    writer = spooler._store._raw  # the hot-path connection: cap its file size, as a full disk would
+    writer = (
+        spooler._store.connections._raw
+    )  # the hot-path connection: cap its file size, as a full disk would
     pages = writer.execute("PRAGMA page_count").fetchone()[0]
     writer.execute(f"PRAGMA max_page_count = {pages + 2}")
     results = [spooler.track("filler", {"properties": {"pad": "x" * 3000}}) for _ in range(20)]
