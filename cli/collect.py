@@ -45,11 +45,10 @@ def _token(token: str | None, token_file: Path | None, host: str) -> str | None:
     playbook)."""
     if token_file is not None:
         try:
-            token = (
-                token_file.read_text().splitlines()[0].strip() if token_file.stat().st_size else ""
-            )
-        except (OSError, IndexError) as exc:
-            fail(f"--token-file {token_file}: {getattr(exc, 'strerror', None) or exc}", USAGE)
+            lines = token_file.read_text().splitlines()
+        except OSError as exc:
+            fail(f"--token-file {token_file}: {exc.strerror or exc}", USAGE)
+        token = lines[0] if lines else ""  # stripped below, as a token from anywhere
     if token is not None and not token.strip():
         fail("the token is empty", USAGE)
     if token is None and not _loopback(host):

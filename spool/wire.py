@@ -50,7 +50,7 @@ def parse_time(value: str) -> datetime:
     """An ISO-8601 time as an aware UTC datetime; naive means UTC, ``Z`` is accepted."""
     text = value.strip()
     if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"  # fromisoformat accepts Z only from Python 3.11
+        text = text[:-1] + "+00:00"  # fromisoformat takes an upper-case Z only
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:

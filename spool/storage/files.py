@@ -151,24 +151,21 @@ _TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE
 
 
 def _no_follow(name: str, flags: int) -> int:
+    """``os.open`` that refuses (:class:`UnsafeSpool`) to follow a symbolic link; a file it
+    creates is 0600."""
     try:
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafeSpool(f"{name} is a symbolic link") from None
-        raise
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnsafeSpool(f"{name} is a symbolic link; refusing to follow it") from None
 
 
 def open_ours(name: str, flags: int) -> int:
     """Open ``name`` without following a symbolic link and return the descriptor; refuse
     (:class:`UnsafeSpool`) a file of another user, and make ours 0600. Raises
     FileNotFoundError when it does not exist and ``flags`` has no ``O_CREAT``."""
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise UnsafeSpool(f"{name} is a symbolic link; refusing to follow it") from None
+    fd = _no_follow(name, flags)
     try:
         info = os.fstat(fd)
         if info.st_uid != os.geteuid():
