@@ -114,10 +114,15 @@ def hold_turn(path: str) -> None:
 
 
 def check_imports(path: str) -> None:
-    """Open an existing, current spool and report whether Alembic got imported."""
+    """Open an existing, current spool, track, checkpoint, count and close; print which of the
+    heavy libraries got imported."""
     spooler = sqreen.Spooler(path=path)
     assert spooler.track("import.check")
-    print("alembic imported" if "alembic" in sys.modules else "alembic not imported")
+    assert spooler._store.checkpoint(truncate=True)
+    assert spooler._store.count_pending() >= 1
+    spooler.close()
+    heavy = ("alembic", "sqlalchemy", "httpx", "tenacity")
+    print(" ".join(m for m in heavy if m in sys.modules) or "none")
 
 
 def track_and_exit(path: str, url: str, count: str, shutdown_timeout: str) -> None:

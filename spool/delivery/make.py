@@ -19,20 +19,25 @@ def make_flusher(
     settings: Settings, outbox: Outbox, health: Health, sink: Sink | None = None
 ) -> Flusher | None:
     """A flusher to ``sink``, else to ``settings.url`` (an HTTP collector or NATS servers), or
-    None when there is neither."""
-    from .flusher import Flusher  # tenacity, and the sink's HTTP or NATS client: only now
+    None when there is neither (then nothing is imported)."""
+    if sink is None:
+        if settings.url is None:
+            return None
+        sink = _sink_for(settings, settings.url)
+    from .flusher import Flusher  # tenacity: only now
 
-    if sink is not None:
-        return Flusher(outbox, settings, sink, health)
-    if settings.url is None:
-        return None
+    return Flusher(outbox, settings, sink, health)
+
+
+def _sink_for(settings: Settings, url: str) -> Sink:
+    """The sink a URL names; its client (httpx or nats-py) is imported only now."""
     from .. import __version__
 
     agent = f"sqreen-spool/{__version__}"
-    if is_nats(settings.url):
+    if is_nats(url):
         from .jetstream import JetStreamSink
 
-        return Flusher(outbox, settings, JetStreamSink(settings, agent), health)
+        return JetStreamSink(settings, agent)
     from .http import Transport
 
-    return Flusher(outbox, settings, Transport(settings, agent), health)
+    return Transport(settings, agent)

@@ -21,6 +21,7 @@ from ..errors import SpoolError
 from ..storage.counters import unreported
 from ..storage.revision import check_known, read_revision
 from ..storage.schema import HEAD, PENDING, STATUS_NAMES
+from ..storage.sql import driver
 from ..urls import mask_url
 from ..wire import DROP_REASONS
 from .selection import Selection
@@ -61,7 +62,7 @@ class Summary:
 
 def check_readable(conn: Connection) -> str:
     """The spool's schema revision, if this code can read it; else SpoolError saying why."""
-    revision = read_revision(conn)
+    revision = read_revision(driver(conn))
     check_known(revision)
     if revision is None:
         raise SpoolError("the file has no spool schema yet")

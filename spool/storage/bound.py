@@ -25,7 +25,7 @@ from .counters import add
 from .failures import record_failure, storage_errors
 from .files import WAL, size_of
 from .schema import DELIVERED, PENDING, REJECTED
-from .sql import driver, pragma
+from .sql import pragma
 from .store import Store
 
 log = logging.getLogger("sqreen.spool")
@@ -178,8 +178,8 @@ def enforce_size(store: Store, max_bytes: int) -> int:
     largest = int(max_bytes * FILE_SHARE)
     if store.file_bytes() < max_bytes * SIZE_TRIGGER:
         return 0  # the pages in use, and all the pages, take less than the files: two stats
-    with store.connection() as reading:
-        used, pages = _used_bytes(driver(reading))
+    with store.reading() as reading:
+        used, pages = _used_bytes(reading)
     if used < max_bytes * SIZE_TRIGGER and pages <= largest:
         return 0
     target, step = int(max_bytes * SIZE_TARGET), max(1, int(max_bytes * SIZE_CHUNK))

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 from .sql import WAL_FRAME_HEADER, pragma
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from .store import Store
 
 # How long (ms) a truncating checkpoint waits for other processes' readers and writers.
@@ -48,28 +46,24 @@ class Checkpoints:
         finds another running and skips; ``truncate`` and ``now`` wait for it.
         """
         store = self._store
-        engine = store.opened()  # first: it makes the spool's directory
+        with store.reading():
+            pass  # first: opening the spool makes its directory, where the lock file goes
         wait = store.settings.lock_timeout if truncate or now else 0.0
         with store.checkpointer.held(wait) as held:
-            return not held or self._checkpoint(engine, truncate, now)
+            return not held or self._checkpoint(truncate, now)
 
-    def _checkpoint(self, engine: Engine, truncate: bool, now: bool) -> bool:
-        with self._store.side():
-            raw = engine.raw_connection()
-            try:
-                connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
-                # Beside track()'s inserts: copies what the WAL holds now, never blocks them.
-                frames = 0 if now else _passive(connection)
-                if truncate or now:
-                    return self._truncate(connection)
-                if (
-                    frames * (pragma(connection, "page_size") + WAL_FRAME_HEADER)
-                    >= self._store.wal_limit
-                ):
-                    return self._catch_up(connection, frames)
-                return True
-            finally:
-                raw.close()
+    def _checkpoint(self, truncate: bool, now: bool) -> bool:
+        with self._store.reading() as connection:
+            # Beside track()'s inserts: copies what the WAL holds now, never blocks them.
+            frames = 0 if now else _passive(connection)
+            if truncate or now:
+                return self._truncate(connection)
+            if (
+                frames * (pragma(connection, "page_size") + WAL_FRAME_HEADER)
+                >= self._store.wal_limit
+            ):
+                return self._catch_up(connection, frames)
+            return True
 
     def bulk_committed(self) -> None:
         """Count one bulk transaction, and checkpoint after every few."""

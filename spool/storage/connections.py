@@ -1,14 +1,15 @@
 """One spool file's connections in this process, and their life across threads and ``fork()``.
 
-The writer's sqlite3 connection (the hot path's, held for the life of the process) and the
-SQLAlchemy engine that pools the others (reads, checkpoints); opened lazily, opened again when
-the spool's path names another file (see :meth:`Connections.replaced`) and in a child after
-``fork()``, which never uses or closes its parent's.
+Two plain sqlite3 connections, each held for the life of the process: the writer's (the hot
+path's inserts and every write transaction) and the reader's (reads, checkpoints). Opened
+lazily (see :mod:`.opening`), opened again when the spool's path names another file (see
+:meth:`Connections.replaced`) and in a child after ``fork()``, which never uses or closes its
+parent's. SQLAlchemy serves migrations and the operator's tools, not these.
 
 Every use of SQLite in this process holds one of two locks, so that fork() can wait for both: a
 child forked while another thread is inside SQLite would inherit SQLite's own mutexes held, and
 hang on its first statement. The gate guards the writer connection (track()'s inserts, write
-transactions) and opening; the side lock guards the other pooled connections (checkpoints,
+transactions) and opening; the side lock guards the reader's connection (checkpoints,
 reads), so that a checkpoint, which takes milliseconds, does not make track() wait. Order: side
 lock, then gate. A child forked without the at-fork hooks (uWSGI forks in C) is recognised by
 its pid at its first use.
@@ -21,18 +22,13 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..forks import at_fork
 from .failures import GateTimeout
 from .files import identity
 from .locks import Turn
-from .opening import open_engine
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-    from sqlalchemy.pool import PoolProxiedConnection
+from .opening import connect, open_spool
 
 # Connections inherited across fork(): the child must neither use nor close them (closing would
 # let SQLite drop locks and state the parent still relies on), so they are kept here for good.
@@ -57,9 +53,8 @@ class Connections:
         self.lock = threading.RLock()  # the gate
         self._side = threading.RLock()
         self._pid = os.getpid()
-        self._engine: Engine | None = None
-        self._writer: PoolProxiedConnection | None = None
-        self._raw: Any = None  # the writer's sqlite3.Connection, for the hot path
+        self._raw: sqlite3.Connection | None = None  # the writer's
+        self._reader: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None  # the opened file's (device, inode)
         at_fork(
             before=self._before_fork,
@@ -81,12 +76,15 @@ class Connections:
     def side(self) -> contextlib.AbstractContextManager[None]:
         return self._held(self._side)
 
-    def engine(self) -> Engine:
-        """The engine, the spool opened (or made) first; the caller holds the gate."""
-        if self._engine is None or self._pid != os.getpid():
-            self._open_writer()
-        assert self._engine is not None
-        return self._engine
+    def reader(self) -> sqlite3.Connection:
+        """The reader's connection, the spool opened (or made) first; the caller holds the side
+        lock."""
+        reader = self._reader
+        if reader is None or self._pid != os.getpid():
+            with self._held(self.lock):
+                self.writer()  # opening (or migrating, or quarantining) happens under the gate
+                reader = self._reader = connect(self.path, self.settings, self._wal_limit)
+        return reader
 
     def writer(self) -> sqlite3.Connection:
         """The writer's sqlite3 connection, opened (or reopened after a fork) if needed; the
@@ -112,11 +110,12 @@ class Connections:
 
     def close_locked(self) -> None:
         """Close them, for a caller holding both locks (or the gate, on the hot path)."""
-        if self._writer is not None:
-            self._writer.close()
-        if self._engine is not None:
-            self._engine.dispose()
-        self._writer = self._raw = self._engine = None
+        # The reader first: the last connection to close checkpoints the WAL, and the writer's
+        # close may find it still in use otherwise.
+        for connection in (self._reader, self._raw):
+            if connection is not None:
+                connection.close()
+        self._raw = self._reader = None
 
     @contextlib.contextmanager
     def _held(self, lock: threading.RLock) -> Iterator[None]:
@@ -126,20 +125,21 @@ class Connections:
         finally:
             lock.release()
 
-    def _open_writer(self) -> Any:
+    def _open_writer(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
             self._forget_parent()
-        if self._engine is None:
-            self._engine = open_engine(self.path, self.settings, self._wal_limit)
-            self._identity = identity(self.path)  # the file opened, after any quarantine
-        # Before any write this process marks itself present; a lock file that cannot be ours
-        # (UnsafeSpool) leaves the writer unopened, so every call refuses alike.
-        self._turn.open()
-        if self._writer is None:
-            self._writer = self._engine.raw_connection()
-            self._raw = self._writer.driver_connection
-            self._raw.execute("PRAGMA busy_timeout = 0").close()  # see Store._execute
-        return self._raw
+        raw = open_spool(self.path, self.settings, self._wal_limit)
+        try:
+            # Before any write this process marks itself present; a lock file that cannot be
+            # ours (UnsafeSpool) leaves the writer unopened, so every call refuses alike.
+            self._turn.open()
+        except BaseException:
+            raw.close()
+            raise
+        self._identity = identity(self.path)  # the file opened, after any quarantine
+        raw.execute("PRAGMA busy_timeout = 0").close()  # see Store._execute
+        self._raw = raw
+        return raw
 
     def _before_fork(self) -> None:
         self._side.acquire()
@@ -150,11 +150,9 @@ class Connections:
         self._side.release()
 
     def _forget_parent(self) -> None:
-        # Not even engine.dispose(close=False): the pool's own lock may have been held by one of
-        # the parent's threads at the fork, and would then never be released in the child.
-        _inherited.append((self._engine, self._writer, self._raw))
+        _inherited.append((self._raw, self._reader))
         self.lock = threading.RLock()
         self._side = threading.RLock()
-        self._writer = self._raw = self._engine = None
+        self._raw = self._reader = None
         self._pid = os.getpid()
         self._in_child()

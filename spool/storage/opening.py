@@ -1,10 +1,13 @@
-"""Opening the spool file: the engine, each connection's settings, the schema brought up to
-date, a damaged file moved aside.
+"""Opening the spool file: each connection's settings, the schema checked (and brought up to
+date), a damaged file moved aside.
 
-Connections run in the driver's autocommit mode (a lone statement is its own transaction; the
-store's writes issue ``BEGIN IMMEDIATE``), with SQLite's automatic checkpoint off (see
-:mod:`.checkpoints`), ``synchronous`` by the durability setting, and the WAL journal. A new file
-takes 2 KiB pages and incremental vacuum first.
+Every connection, plain or under SQLAlchemy, is made by :func:`connect`: the driver's autocommit
+mode (a lone statement is its own transaction; the store's writes issue ``BEGIN IMMEDIATE``),
+SQLite's automatic checkpoint off (see :mod:`.checkpoints`), ``synchronous`` by the durability
+setting, and the WAL journal. A new file takes 2 KiB pages and incremental vacuum first.
+
+Opening a spool that is already current costs one query on a plain sqlite3 connection:
+SQLAlchemy and Alembic (~250 ms of imports) are loaded only to migrate (see :mod:`.migrate`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from .failures import CORRUPT_CODES, sqlite_code
+from . import schema
+from .failures import CORRUPT_CODES, describe, sqlite_code
 from .files import prepare_path, quarantine
-from .revision import ensure_schema, read_revision
+from .revision import check_known, read_revision
 from .sql import pragma
 
-if TYPE_CHECKING:  # SQLAlchemy is imported when a spool is opened, not with sqreen
+if TYPE_CHECKING:  # SQLAlchemy is imported to migrate, not to open a current spool
     from sqlalchemy import Engine
 
 log = logging.getLogger("sqreen.spool")
@@ -29,17 +33,13 @@ PAGE_SIZE = 2048
 _SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
 
 
-def open_engine(path: Path, settings: Settings, wal_limit: int) -> Engine:
-    """The spool at ``path`` opened, made or migrated as needed; a damaged file is moved aside
-    (see :func:`.files.quarantine`) and a fresh spool started in its place."""
-    from sqlalchemy.exc import DBAPIError
-
+def open_spool(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connection:
+    """A connection to the spool at ``path``, made or migrated as needed; a damaged file is
+    moved aside (see :func:`.files.quarantine`) and a fresh spool started in its place."""
     prepare_path(path)
-    engine = create_engine(path, settings, wal_limit)
     try:
-        ensure_schema(engine)
-    except DBAPIError as exc:
-        engine.dispose()
+        return _checked(path, settings, wal_limit)
+    except Exception as exc:
         if sqlite_code(exc) not in CORRUPT_CODES:
             raise
         moved = quarantine(path)
@@ -47,42 +47,27 @@ def open_engine(path: Path, settings: Settings, wal_limit: int) -> Engine:
             "spool %s is not a readable SQLite database (%s); moved it to %s and "
             "started a fresh spool",
             path,
-            exc.orig,
+            describe(exc),
             moved,
         )
         prepare_path(path)
-        engine = create_engine(path, settings, wal_limit)
-        ensure_schema(engine)
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
+        return _checked(path, settings, wal_limit)
 
 
-def create_engine(path: Path, settings: Settings, wal_limit: int) -> Engine:
-    """An engine on ``path`` whose every connection is configured for the spool (see the
-    module docstring); it opens nothing yet."""
-    from sqlalchemy import create_engine as sqlalchemy_engine
-    from sqlalchemy import event
-    from sqlalchemy.engine import URL
-
-    engine = sqlalchemy_engine(
-        URL.create("sqlite", database=str(path)),
-        connect_args={"timeout": settings.lock_timeout, "check_same_thread": False},
+def connect(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connection:
+    """A connection to ``path`` configured for the spool (see the module docstring)."""
+    connection = sqlite3.connect(
+        path, timeout=settings.lock_timeout, check_same_thread=False, isolation_level=None
     )
-    synchronous = _SYNCHRONOUS[settings.durability]
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-        dbapi_connection.isolation_level = None  # transactions are explicit, see module doc
+    try:
         # This connection's own settings first: they touch no file.
         for setting in (
-            f"synchronous={synchronous}",
+            f"synchronous={_SYNCHRONOUS[settings.durability]}",
             "wal_autocheckpoint=0",
             f"journal_size_limit={wal_limit}",
         ):
-            dbapi_connection.execute(f"PRAGMA {setting}").close()
-        if pragma(dbapi_connection, "page_count") == 0:
+            connection.execute(f"PRAGMA {setting}").close()
+        if pragma(connection, "page_count") == 0:
             # Only a file with no header yet takes these, and setting them on an existing
             # spool is a write transaction: every new connection would wait for any other
             # writer's lock. Incremental vacuum lets pruning give space back to the disk.
@@ -90,25 +75,55 @@ def create_engine(path: Path, settings: Settings, wal_limit: int) -> Engine:
             # row: 2 KiB pages halve the bytes per commit, so the WAL starts over half as
             # often.
             for setting in (f"page_size={PAGE_SIZE}", "auto_vacuum=INCREMENTAL"):
-                dbapi_connection.execute(f"PRAGMA {setting}").close()
-        dbapi_connection.execute("PRAGMA journal_mode=WAL").close()  # a read, once set
+                connection.execute(f"PRAGMA {setting}").close()
+        connection.execute("PRAGMA journal_mode=WAL").close()  # a read, once set
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
-    return engine
+
+def create_engine(path: Path, settings: Settings, wal_limit: int) -> Engine:
+    """An SQLAlchemy engine whose connections :func:`connect` makes; it opens nothing yet."""
+    from sqlalchemy import create_engine as sqlalchemy_engine
+
+    return sqlalchemy_engine("sqlite://", creator=lambda: connect(path, settings, wal_limit))
 
 
 def stored_revision(path: Path, settings: Settings, wal_limit: int) -> str | None:
     """The schema revision the file at ``path`` holds, without migrating it; None for a new
     or damaged file (opening it then moves the damaged one aside)."""
-    from sqlalchemy.exc import DBAPIError
-
     prepare_path(path)
-    probe = create_engine(path, settings, wal_limit)
     try:
-        with probe.connect() as conn:
-            return read_revision(conn)
-    except DBAPIError as exc:
+        connection = connect(path, settings, wal_limit)
+        try:
+            return read_revision(connection)
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
         if sqlite_code(exc) not in CORRUPT_CODES:
             raise
         return None
-    finally:
-        probe.dispose()
+
+
+def _checked(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connection:
+    """A connection to a spool of the schema this code knows: one query when it is current.
+
+    The connection stays open through a migration: closing the last one to a WAL database
+    would checkpoint all of it, which after a crash can be a large WAL."""
+    connection = connect(path, settings, wal_limit)
+    try:
+        revision = read_revision(connection)
+        if revision != schema.HEAD:
+            check_known(revision)
+            from .migrate import upgrade
+
+            engine = create_engine(path, settings, wal_limit)
+            try:
+                upgrade(engine)
+            finally:
+                engine.dispose()
+    except BaseException:
+        connection.close()
+        raise
+    return connection

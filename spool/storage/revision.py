@@ -1,63 +1,35 @@
-"""The spool's schema revision: read in one query, checked against what this code knows, and
-brought up to date (Alembic is imported only then: it costs ~150 ms)."""
+"""The spool's schema revision, read in one query on the driver's connection (opening a current
+spool does without SQLAlchemy) and checked against what this code knows."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import sqlite3
 
 from ..errors import SchemaTooNew
 from . import schema
 from .failures import SQLITE_ERROR, sqlite_code
-
-if TYPE_CHECKING:  # the callers hold SQLAlchemy objects: it is imported by then
-    from sqlalchemy import Connection, Engine
+from .sql import scalar
 
 
-@contextlib.contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that holds SQLite's write lock from its first statement."""
-    with engine.connect() as conn:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
-
-
-def read_revision(conn: Connection) -> str | None:
+def read_revision(connection: sqlite3.Connection) -> str | None:
     """The spool's schema revision, in one query; None for a spool with no schema yet."""
-    from sqlalchemy.exc import DBAPIError
-
+    revision: str | None
     try:
-        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    except DBAPIError as exc:
+        revision = scalar(connection, "SELECT version_num FROM alembic_version")
+        return revision
+    except sqlite3.OperationalError as exc:
         if sqlite_code(exc) != SQLITE_ERROR:  # "no such table" is SQLITE_ERROR
             raise
-        has_table = conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
-        ).scalar()
+        has_table = scalar(
+            connection,
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'",
+        )
         if not has_table:
             return None
     # Another process created the table between the two queries (opening a new spool at once):
     # read it again, and let any other failure raise.
-    revision: str | None = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    revision = scalar(connection, "SELECT version_num FROM alembic_version")
     return revision
-
-
-def ensure_schema(engine: Engine) -> None:
-    """Bring the spool to the schema this code knows, importing Alembic only if needed."""
-    with engine.connect() as conn:
-        revision = read_revision(conn)
-    if revision == schema.HEAD:
-        return
-    check_known(revision)
-    from .migrate import upgrade
-
-    upgrade(engine)
 
 
 def check_known(revision: str | None) -> None:

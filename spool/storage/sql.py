@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -13,7 +13,13 @@ WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
 
 def pragma(connection: sqlite3.Connection, name: str) -> int:
     """The value of an integer pragma (``page_size``, ``freelist_count``, ...)."""
-    return int(connection.execute(f"PRAGMA {name}").fetchone()[0])
+    return int(scalar(connection, f"PRAGMA {name}"))
+
+
+def scalar(connection: sqlite3.Connection, sql: str, *parameters: object) -> Any:
+    """The first column of the first row, or None when there is no row."""
+    row = connection.execute(sql, parameters).fetchone()
+    return None if row is None else row[0]
 
 
 def driver(conn: Connection) -> sqlite3.Connection:

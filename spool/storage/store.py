@@ -1,10 +1,10 @@
 """The spool file's writer and readers: the hot-path insert and group commits, write
 transactions, reads and migration, and a replaced file started afresh.
 
-Every statement goes through this module. SQLAlchemy owns the engine, the schema and the
-migrations; the per-event insert runs on one pooled DBAPI connection held for the life of the
-process (see :mod:`.connections`), because Core's statement machinery would cost more than the
-insert itself. Checkpoints are :mod:`.checkpoints`', opening the file :mod:`.opening`'s.
+Every statement goes through this module, on the driver's own connections (see
+:mod:`.connections`): Core's statement machinery would cost more than the insert itself, and
+importing it more than opening the spool. SQLAlchemy owns the schema's tables and the
+migrations. Checkpoints are :mod:`.checkpoints`', opening the file :mod:`.opening`'s.
 
 Transactions are explicit: connections run in the driver's autocommit mode (a lone statement is
 its own transaction) and :meth:`Store.write` issues ``BEGIN IMMEDIATE``, so a writer takes
@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import Settings
 from ..event import Event
@@ -33,9 +33,7 @@ from .group import Group
 from .locks import FileLock, Turn
 from .opening import stored_revision
 from .revision import read_revision
-
-if TYPE_CHECKING:  # SQLAlchemy is imported when a spool is opened, not with sqreen
-    from sqlalchemy import Connection, Engine
+from .sql import scalar
 
 log = logging.getLogger("sqreen.spool")
 
@@ -210,11 +208,11 @@ class Store:
     # -- everything else ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """A connection for reads (each statement its own snapshot), opening the spool if needed."""
-        engine = self.opened()
-        with self.side(), engine.connect() as conn:
-            yield conn
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The reader's connection (each statement its own snapshot), the spool opened first if
+        needed; held by this thread until the block ends."""
+        with self.side():
+            yield self.connections.reader()
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Apply pending migrations now; return the schema revisions before and after."""
@@ -236,16 +234,12 @@ class Store:
 
     def count_pending(self) -> int:
         """How many events wait for delivery."""
-        with self.connection() as conn:
-            return int(
-                conn.exec_driver_sql(
-                    "SELECT count(*) FROM events WHERE status = ?", (schema.PENDING,)
-                ).scalar_one()
-            )
+        with self.reading() as conn:
+            return int(scalar(conn, "SELECT count(*) FROM events WHERE status = ?", schema.PENDING))
 
     def revision(self) -> str | None:
         """The schema revision stored in the spool (opening it if needed)."""
-        with self.connection() as conn:
+        with self.reading() as conn:
             return read_revision(conn)
 
     def reopen_if_replaced(self) -> int | None:
@@ -291,11 +285,6 @@ class Store:
     def side(self) -> contextlib.AbstractContextManager[None]:
         """The lock of this process's other connections (reads, checkpoints)."""
         return self.connections.side()
-
-    def opened(self) -> Engine:
-        """The engine, the spool opened (or made) first."""
-        with self.gate():
-            return self.connections.engine()
 
     @contextlib.contextmanager
     def writers_turn(self) -> Iterator[None]:
