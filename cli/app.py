@@ -29,7 +29,7 @@ from sqreen.storage.outbox import Outbox
 from sqreen.storage.prune import preview, prune
 from sqreen.storage.store import Store
 
-from . import actions, collect, show
+from . import actions, collect, playbook, show
 from .common import USAGE, Context, err, fail, plain
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ app = typer.Typer(
 )
 app.add_typer(show.app, name="inspect")
 app.add_typer(actions.app, name="actions")
+app.add_typer(playbook.app, name="playbook")
 
 # Invalid lines of an import reported one by one before the rest are only counted.
 SHOWN_INVALID_LINES = 50

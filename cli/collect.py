@@ -7,6 +7,8 @@ import contextlib
 import ipaddress
 import os
 import signal
+import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +17,15 @@ from typing import Annotated, Any, BinaryIO
 import orjson
 import typer
 
-from sqreen.config import parse_duration
-from sqreen.errors import UnsafeSpool
+from sqreen.automation.playbooks import Playbooks
+from sqreen.collector.ingest import Ingest
+from sqreen.collector.store import EventStore
+from sqreen.errors import SpoolError, UnsafeSpool
 from sqreen.storage.files import open_ours
 from sqreen.urls import is_nats, mask_url, parse_url
 
 from .common import USAGE, fail, plain
-from .playbook import Playbook, Rules
+from .playbook import decoded, read_or_exit, shorthand
 from .reference import Receiver, ReferenceCollector
 
 
@@ -37,6 +41,21 @@ def _received_id(line: bytes, out: Path, number: int) -> str:
 
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+
+
+def _workers(
+    host: str, port: int, workers: int, store: Path, spec: dict[str, Any] | None,
+    out: Path | None, token: str | None,
+) -> None:  # fmt: skip
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        fail("--workers needs uvicorn: pip install 'sqreen-spool[collector]'", USAGE)
+    from .workers import serve
+
+    EventStore(store).close()  # made (or refused) once, here, not in every worker
+    print(f"listening on http://{host}:{port}/, keeping events in {store}", flush=True)
+    serve(host, port, workers, store, spec, out, token)
 
 
 def _token(token: str | None, token_file: Path | None, host: str) -> str | None:
@@ -74,12 +93,12 @@ def _forward(
     host: str,
     port: int,
     workers: int,
-    rules: Rules | None,
+    spec: dict[str, Any] | None,
     out: Path | None,
     token: str | None,
 ) -> None:
     if out is not None:
-        fail("--forward keeps nothing on disk: it takes no --out", USAGE)
+        fail("--forward keeps nothing on disk: it takes no --out or --store", USAGE)
     try:
         import nats  # noqa: F401
         import uvicorn  # noqa: F401
@@ -93,7 +112,7 @@ def _forward(
     except ValueError as exc:
         fail(f"--forward {url}: {exc}", USAGE)
     print(f"listening on http://{host}:{port}/, forwarding into {mask_url(url)}", flush=True)
-    serve(url, host, port, workers, rules, token)
+    serve(url, host, port, workers, spec, token)
 
 
 def collect(
@@ -101,6 +120,13 @@ def collect(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free).")] = 8750,
     out: Annotated[
         Path | None, typer.Option(help="Append each new event to this file as a JSON line.")
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Keep every event, and the playbooks' state, in this event store."),
+    ] = None,
+    playbooks: Annotated[
+        Path | None, typer.Option(help="Run the playbooks of this file (TOML) on what comes in.")
     ] = None,
     block_after: Annotated[
         int | None,
@@ -110,9 +136,9 @@ def collect(
         int | None,
         typer.Option(min=1, help="Block a client IP after this many failed logins in --window."),
     ] = None,
-    window: Annotated[str, typer.Option(help="The playbook's window (30s, 10m, 1h).")] = "10m",
+    window: Annotated[str, typer.Option(help="The shorthands' window (30s, 10m, 1h).")] = "10m",
     block_for: Annotated[
-        str, typer.Option(help="How long a playbook block lasts (10m, 1h; 0: until removed).")
+        str, typer.Option(help="How long a shorthand's block lasts (10m, 1h; 0: until removed).")
     ] = "1h",
     forward: Annotated[
         str | None,
@@ -121,7 +147,10 @@ def collect(
             "a stateless collector tier."
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="With --forward: worker processes.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Worker processes (under uvicorn; with --forward or --store)."),
+    ] = 1,
     token: Annotated[
         str | None,
         typer.Option(
@@ -138,40 +167,63 @@ def collect(
     """Run a local reference collector: print each event received, deduplicated by id.
 
     It accepts the documented wire format (gzip included) POSTed to any path, answers 400 with
-    a reason to malformed batches and rejects invalid events one by one. With --block-after or
-    --block-ip-after, a playbook blocks users or IPs after failed logins, through the actions
-    of its answers (kept beside --out, so that a restart keeps them). It exists to try the
-    loop; it is not a security product.
+    a reason to malformed batches and rejects invalid events one by one. With --store, it keeps
+    every event in an event store (durable before its answer, shared by --workers). With
+    --playbooks (or the shorthands --block-after, --block-ip-after), playbooks decide security
+    responses, which its answers carry to the applications.
 
     With --forward, it keeps nothing: each batch is answered 2xx once the stream acknowledged
-    its events, 503 when it did not (the playbook's window is then per worker process).
+    its events, 503 when it did not (a playbook's state is then per worker process).
     """
     token = _token(token, token_file, host)
-    rules = None
-    if block_after is not None or block_ip_after is not None:
-        try:
-            seconds, lasts = parse_duration(window), parse_duration(block_for)
-        except ValueError as exc:
-            fail(str(exc), USAGE)
-        rules = Rules(block_after, block_ip_after, seconds, lasts or None)
+    spec = _spec(playbooks, block_after, block_ip_after, window, block_for)
+    book = None if spec is None else read_or_exit(spec)
     if forward is not None:
-        _forward(forward, host, port, workers, rules, out, token)
+        _forward(forward, host, port, workers, spec, store or out, token)
         return
-    playbook = None
-    if rules is not None:
-        try:
-            playbook = Playbook(
-                rules, None if out is None else out.with_name(out.name + ".actions.json")
-            )
-        except (ValueError, OSError) as exc:
-            fail(str(exc))
-    sink, seen = _opened_out(out)
-    _serve(ReferenceCollector(_printer(sink), seen, playbook), host, port, token)
-    if sink is not None:
-        sink.close()
+    if book is not None and store is None:
+        # The playbooks' state needs a store: beside --out (a restart keeps its actions), else
+        # a private one for this run.
+        store = out.with_name(out.name + ".store") if out is not None else None
+    if workers > 1:
+        if store is None:
+            fail("--workers needs --store (the workers share it) or --forward", USAGE)
+        _workers(host, port, workers, store, spec, out, token)
+        return
+    with contextlib.ExitStack() as resources:
+        if book is not None and store is None:
+            scratch = resources.enter_context(tempfile.TemporaryDirectory(prefix="sqreen-"))
+            store = Path(scratch) / "collector.store"
+        ingest = None if store is None else _ingest(store, book)
+        if ingest is not None:
+            resources.callback(ingest.close)
+        sink, seen = opened_out(out)
+        if sink is not None:
+            resources.callback(sink.close)
+        _serve(ReferenceCollector(printer(sink), seen, ingest), host, port, token)
 
 
-def _opened_out(out: Path | None) -> tuple[BinaryIO | None, list[str]]:
+def _spec(
+    playbooks: Path | None, block_after: int | None, block_ip_after: int | None, window: str,
+    block_for: str,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The playbook file to run, decoded: --playbooks, or the one the shorthands stand for."""
+    if block_after is None and block_ip_after is None:
+        return None if playbooks is None else decoded(playbooks)
+    if playbooks is not None:
+        fail("--playbooks and the shorthands (--block-after, --block-ip-after) exclude each "
+             "other", USAGE)  # fmt: skip
+    return shorthand(block_after, block_ip_after, window, block_for)
+
+
+def _ingest(store: Path, playbooks: Playbooks | None) -> Ingest:
+    try:
+        return Ingest(EventStore(store), playbooks)
+    except (SpoolError, OSError, sqlite3.Error) as exc:
+        fail(f"--store {store}: {getattr(exc, 'strerror', None) or exc}", USAGE)
+
+
+def opened_out(out: Path | None) -> tuple[BinaryIO | None, list[str]]:
     """``--out`` opened for appending, and the ids it already holds; one line on trouble."""
     if out is None:
         return None, []
@@ -188,7 +240,7 @@ def _opened_out(out: Path | None) -> tuple[BinaryIO | None, list[str]]:
     return sink, seen
 
 
-def _printer(sink: BinaryIO | None) -> Callable[[dict[str, Any]], None]:
+def printer(sink: BinaryIO | None) -> Callable[[dict[str, Any]], None]:
     """Print each new event on a line, and append it to ``--out``."""
 
     def received(event: dict[str, Any]) -> None:

@@ -1,136 +1,128 @@
-"""A small playbook for the reference collector, to try the security-response loop end to end:
-after N failed logins (``sqreen.auth_track`` with ``success`` false) for the same user within a
-window, block that user for a while; the same per client IP. Not a security product.
-
-The failure windows are kept in memory (per collector process); the actions it decided are
-kept in a JSON file, so that a restarted collector keeps answering with them.
+"""``sqreen-spool playbook``: check a playbook file, replay history through it; and the
+``collect`` shorthands (``--block-after`` and friends) written as the playbooks they stand for.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-import time
-import uuid
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
+import typer
+from rich.progress import BarColumn, Progress, TextColumn
 
-from sqreen.security.actions import user_key
+from sqreen.automation.engine import Decision, iso
+from sqreen.automation.playbooks import Playbooks, Problems, document, read
+from sqreen.collector.replay import BadSource, replay
 
+from .common import USAGE, err, fail, plain
 
-@dataclass(frozen=True)
-class Rules:
-    block_after: int | None  # failed logins of one user
-    block_ip_after: int | None  # failed logins from one client IP
-    window: float
-    block_for: float | None  # None: until removed
+app = typer.Typer(no_args_is_help=True, help="Check a playbook file; replay history through it.")
 
-
-class Playbook:
-    """Watches the events a collector accepts; decides block actions; lists the live ones."""
-
-    def __init__(self, rules: Rules, path: Path | None = None) -> None:
-        self.rules = rules
-        self._path = path
-        self._lock = threading.Lock()
-        self._failures: dict[object, deque[float]] = {}
-        # action_id -> (the action in the agent's format, less its duration; its expiry)
-        self._decided: dict[str, tuple[dict[str, Any], float | None]] = {}
-        self._blocked: set[object] = set()  # keys of users and IPs with a live action
-        if path is not None and path.exists():
-            try:
-                for item in orjson.loads(path.read_bytes()):
-                    action, expires = item["action"], item["expires_at"]
-                    _key(action)  # the shape the playbook writes
-                    self._decided[action["action_id"]] = (action, expires)
-            except (orjson.JSONDecodeError, TypeError, KeyError, IndexError) as exc:
-                raise ValueError(
-                    f"{path} is not the playbook's list of actions ({type(exc).__name__}): "
-                    "move it aside to start with none"
-                ) from None
-            self._blocked = {_key(action) for action, _ in self._decided.values()}
-
-    def answer(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Observe the events a batch brought; the complete list of live actions, for the
-        batch's answer."""
-        now = time.time()
-        for event in events:
-            self.observe(event, now)
-        return self.actions(now)
-
-    def observe(self, event: Mapping[str, Any], now: float) -> None:
-        """Count a failed login; past a threshold, decide a block."""
-        properties = event.get("properties") or {}
-        if event.get("name") != "sqreen.auth_track" or properties.get("success") is not False:
-            return
-        rules = self.rules
-        with self._lock:
-            self._expire(now)
-            identifiers = event.get("user_identifiers")
-            if rules.block_after and isinstance(identifiers, dict) and identifiers:
-                key: object = ("user", user_key(identifiers))
-                if self._count(key, now) >= rules.block_after and key not in self._blocked:
-                    self._decide(key, "block_user", {"users": [identifiers]}, now)
-            ip = (event.get("request") or {}).get("ip")
-            if rules.block_ip_after and isinstance(ip, str) and ip:
-                key = ("ip", ip)
-                if self._count(key, now) >= rules.block_ip_after and key not in self._blocked:
-                    self._decide(key, "block_ip", {"ip_cidr": [ip]}, now)
-
-    def actions(self, now: float) -> list[dict[str, Any]]:
-        """The live actions, each with the seconds it has left as its duration."""
-        with self._lock:
-            self._expire(now)
-            return [
-                {**action, "duration": None if expires is None else max(0.0, expires - now)}
-                for action, expires in self._decided.values()
-            ]
-
-    def _count(self, key: object, now: float) -> int:
-        seen = self._failures.setdefault(key, deque())
-        seen.append(now)
-        while seen and seen[0] <= now - self.rules.window:
-            seen.popleft()
-        return len(seen)
-
-    def _decide(self, key: object, name: str, parameters: dict[str, Any], now: float) -> None:
-        action_id = f"pb-{uuid.uuid4().hex[:12]}"
-        action = {"action": name, "action_id": action_id, "parameters": parameters}
-        expires = None if self.rules.block_for is None else now + self.rules.block_for
-        self._decided[action_id] = (action, expires)
-        self._blocked.add(key)
-        self._failures.pop(key, None)
-        self._save()
-
-    def _expire(self, now: float) -> None:
-        gone = [
-            i for i, (_, expires) in self._decided.items() if expires is not None and expires <= now
-        ]
-        for action_id in gone:
-            del self._decided[action_id]
-        if gone:
-            self._blocked = {_key(action) for action, _ in self._decided.values()}
-            self._save()
-
-    def _save(self) -> None:
-        if self._path is None:
-            return
-        document = [{"action": a, "expires_at": e} for a, e in self._decided.values()]
-        partial = self._path.with_name(self._path.name + ".tmp")
-        partial.write_bytes(orjson.dumps(document))
-        os.replace(partial, self._path)
-        with contextlib.suppress(OSError):
-            os.chmod(self._path, 0o600)
+FAILED_LOGIN = {"event": "sqreen.auth_track", "where": {"properties.success": False}}
 
 
-def _key(action: Mapping[str, Any]) -> object:
-    parameters = action["parameters"]
-    if action["action"] == "block_user":
-        return ("user", user_key(parameters["users"][0]))
-    return ("ip", parameters["ip_cidr"][0])
+@app.command()
+def check(file: Annotated[Path, typer.Argument(help="A playbook file (TOML).")]) -> None:
+    """Check a playbook file: every mistake on its own line, naming the playbook and the key
+    (exit 2); else one line per playbook."""
+    playbooks = checked(file)
+    for playbook in playbooks.playbooks:
+        groups = ", ".join(d.path for d in playbook.group_by)
+        lasts = "until removed" if playbook.duration is None else f"{playbook.duration:g} s"
+        mode = " (dry run)" if playbook.dry_run else ""
+        typer.echo(
+            plain(
+                f"{playbook.name}: {playbook.action}{mode} per {groups} after "
+                f"{playbook.threshold} in {playbook.within:g} s, for {lasts}"
+            )
+        )
+
+
+@app.command("replay")
+def replay_command(
+    file: Annotated[Path, typer.Argument(help="A playbook file (TOML).")],
+    events: Annotated[
+        Path, typer.Option(help="An event store (collect --store) or JSON lines of wire events.")
+    ],
+    json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Run the playbooks over recorded events, in timestamp order, as the collector would have,
+    and print each decision: when, which key, the events that crossed the threshold, and how
+    many later events of that key its block would have stopped."""
+    playbooks = checked(file)
+    with Progress(
+        TextColumn("replaying"), BarColumn(), TextColumn("{task.completed} events"),
+        console=err, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("replay", total=None)
+        try:
+            decisions = replay(playbooks, events, lambda n: progress.update(task, completed=n))
+        except BadSource as exc:
+            fail(str(exc), USAGE)
+    for decision in decisions:
+        typer.echo(orjson.dumps(_shown(decision)).decode() if json else _line(decision))
+    if not json:
+        err.print(f"{len(decisions)} decisions", markup=False)
+
+
+def _shown(decision: Decision) -> dict[str, object]:
+    found = decision.to_json()
+    return {k: found[k] for k in ("playbook", "action", "key", "at", "events", "stopped", "status")}
+
+
+def _line(decision: Decision) -> str:
+    key = " ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in decision.key.items())
+    status = "" if decision.status == "issued" else f" [{decision.status}]"
+    return plain(
+        f"{iso(decision.at)}  {decision.playbook}  {decision.action}{status}  {key}  "
+        f"crossed by {len(decision.events)} events, would have stopped {decision.stopped}"
+    )
+
+
+def checked(file: Path) -> Playbooks:
+    """A playbook file's playbooks; exit 2 with every mistake on its own line."""
+    return read_or_exit(decoded(file))
+
+
+def decoded(file: Path) -> dict[str, Any]:
+    """A playbook file decoded, not checked yet; exit 2 when it is not TOML."""
+    try:
+        return document(file)
+    except Problems as exc:
+        _exit(exc)
+
+
+def read_or_exit(spec: Mapping[str, Any]) -> Playbooks:
+    """The playbooks of a decoded file; exit 2 with every mistake on its own line."""
+    try:
+        return read(spec)
+    except Problems as exc:
+        _exit(exc)
+
+
+def _exit(problems: Problems) -> NoReturn:
+    for line in problems.lines:
+        err.print(f"error: {plain(line)}", markup=False)
+    raise typer.Exit(USAGE)
+
+
+def shorthand(
+    block_after: int | None, block_ip_after: int | None, window: str, block_for: str
+) -> dict[str, Any]:
+    """The playbook file ``collect --block-after N --block-ip-after M`` stands for, decoded:
+    failed logins of one user (this one allows account lockout: anyone can fail the victim's
+    logins), and of one client IP."""
+    tables = []
+    for name, threshold, group_by, action in (
+        ("failed logins per user", block_after, "user", "block_user"),
+        ("failed logins per IP", block_ip_after, "ip", "block_ip"),
+    ):
+        if threshold is not None:
+            tables.append(
+                FAILED_LOGIN
+                | {"name": name, "group_by": group_by, "threshold": threshold}
+                | {"within": window, "action": action, "duration": block_for}
+            )
+    return {"playbook": tables}

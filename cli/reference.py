@@ -10,19 +10,19 @@ from __future__ import annotations
 import contextlib
 import hmac
 import socket
+import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 
-from sqreen.wire import MAX_BODY, TooLarge, check_batch, decode, parse_batch
-
-from .playbook import Playbook
+from sqreen.collector.ingest import Ingest
+from sqreen.wire import MAX_ANSWER, MAX_BODY, TooLarge, check_batch, decode, parse_batch
 
 
 @dataclass
@@ -221,18 +221,20 @@ def authorized(token: str | None, header: str | None) -> bool:
 
 class ReferenceCollector:
     """Accepts valid batches, rejects invalid events by id, and passes each event it has not
-    seen before to ``on_event``. ``seen`` preloads ids received earlier (from ``--out``). With
-    a ``playbook``, each answer also carries the security responses it decided."""
+    seen before to ``on_event``. Without an ``ingest``, it remembers ids in memory (``seen``
+    preloads those received earlier, from ``--out``); with one, its event store keeps every
+    event (deduplicated there, across workers and restarts) and its playbooks decide: each
+    answer then carries the actions in force and the event names they watch (``urgent``)."""
 
     def __init__(
         self,
         on_event: Callable[[dict[str, Any]], None],
         seen: Iterable[str] = (),
-        playbook: Playbook | None = None,
+        ingest: Ingest | None = None,
     ):
         self._on_event = on_event
         self._seen = set(seen)
-        self._playbook = playbook
+        self.ingest = ingest
         self._lock = threading.Lock()
         self.batches = self.events = self.duplicates = self.rejected = 0
 
@@ -241,21 +243,38 @@ class ReferenceCollector:
         if problem is not None:
             return error(400, problem)
         accepted = [e for e in received.batch["events"] if e["id"] not in rejected]
+        answer: dict[str, Any] = {}
+        new: Sequence[Mapping[str, Any]]
+        if rejected:
+            answer["rejected"] = [{"id": i, "reason": why} for i, why in rejected.items()]
+        if self.ingest is None:
+            new = self._remembered(accepted)
+        else:
+            try:
+                taken = self.ingest.take(accepted, MAX_ANSWER - len(orjson.dumps(answer)) - 4096)
+            except (sqlite3.Error, OSError) as exc:  # the events are not kept: the app retries
+                return Answer(503, orjson.dumps({"error": f"the store failed: {exc}"}),
+                              {"Retry-After": "1"})  # fmt: skip
+            new = taken.new
+            answer["actions"] = taken.actions
+            if taken.omitted:
+                answer["actions_omitted"] = taken.omitted
+            answer["urgent"] = self.ingest.urgent
+        with self._lock:
+            self.batches += 1
+            self.events += len(new)
+            self.duplicates += len(accepted) - len(new)
+            self.rejected += len(rejected)
+            for event in new:
+                self._on_event(dict(event))
+        answer |= {"accepted": len(new), "duplicates": len(accepted) - len(new)}
+        return Answer(200, orjson.dumps(answer))
+
+    def _remembered(self, accepted: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with self._lock:
             new = []
             for event in accepted:  # an id repeated within the batch is new only once
                 if event["id"] not in self._seen:
                     self._seen.add(event["id"])
                     new.append(event)
-            self.batches += 1
-            self.events += len(new)
-            self.duplicates += len(accepted) - len(new)
-            self.rejected += len(rejected)
-            for event in new:
-                self._on_event(event)
-        answer: dict[str, Any] = {"accepted": len(new), "duplicates": len(accepted) - len(new)}
-        if self._playbook is not None:  # the complete list of its actions, in every answer
-            answer["actions"] = self._playbook.answer(new)
-        if rejected:
-            answer["rejected"] = [{"id": i, "reason": why} for i, why in rejected.items()]
-        return Answer(200, orjson.dumps(answer))
+        return new

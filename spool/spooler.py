@@ -132,6 +132,9 @@ class Spooler:
         self._upkeep.start()
         if maintenance_due:
             self._upkeep.wake()
+        flusher = self._flusher
+        if flusher is not None and event.name in flusher.urgent:  # a playbook watches it
+            self._upkeep.security_event()
         return True
 
     def identify(

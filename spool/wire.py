@@ -9,9 +9,13 @@ re-encoded by the sink)::
     {"batch_id": str, "sent_at": ISO-8601 UTC, "events": [<stored event>, ...],
      "dropped": {"age": n, "size": n, "rejected": n, "purged": n}}   # omitted when all zero
 
-An answer (2xx) may say which events it refused and carry the security responses in force::
+An answer (2xx) may say which events it refused, carry the security responses in force, and
+name the events the collector's playbooks watch (applications deliver those early)::
 
-    {"rejected": [{"id": str, "reason": str}, ...], "actions": [<action>, ...]}
+    {"rejected": [{"id": str, "reason": str}, ...], "actions": [<action>, ...],
+     "actions_omitted": n, "urgent": [event name, ...]}
+
+An answer weighs at most :data:`MAX_ANSWER` bytes once decoded.
 
 A collector bounds what a batch may cost before it parses it (:func:`parse_batch`).
 """
@@ -35,6 +39,11 @@ DROP_REASONS = ("age", "size", "rejected", "purged")
 # The most a batch may weigh, on the wire and once decompressed: sixteen of the spool's
 # largest batches (max_batch_bytes, 1 MiB by default).
 MAX_BODY = 16 * 1024 * 1024
+# The most an answer may weigh, decoded: applications read no more, and a collector keeps its
+# answers within it (its list of actions cut to fit, the rest counted in "actions_omitted").
+MAX_ANSWER = 1024 * 1024
+# The most event names an answer's "urgent" list may hold (the rest are ignored).
+MAX_URGENT = 1000
 # The most events a batch may carry (ten of the spool's default batches), and the most JSON
 # values (counted by the separators and openings) a body may hold before it is parsed: 16 MiB
 # of "{}," would otherwise parse into half a GiB of empty dicts.
@@ -167,22 +176,30 @@ def check_event(event: dict[str, Any]) -> str | None:
     return None
 
 
-def read_answer(content: bytes) -> tuple[dict[str, str], list[Any] | None]:
+def read_answer(content: bytes) -> tuple[dict[str, str], list[Any] | None, list[str] | None]:
     """From a 2xx body: the per-event refusals ``{"rejected": [{"id", "reason"}]}`` by id,
-    and the security responses ``{"actions": [...]}`` (None when the key is absent: the list
-    held stays as it is). A body that says neither, or garbage, says nothing."""
+    the security responses ``{"actions": [...]}`` and the names to deliver early
+    ``{"urgent": [...]}`` (each None when its key is absent: what is held stays as it is). A
+    body that says none of them, or garbage, says nothing."""
     if not content:
-        return {}, None
+        return {}, None, None
     try:
         document = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return {}, None
+        return {}, None, None
     if not isinstance(document, dict):
-        return {}, None
+        return {}, None, None
     actions = document.get("actions")
+    urgent = document.get("urgent")
+    if isinstance(urgent, list):  # at most MAX_URGENT names, each one an event could have
+        urgent = sorted(
+            {n for n in urgent if isinstance(n, str) and 0 < len(n) <= MAX_NAME_LENGTH}
+        )[:MAX_URGENT]
+    else:
+        urgent = None
     try:
         items = document.get("rejected") or []
         rejected = {str(item["id"]): str(item.get("reason", "")) for item in items}
     except (TypeError, KeyError, AttributeError):
         rejected = {}
-    return rejected, actions if isinstance(actions, list) else None
+    return rejected, actions if isinstance(actions, list) else None, urgent

@@ -549,34 +549,6 @@ def test_a_forked_child_enforces_a_change_made_after_the_fork(spool_path: Path) 
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_the_playbook_per_client_ip_and_its_window(tmp_path: Path) -> None:
-    from sqreen.cli.playbook import Playbook, Rules
-
-    kept = tmp_path / "actions.json"
-    playbook = Playbook(Rules(None, 3, window=60, block_for=600), kept)
-
-    def failed(ip: str, at: float, user: int = 1) -> None:
-        event = {
-            "name": "sqreen.auth_track",
-            "properties": {"success": False},
-            "user_identifiers": {"user_id": user},
-            "request": {"ip": ip},
-        }
-        playbook.observe(event, at)
-
-    failed("192.0.2.1", 0)
-    failed("192.0.2.1", 61)  # the first one is out of the window by now
-    failed("192.0.2.1", 62, user=2)
-    assert playbook.actions(62) == []
-    failed("192.0.2.1", 63, user=3)  # three within 60 s, whatever the users
-    (action,) = playbook.actions(64)
-    assert (action["action"], action["parameters"]) == ("block_ip", {"ip_cidr": ["192.0.2.1"]})
-    assert action["duration"] == pytest.approx(599)
-    assert read_action(action, 64).ip_cidr == ("192.0.2.1",)  # valid for the library
-    assert Playbook(playbook.rules, kept).actions(100) == playbook.actions(100)  # kept on disk
-    assert playbook.actions(664) == []  # expired
-
-
 def test_an_action_received_before_the_clock_stepped_back_lasts_its_duration_at_most(
     spool_path: Path,
 ) -> None:

@@ -8,6 +8,7 @@ import os
 import pty
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -414,9 +415,13 @@ def test_collect_keeps_a_repeated_id_once_writes_out_0600_and_says_what_is_damag
         server.stop()
     assert out.read_bytes().count(twice["id"].encode()) == 1
     assert os.stat(out).st_mode & 0o777 == 0o600
-    damaged = tmp_path / "received.jsonl.actions.json"
-    for content in (b"", b"{not json", b'[{"action": 1}]'):
+    damaged = tmp_path / "received.jsonl.store"  # the playbooks' store, beside --out
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE mine (x)")
+    for content in (b"{not json", b"x" * 5000, foreign.read_bytes()):
         damaged.write_bytes(content)
         broken = run("collect", "--port", "0", "--out", str(out), "--block-after", "3")
-        assert broken.returncode == 1 and "Traceback" not in broken.stderr
-        assert "actions.json is not the playbook's list" in broken.stderr
+        assert broken.returncode == 2 and "Traceback" not in broken.stderr
+        assert "not an event store" in broken.stderr, broken.stderr
+        assert damaged.read_bytes() == content  # refused, never overwritten

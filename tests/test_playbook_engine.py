@@ -53,11 +53,12 @@ def run(
     return Engine(parse(text)).process(connection, events, now)
 
 
-COUPONS = """
+WHERE = 'where = { "properties.amount" = { ge = 10 }, "request.path" = { matches = "^/checkout" } }'
+COUPONS = f"""
 [[playbook]]
 name = "coupons"
 event = "coupon.invalid"
-where = { "properties.amount" = { ge = 10 }, "request.path" = { matches = "^/checkout" } }
+{WHERE}
 group_by = "ip"
 threshold = 3
 within = "5m"
@@ -79,7 +80,11 @@ def test_a_custom_event_crosses_its_threshold_within_the_window(
     assert run(connection, COUPONS, events, None) == []  # 2 match in 5 minutes, never 3
     crossing = coupon(520)
     (decision,) = run(connection, COUPONS, [crossing], None)
-    assert (decision.playbook, decision.action, decision.status) == ("coupons", "block_ip", "issued")
+    assert (decision.playbook, decision.action, decision.status) == (
+        "coupons",
+        "block_ip",
+        "issued",
+    )
     assert decision.key == {"ip": "198.51.100.7"}
     assert decision.events[-1] == crossing["id"] and len(decision.events) == 3
     assert decision.parameters == {"ip_cidr": ["198.51.100.7"]}
@@ -166,10 +171,7 @@ def test_a_playbook_keys_only_on_one_address_or_one_user(connection: sqlite3.Con
     ranges = [coupon(i, ip=ip) for i in range(3) for ip in ("0.0.0.0/0", "::/0", "", "x")]
     assert run(connection, text, ranges, None) == []
     nobody = [failed(i) | {"user_identifiers": {}} for i in range(5)]
-    text = COUPONS.replace('"coupon.invalid"', '"sqreen.auth_track"').replace(
-        'where = { "properties.amount" = { ge = 10 }, "request.path" = { matches = "^/checkout" } }',
-        "",
-    )
+    text = COUPONS.replace('"coupon.invalid"', '"sqreen.auth_track"').replace(WHERE, "")
     text = text.replace('group_by = "ip"', 'group_by = "user"').replace("block_ip", "block_user")
     assert run(connection, text, nobody, None) == []
 
@@ -189,10 +191,7 @@ def test_state_is_bounded_and_evictions_are_counted(
     monkeypatch.setattr(engine, "MAX_HITS", 50)
     monkeypatch.setattr(engine, "EXPIRE_EVERY", 10)
     distinct_users = [failed(i, user=f"u{i}") for i in range(300)]
-    text = COUPONS.replace('"coupon.invalid"', '"sqreen.auth_track"').replace(
-        'where = { "properties.amount" = { ge = 10 }, "request.path" = { matches = "^/checkout" } }',
-        "",
-    )
+    text = COUPONS.replace('"coupon.invalid"', '"sqreen.auth_track"').replace(WHERE, "")
     text = text.replace('group_by = "ip"', 'group_by = ["user", "ip"]').replace("3", "5")
     assert run(connection, text, distinct_users, None) == []
     assert connection.execute("SELECT count(*) FROM pb_hits").fetchone()[0] <= 50

@@ -58,6 +58,23 @@ class Decision:
     parameters: Mapping[str, Any]
     stopped: int = 0
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Decision:
+        """A decision as :mod:`.state` keeps it."""
+        return cls(
+            id=row["id"],
+            playbook=row["playbook"],
+            action=row["action"],
+            key=orjson.loads(row["key"]),
+            status=row["status"],
+            at=row["at"],
+            crossed_at=row["crossed_at"],
+            expires=row["expires"],
+            events=tuple(orjson.loads(row["events"])),
+            parameters=orjson.loads(row["parameters"]),
+            stopped=row["stopped"],
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "playbook": self.playbook,
@@ -114,6 +131,15 @@ class Engine:
         state.count_stopped(connection, stopped)
         self._expire(connection, clock)
         return decisions
+
+    def answer(
+        self, connection: sqlite3.Connection, events: Iterable[Mapping[str, Any]], now: float,
+        budget: int,
+    ) -> tuple[list[Decision], list[dict[str, Any]], int]:  # fmt: skip
+        """Live: run the playbooks over a batch's new events, then list the actions in force
+        for its answer (see :func:`live_actions`)."""
+        decisions = self.process(connection, events, now)
+        return (decisions, *live_actions(connection, now, budget))
 
     def _reset(
         self, connection: sqlite3.Connection, playbook: Playbook, event: Mapping[str, Any],

@@ -108,20 +108,26 @@ class Problems(ValueError):
 
 def load(path: Path) -> Playbooks:
     """The playbooks of a file; Problems listing every mistake."""
+    return read(document(path))
+
+
+def document(path: Path) -> dict[str, Any]:
+    """A playbook file decoded (not checked yet); Problems when it cannot be read as TOML."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise Problems([f"{path}: {getattr(exc, 'strerror', None) or exc}"]) from None
-    return parse(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise Problems([f"{path}: not TOML: {exc}"]) from None
 
 
 def parse(text: str) -> Playbooks:
     """The playbooks of a TOML document; Problems listing every mistake."""
     try:
-        document = tomllib.loads(text)
+        decoded = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise Problems([f"not TOML: {exc}"]) from None
-    return read(document)
+    return read(decoded)
 
 
 def read(document: Mapping[str, Any]) -> Playbooks:

@@ -180,13 +180,10 @@ def live(connection: sqlite3.Connection, now: float) -> Sequence[tuple[Any, ...]
     ).fetchall()
 
 
-def decisions(connection: sqlite3.Connection, since: float = 0.0) -> list[sqlite3.Row]:
-    """Every decision taken at ``since`` or later, in the order taken."""
-    previous = connection.row_factory
-    connection.row_factory = sqlite3.Row
-    try:
-        return connection.execute(
-            "SELECT * FROM pb_decisions WHERE at >= ? ORDER BY at, rowid", (since,)
-        ).fetchall()
-    finally:
-        connection.row_factory = previous
+def decisions(connection: sqlite3.Connection, since: float = 0.0) -> list[dict[str, Any]]:
+    """Every decision taken at ``since`` or later, in the order taken, as column: value."""
+    cursor = connection.execute(
+        "SELECT * FROM pb_decisions WHERE at >= ? ORDER BY at, rowid", (since,)
+    )
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor]

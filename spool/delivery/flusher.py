@@ -25,7 +25,13 @@ from tenacity import (
 from ..config import Settings
 from ..event import new_id
 from ..health import Health
-from ..security.action_store import COLLECTOR, read_actions, replace_collector_actions
+from ..security.action_store import (
+    COLLECTOR,
+    load_urgent,
+    read_actions,
+    replace_collector_actions,
+    replace_urgent,
+)
 from ..storage.outbox import Batch, Outbox, owner_name
 from .result import FlushResult
 from .sink import BISECT_STATUSES, SPLIT_STATUSES, Reply, Sink
@@ -48,6 +54,10 @@ class Flusher:
         self._interrupt = threading.Event()
         # Called after the collector's answer changed the stored security responses.
         self.on_actions: Callable[[], None] | None = None
+        # The event names the collector's playbooks watch (its last answer's, else the
+        # spool's, read at the first delivery): track() wakes an early delivery for them.
+        self.urgent: frozenset[str] = frozenset()
+        self._urgent_read = False
         self._retry_wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
 
     def flush(
@@ -61,6 +71,8 @@ class Flusher:
         ``progress`` is called with the running totals after each batch.
         """
         settings = self._settings
+        if not self._urgent_read:
+            self.urgent, self._urgent_read = load_urgent(self._outbox.store), True
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         owner = owner_name()
         self._outbox.release_dead(time.time())
@@ -159,6 +171,9 @@ class Flusher:
             accepted = [s for s in batch.seqs if s not in refused and s not in waiting]
         if reply.actions is not None:  # first: in force before the batch reads as settled
             self._store_actions(reply.actions, now)
+        if reply.urgent is not None and frozenset(reply.urgent) != self.urgent:
+            self.urgent = frozenset(reply.urgent)
+            replace_urgent(self._outbox.store, reply.urgent)
         keep = self._settings.keep_delivered > 0
         self._outbox.settle(accepted, now, keep, dropped, refused, attempt)
         if waiting:  # no acknowledgement came back for these: they are retried later

@@ -24,7 +24,7 @@ import httpx
 from ..config import Settings
 from ..errors import ConfigError
 from ..urls import mask_url
-from ..wire import encode_batch, read_answer
+from ..wire import MAX_ANSWER, encode_batch, read_answer
 from .sink import Reply
 
 log = logging.getLogger("sqreen.spool")
@@ -37,9 +37,6 @@ GZIP_LEVEL = 1  # most of the gain at a fraction of level 6's cost, on JSON this
 # larger value (a typo, a year-9999 date) would stop background delivery for good, while max_age
 # already bounds how long an event may wait.
 RETRY_AFTER_MAX = 3600.0
-# Of an answer's body, only this much is read (decoded): room for a whole batch's refusals. A
-# larger answer fails its batch, which is retried, then halved.
-ANSWER_LIMIT = 1024 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -140,7 +137,8 @@ class Transport:
             log.warning("sqreen spool: delivery failed unexpectedly", exc_info=True)
             return Reply(None, type(exc).__name__)
         if response.is_success:
-            return Reply(response.status_code, "", None, *read_answer(content))
+            rejected, actions, urgent = read_answer(content)
+            return Reply(response.status_code, "", None, rejected, actions, urgent=urgent)
         detail = content[:200].decode("utf-8", "replace").strip()
         return Reply(
             response.status_code,
@@ -225,19 +223,19 @@ def retry_after(value: str | None) -> float | None:
 
 
 class AnswerTooLarge(Exception):
-    """An answer's body, decoded, is over :data:`ANSWER_LIMIT`: it was not read whole."""
+    """An answer's body, decoded, is over :data:`MAX_ANSWER`: it was not read whole."""
 
 
 def answer_body(response: httpx.Response) -> bytes:
-    """An answer's body, decoded (gzip, deflate), reading no more than :data:`ANSWER_LIMIT`
+    """An answer's body, decoded (gzip, deflate), reading no more than :data:`MAX_ANSWER`
     bytes of it: an endless or huge body, or a compression bomb, costs no more memory than
     that. A body larger than that raises :class:`AnswerTooLarge`: a cut answer would read as
     "nothing rejected", so it must never settle a batch."""
     raw = bytearray()
     for chunk in response.iter_raw():
         raw += chunk
-        if len(raw) > ANSWER_LIMIT:
-            raise AnswerTooLarge(f"the answer is over {ANSWER_LIMIT} bytes")
+        if len(raw) > MAX_ANSWER:
+            raise AnswerTooLarge(f"the answer is over {MAX_ANSWER} bytes")
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return bytes(raw)
@@ -245,9 +243,9 @@ def answer_body(response: httpx.Response) -> bytes:
         raise httpx.DecodingError(f"unsupported Content-Encoding {encoding[:40]!r}")
     decoder = zlib.decompressobj(_WBITS[encoding])
     try:
-        content = decoder.decompress(bytes(raw), ANSWER_LIMIT + 1)
+        content = decoder.decompress(bytes(raw), MAX_ANSWER + 1)
     except zlib.error as exc:
         raise httpx.DecodingError(f"answer body is not valid {encoding}: {exc}") from None
-    if len(content) > ANSWER_LIMIT or decoder.unconsumed_tail:
-        raise AnswerTooLarge(f"the answer is over {ANSWER_LIMIT} bytes decoded")
+    if len(content) > MAX_ANSWER or decoder.unconsumed_tail:
+        raise AnswerTooLarge(f"the answer is over {MAX_ANSWER} bytes decoded")
     return content

@@ -40,6 +40,8 @@ class Reply:
     unsettled: frozenset[str] = frozenset()
     # The answer came but was too large to read whole: what it says of the batch is unknown.
     unread: bool = False
+    # The event names the collector's playbooks watch, when its answer says: delivered early.
+    urgent: list[str] | None = None
 
     @property
     def ok(self) -> bool:

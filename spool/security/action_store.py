@@ -1,5 +1,6 @@
-"""Security responses in the spool: the collector's list and an operator's actions, and the
-version counter that tells every process sharing the spool to reload them.
+"""Security responses in the spool: the collector's list and an operator's actions, the event
+names its playbooks watch (``urgent``: delivered early), and the version counter that tells
+every process sharing the spool to reload the actions.
 
 Writes are one ``BEGIN IMMEDIATE`` transaction each through :meth:`Store.write`; reads take a
 plain sqlite3 connection (see :mod:`sqreen.security.enforcer`).
@@ -15,13 +16,14 @@ from dataclasses import replace
 import orjson
 
 from ..config import MAX_SECONDS
-from ..storage.counters import add
+from ..storage.counters import add, note
 from ..storage.store import Store
 from .actions import Action, Malformed, check_scope, read_action
 
 VERSION = "actions.version"
 COLLECTOR = "collector"
 OPERATOR = "operator"
+URGENT = "urgent"
 
 _COLUMNS = "source, action_id, action, parameters, send_response, expires_at, received_at"
 _INSERT = f"INSERT OR REPLACE INTO actions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -75,6 +77,23 @@ def replace_collector_actions(store: Store, actions: Iterable[Action], now: floa
         conn.executemany(_INSERT, rows)
         add(conn, VERSION, 1)
         return True
+
+
+def replace_urgent(store: Store, names: list[str]) -> None:
+    """Keep ``names``, the event names the collector's playbooks watch, for the processes
+    that start before the collector's next answer."""
+    with store.write() as conn:
+        note(conn, URGENT, {"names": names})
+
+
+def load_urgent(store: Store) -> frozenset[str]:
+    """The event names kept by :func:`replace_urgent` (none before a collector said)."""
+    with store.reading() as conn:
+        row = conn.execute("SELECT value FROM notes WHERE name = ?", (URGENT,)).fetchone()
+    if row is None:
+        return frozenset()
+    names = orjson.loads(row[0]).get("names", [])
+    return frozenset(n for n in names if isinstance(n, str))
 
 
 def add_operator_action(store: Store, action: Action, now: float) -> None:

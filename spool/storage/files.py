@@ -78,9 +78,14 @@ def read_only_engine(path: Path, lock_timeout: float) -> Engine:
     return engine
 
 
-def prepare_path(path: Path) -> None:
+def prepare_path(
+    path: Path, tables: frozenset[str] | None = None, setting: str = "SQREEN_SPOOL_PATH"
+) -> None:
     """Create the spool's directory (0700) and file (0600) before SQLite does, refusing
     (:class:`UnsafeSpool`) what another user could use to read or swap the spool.
+
+    Also for the collector's event store: ``tables`` are those its files have (default: a
+    spool's), ``setting`` what a refusal says to change.
 
     Only directories this call creates get 0700: an existing parent may be shared (``/tmp``),
     but then only with the sticky bit, so that no other user can replace our files. The spool
@@ -100,10 +105,10 @@ def prepare_path(path: Path) -> None:
     shared = os.stat(path.parent)
     if shared.st_mode & stat.S_IWOTH and not shared.st_mode & stat.S_ISVTX:
         raise UnsafeSpool(
-            f"the spool's directory {path.parent} is writable by every user and has no sticky "
-            "bit: another user could replace the spool; choose another SQREEN_SPOOL_PATH"
+            f"the directory {path.parent} is writable by every user and has no sticky bit: "
+            f"another user could replace the file; choose another {setting}"
         )
-    refuse_foreign(path)
+    refuse_foreign(path, tables or SPOOL_TABLES, setting)
     os.close(open_ours(str(path), os.O_RDWR | os.O_CREAT))
     for suffix in SIDE_FILES:
         with contextlib.suppress(FileNotFoundError):
@@ -116,7 +121,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 SPOOL_TABLES = frozenset({"alembic_version", "events"})
 
 
-def refuse_foreign(path: Path) -> None:
+def refuse_foreign(
+    path: Path, expected: frozenset[str] = SPOOL_TABLES, setting: str = "SQREEN_SPOOL_PATH"
+) -> None:
     """Raise :class:`NotASpool` when ``path`` holds an SQLite database with tables that is not
     a spool, before anything opens it for writing (which would switch it to WAL, change its
     mode and add the spool's tables).
@@ -139,11 +146,11 @@ def refuse_foreign(path: Path) -> None:
             tables = {name for (name,) in conn.execute(_TABLES)}
     except sqlite3.Error:
         return
-    if tables and not tables >= SPOOL_TABLES:
+    if tables and not tables >= expected:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise NotASpool(
             f"{path} is an SQLite database of another application (tables: {shown}); it was "
-            "left untouched: point SQREEN_SPOOL_PATH at a file of its own"
+            f"left untouched: point {setting} at a file of its own"
         )
 
 

@@ -56,13 +56,21 @@ def open_spool(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connec
 
 def connect(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connection:
     """A connection to ``path`` configured for the spool (see the module docstring)."""
+    return configured(path, settings.lock_timeout, settings.durability, wal_limit)
+
+
+def configured(
+    path: Path, lock_timeout: float, durability: str, wal_limit: int
+) -> sqlite3.Connection:
+    """A connection to ``path`` configured as the module docstring says; for the spool and
+    for the collector's event store (:mod:`sqreen.collector.store`)."""
     connection = sqlite3.connect(
-        path, timeout=settings.lock_timeout, check_same_thread=False, isolation_level=None
+        path, timeout=lock_timeout, check_same_thread=False, isolation_level=None
     )
     try:
         # This connection's own settings first: they touch no file.
         for setting in (
-            f"synchronous={_SYNCHRONOUS[settings.durability]}",
+            f"synchronous={_SYNCHRONOUS[durability]}",
             "wal_autocheckpoint=0",
             f"journal_size_limit={wal_limit}",
         ):
