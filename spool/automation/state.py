@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..storage.sql import run_script
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pb_hits (
     playbook TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL, event_id TEXT NOT NULL,
@@ -51,7 +53,7 @@ _STOPPING_USER = _STOPPING_IP.replace("ip = :target", "user = :target")
 
 def create(connection: sqlite3.Connection) -> None:
     """Create the tables where they are missing."""
-    connection.executescript(SCHEMA)
+    run_script(connection, SCHEMA)
 
 
 def stopping(

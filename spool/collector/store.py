@@ -27,7 +27,7 @@ from ..automation import state
 from ..errors import NotASpool, SpoolError
 from ..storage.files import file_bytes, prepare_path
 from ..storage.opening import configured
-from ..storage.sql import pragma, scalar
+from ..storage.sql import pragma, run_script, scalar
 from ..wire import parse_time
 
 SCHEMA_VERSION = 1
@@ -101,7 +101,7 @@ class EventStore:
         names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         if names and "store_meta" not in names:
             raise NotAStore(f"{self.path} is an SQLite file but not an event store")
-        connection.executescript(_SCHEMA)
+        run_script(connection, _SCHEMA)
         state.create(connection)
         version = scalar(connection, "SELECT value FROM store_meta WHERE key = 'version'")
         if version is None:

@@ -22,6 +22,14 @@ def scalar(connection: sqlite3.Connection, sql: str, *parameters: object) -> Any
     return None if row is None else row[0]
 
 
+def run_script(connection: sqlite3.Connection, script: str) -> None:
+    """Run statements separated by ``;`` inside the caller's transaction (``executescript``
+    would commit it first). No statement may hold a ``;`` of its own."""
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
 def driver(conn: Connection) -> sqlite3.Connection:
     """The sqlite3 connection under an SQLAlchemy connection (for the backup API, and helpers
     shared with :meth:`Store.write`'s transactions)."""
