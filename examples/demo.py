@@ -6,11 +6,15 @@
 3. the collector goes down; an application tracks events (its flusher failing to deliver
    them) and is killed with SIGKILL;
 4. `sqreen-spool inspect` shows the pending events that survived the crash;
-5. the collector comes back (with a playbook: block a user after 5 failed logins);
-   `sqreen-spool flush` delivers the events;
+5. the collector comes back, keeping events in a store and running a playbook file (a custom
+   event, ``coupon.invalid``: block the user after 3 in 5 minutes); `sqreen-spool flush`
+   delivers the events;
 6. the collector has received every event the application acknowledged, exactly once;
-7. a login app under a real threaded WSGI server: after the fifth wrong password, that user's
-   next request is answered 403, and `sqreen-spool actions` shows the block.
+7. a checkout app under a real threaded WSGI server, with the default 60 s heartbeat: after the
+   third invalid coupon, that user's next request is answered 403 within a second or two (the
+   collector's answer named coupon.invalid urgent), and `sqreen-spool actions` shows the block;
+8. `sqreen-spool playbook replay` runs the store's history through a draft with a lower
+   threshold: what it would have decided, and what its blocks would have stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +39,20 @@ import orjson
 import sqreen
 from sqreen.integrations.wsgi import SqreenMiddleware
 
+PLAYBOOK = """
+allow_private = true  # the demo runs on loopback, which a playbook otherwise never blocks
+
+[[playbook]]
+name = "coupon brute force"
+event = "coupon.invalid"
+where = { "request.path" = { matches = "^/checkout" } }
+group_by = "user"
+threshold = 3
+within = "5m"
+action = "block_user"
+duration = "1h"
+"""
+
 SCRIPT = str(Path(sys.executable).with_name("sqreen-spool"))
 
 
@@ -51,15 +69,16 @@ def app(path: str, url: str) -> None:
             print(n, flush=True)
 
 
-def login_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    """A tiny WSGI login app: POST /login (user, password), GET /account?user=..."""
+def checkout_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """A tiny WSGI shop: POST /checkout?user=...&coupon=..., GET /account?user=..."""
     query = dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
-    if environ["PATH_INFO"] == "/login":
-        ok = query.get("password") == "right"
-        sqreen.auth_track(ok, email=query["user"])
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"welcome" if ok else b"wrong password"]
     sqreen.identify({"email": query["user"]})  # raises UserBlocked for a blocked user
+    if environ["PATH_INFO"] == "/checkout":
+        ok = query.get("coupon") == "WELCOME10"
+        if not ok:
+            sqreen.track("coupon.invalid", {"properties": {"coupon": query.get("coupon", "")}})
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"coupon applied" if ok else b"invalid coupon"]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"your account"]
 
@@ -144,10 +163,13 @@ def main() -> None:
         cli("inspect")
         cli("inspect", "events", "--limit", "3")
 
-        step("5. the collector is back (with a playbook); deliver the rest by hand")
-        playbook = ("--block-after", "5", "--window", "10m", "--block-for", "1h")
-        collector, url = start_collector(received, log, *playbook)
-        print(f"   $ sqreen-spool collect {' '.join(playbook)}: listening on {url}")
+        step("5. the collector is back, with a store and a playbook; deliver the rest by hand")
+        playbooks, store = Path(tmp) / "playbooks.toml", Path(tmp) / "events.db"
+        playbooks.write_text(PLAYBOOK)
+        print(PLAYBOOK.strip().replace("\n", "\n   | ").join(("   | ", "")))
+        options = ("--store", str(store), "--playbooks", str(playbooks))
+        collector, url = start_collector(received, log, *options)
+        print(f"   $ sqreen-spool collect --store events.db --playbooks playbooks.toml: {url}")
         cli("--url", url, "flush")
         cli("inspect", "--json")
 
@@ -164,32 +186,35 @@ def main() -> None:
             sys.exit("FAILED: the collector did not receive every acknowledged event exactly once")
         print("   every acknowledged event arrived exactly once")
 
-        step("7. security responses: a login app, a password guesser, a block")
-        sqreen.configure(path=path, url=url, heartbeat_delay=1)
+        step("7. a custom event drives a security response (default 60 s heartbeat)")
+        sqreen.configure(path=path, url=url)
         server = make_server(
-            "127.0.0.1", 0, SqreenMiddleware(login_app), handler_class=QuietHandler
+            "127.0.0.1", 0, SqreenMiddleware(checkout_app), handler_class=QuietHandler
         )
         threading.Thread(target=server.serve_forever, daemon=True).start()
         site = f"http://127.0.0.1:{server.server_address[1]}"
         with httpx.Client(base_url=site) as http:
-            for guess in ("123456", "password", "qwerty", "letmein", "dragon"):
-                answer = http.post(f"/login?user=ada@example.com&password={guess}")
-                print(
-                    f"   POST /login ada@example.com {guess!r}: {answer.status_code} {answer.text}"
-                )
-            fifth = time.monotonic()
-            while (answer := http.get("/account?user=ada@example.com")).status_code != 403:
-                if time.monotonic() - fifth > 10:
+            for coupon in ("FREE100", "SUMMER99", "BLACKFRIDAY"):
+                answer = http.post(f"/checkout?user=mallory@example.com&coupon={coupon}")
+                print(f"   POST /checkout mallory {coupon}: {answer.status_code} {answer.text}")
+            third = time.monotonic()
+            while (answer := http.get("/account?user=mallory@example.com")).status_code != 403:
+                if time.monotonic() - third > 10:
                     sys.exit("FAILED: the user was not blocked")
                 time.sleep(0.05)
             print(
-                f"   GET /account as ada@example.com, {time.monotonic() - fifth:.2f} s later: "
+                f"   GET /account as mallory, {time.monotonic() - third:.2f} s later: "
                 f"{answer.status_code} (blocked)"
             )
             other = http.get("/account?user=bo@example.com")
             print(f"   GET /account as bo@example.com: {other.status_code} {other.text}")
         server.shutdown()
         cli("actions")
+
+        step("8. replay the store through a draft: what would a threshold of 2 have done?")
+        draft = Path(tmp) / "draft.toml"
+        draft.write_text(PLAYBOOK.replace("threshold = 3", "threshold = 2"))
+        cli("playbook", "replay", str(draft), "--events", str(store))
         sqreen.default.current_spooler().close()
         collector.send_signal(signal.SIGTERM)
         collector.wait(timeout=10)
