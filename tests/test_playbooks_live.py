@@ -408,5 +408,5 @@ def test_the_shipped_failed_login_playbook_never_locks_the_victim_out(tmp_path: 
     login = now_event("sqreen.auth_track", "198.51.100.20", properties={"success": True},
                       user_identifiers=victim)  # fmt: skip
     assert Engine(playbooks).process(connection, [login], time.time()) == []
-    assert state.stopping(connection, "198.51.100.20", None, time.time()) is None
+    assert [row[1] for row in state.stopping(connection, time.time())] == ["203.0.113.66"]
     connection.close()

@@ -14,6 +14,7 @@ A missing value fails every operator but ``not``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -78,8 +79,11 @@ def dimension(path: object) -> Dimension:
 def client_ip(event: Mapping[str, Any]) -> Any:
     """The request's client IP as one canonical address, or MISSING (a range is no address)."""
     text = _get(event.get("request"), ("ip",))
-    if not isinstance(text, str):
-        return MISSING
+    return _address(text) if isinstance(text, str) else MISSING
+
+
+@functools.lru_cache(maxsize=1 << 16)  # the same few addresses come again and again
+def _address(text: str) -> Any:
     try:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +98,7 @@ class Engine:
 
     def __init__(self, playbooks: Playbooks) -> None:
         self.playbooks = playbooks
+        self._view = _View()
         self._since_expiry = 0
         self._expired_at = -float("inf")
 
@@ -109,14 +110,14 @@ class Engine:
         The caller holds the transaction."""
         decisions: list[Decision] = []
         stopped: dict[str, int] = {}
+        timed = [(parse_time(event["timestamp"]).timestamp(), event) for event in events]
+        if not timed:
+            return decisions
         clock = 0.0
-        for event in events:
-            at = parse_time(event["timestamp"]).timestamp()
+        self._view = view = _View.load(connection, min(at for at, _ in timed))
+        for at, event in timed:
             clock = at if now is None else now
-            ip, who = client_ip(event), user(event)
-            ip_text = None if ip is MISSING else ip
-            user_text = None if who is MISSING else _encode(who)
-            stopper = state.stopping(connection, ip_text, user_text, at)
+            stopper = view.stopper(event, at) if view.stops else None
             if stopper is not None:
                 stopped[stopper] = stopped.get(stopper, 0) + 1
                 continue
@@ -160,12 +161,14 @@ class Engine:
             value = None if distinct is MISSING else _encode(distinct)
         if key is None or (playbook.distinct is not None and value is None):
             return None
-        if state.quiet(connection, playbook.name, key, at):
+        if self._view.quiet(playbook.name, key, at):
             return None
         state.hit(connection, playbook.name, key, at, event["id"], value)
         self._since_expiry += 1
-        crossing = _crossing(state.hits_around(connection, playbook.name, key, at, playbook.within),
-                             at, playbook)  # fmt: skip
+        hits = state.hits_around(
+            connection, playbook.name, key, at, playbook.within, playbook.threshold
+        )
+        crossing = _crossing(hits, at, playbook)
         if crossing is None:
             return None
         state.clear(connection, playbook.name, key, None)
@@ -201,24 +204,23 @@ class Engine:
         )
         blocks_ip = playbook.action in ("block_ip", "redirect_ip")
         who = user(event)
-        state.decide(
-            connection,
-            {
-                "id": decision.id,
-                "playbook": playbook.name,
-                "action": playbook.action,
-                "key": key,
-                "status": status,
-                "at": now,
-                "crossed_at": crossed_at,
-                "expires": expires,
-                "quiet_until": quiet_until,
-                "events": orjson.dumps(decision.events).decode(),
-                "parameters": orjson.dumps(parameters).decode(),
-                "ip": ip if blocks_ip and ip is not MISSING else None,
-                "user": _encode(who) if playbook.action.endswith("_user") else None,
-            },
-        )
+        row = {
+            "id": decision.id,
+            "playbook": playbook.name,
+            "action": playbook.action,
+            "key": key,
+            "status": status,
+            "at": now,
+            "crossed_at": crossed_at,
+            "expires": expires,
+            "quiet_until": quiet_until,
+            "events": orjson.dumps(decision.events).decode(),
+            "parameters": orjson.dumps(parameters).decode(),
+            "ip": ip if blocks_ip and ip is not MISSING else None,
+            "user": _encode(who) if playbook.action.endswith("_user") else None,
+        }
+        state.decide(connection, row)
+        self._view.add(row)
         state.add(connection, f"decided.{status}", 1)
         return decision
 
@@ -228,6 +230,66 @@ class Engine:
         self._since_expiry, self._expired_at = 0, clock
         horizons = [(p.name, clock - p.within - LATE_HORIZON) for p in self.playbooks.playbooks]
         state.expire(connection, horizons, MAX_HITS)
+
+
+@dataclass
+class _View:
+    """The decisions in force over one call's events: read once (the caller's transaction keeps
+    other workers out meanwhile) and kept up to date as the call decides."""
+
+    by_ip: dict[str, list[tuple[str, float, float | None]]] = field(default_factory=dict)
+    by_user: dict[str, list[tuple[str, float, float | None]]] = field(default_factory=dict)
+    quiet_until: dict[tuple[str, str], float | None] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, connection: sqlite3.Connection, since: float) -> _View:
+        view = cls()
+        for decision_id, ip, who, start, until in state.stopping(connection, since):
+            view._stop(decision_id, ip, who, start, until)
+        for playbook, key, until in state.quiet(connection, since):
+            view._quiet(playbook, key, until)
+        return view
+
+    @property
+    def stops(self) -> bool:
+        return bool(self.by_ip or self.by_user)
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """A decision just taken."""
+        if row["status"] in state.STOPPING:
+            self._stop(row["id"], row["ip"], row["user"], row["at"], row["expires"])
+        self._quiet(row["playbook"], row["key"], row["quiet_until"])
+
+    def stopper(self, event: Mapping[str, Any], at: float) -> str | None:
+        """The decision that stops this event, if any."""
+        ip, who = client_ip(event), user(event)
+        for found in (
+            () if ip is MISSING else self.by_ip.get(ip, ()),
+            () if who is MISSING else self.by_user.get(_encode(who), ()),
+        ):
+            for decision_id, start, until in found:
+                if start <= at and (until is None or at < until):
+                    return decision_id
+        return None
+
+    def quiet(self, playbook: str, key: str, at: float) -> bool:
+        if (playbook, key) not in self.quiet_until:
+            return False
+        until = self.quiet_until[(playbook, key)]
+        return until is None or until > at
+
+    def _stop(
+        self, decision_id: str, ip: str | None, who: str | None, start: float, until: float | None
+    ) -> None:
+        if ip is not None:
+            self.by_ip.setdefault(ip, []).append((decision_id, start, until))
+        if who is not None:
+            self.by_user.setdefault(who, []).append((decision_id, start, until))
+
+    def _quiet(self, playbook: str, key: str, until: float | None) -> None:
+        known = self.quiet_until.get((playbook, key), 0.0)
+        if known is not None and (until is None or until > known):
+            self.quiet_until[(playbook, key)] = until
 
 
 def _status(

@@ -44,11 +44,6 @@ ISSUED, DRY_RUN, LATE, CRITICAL, NOTIFIED = "issued", "dry_run", "late", "critic
 STOPPING = (ISSUED, DRY_RUN)
 
 _LIVE = "(expires IS NULL OR expires > :at)"
-_STOPPING_IP = (
-    f"SELECT id FROM pb_decisions WHERE ip = :target AND status IN {STOPPING} "
-    f"AND at <= :at AND {_LIVE}"
-)
-_STOPPING_USER = _STOPPING_IP.replace("ip = :target", "user = :target")
 
 
 def create(connection: sqlite3.Connection) -> None:
@@ -56,16 +51,14 @@ def create(connection: sqlite3.Connection) -> None:
     run_script(connection, SCHEMA)
 
 
-def stopping(
-    connection: sqlite3.Connection, ip: str | None, user: str | None, at: float
-) -> str | None:
-    """The id of a decision that stops an event of this IP or user at ``at``, or None."""
-    for statement, target in ((_STOPPING_IP, ip), (_STOPPING_USER, user)):
-        if target is not None:
-            row = connection.execute(statement, {"target": target, "at": at}).fetchone()
-            if row is not None:
-                return str(row[0])
-    return None
+def stopping(connection: sqlite3.Connection, since: float) -> list[tuple[Any, ...]]:
+    """The decisions that stop events (of an IP or a user) at ``since`` or later: id, ip,
+    user, from, until."""
+    return connection.execute(
+        f"SELECT id, ip, user, at, expires FROM pb_decisions WHERE status IN {STOPPING} "
+        f"AND {_LIVE}",
+        {"at": since},
+    ).fetchall()
 
 
 def count_stopped(connection: sqlite3.Connection, stopped: dict[str, int]) -> None:
@@ -75,14 +68,13 @@ def count_stopped(connection: sqlite3.Connection, stopped: dict[str, int]) -> No
     )
 
 
-def quiet(connection: sqlite3.Connection, playbook: str, key: str, at: float) -> bool:
-    """Whether this key already has a decision of this playbook in force at ``at``."""
-    row = connection.execute(
-        "SELECT 1 FROM pb_decisions WHERE playbook = ? AND key = ? "
-        "AND (quiet_until IS NULL OR quiet_until > ?) LIMIT 1",
-        (playbook, key, at),
-    ).fetchone()
-    return row is not None
+def quiet(connection: sqlite3.Connection, since: float) -> list[tuple[Any, ...]]:
+    """The keys with a decision in force at ``since`` or later: playbook, key, until."""
+    return connection.execute(
+        "SELECT playbook, key, quiet_until FROM pb_decisions "
+        "WHERE quiet_until IS NULL OR quiet_until > ?",
+        (since,),
+    ).fetchall()
 
 
 def hit(
@@ -96,9 +88,18 @@ def hit(
 
 
 def hits_around(
-    connection: sqlite3.Connection, playbook: str, key: str, at: float, within: float
-) -> list[tuple[float, str, str | None]]:
-    """The key's hits of every window of ``within`` that holds ``at``, in time order."""
+    connection: sqlite3.Connection, playbook: str, key: str, at: float, within: float,
+    threshold: int,
+) -> list[tuple[float, str, str | None]]:  # fmt: skip
+    """The key's hits of every window of ``within`` that holds ``at``, in time order; none
+    when there are fewer than ``threshold`` (counted first: far cheaper than reading them)."""
+    if threshold > 1:
+        count = connection.execute(
+            "SELECT count(*) FROM pb_hits WHERE playbook = ? AND key = ? AND at > ? AND at < ?",
+            (playbook, key, at - within, at + within),
+        ).fetchone()[0]
+        if count < threshold:
+            return []
     return connection.execute(
         "SELECT at, event_id, value FROM pb_hits WHERE playbook = ? AND key = ? "
         "AND at > ? AND at < ? ORDER BY at",

@@ -58,6 +58,7 @@ _FORGET_DECISIONS = (
     "DELETE FROM pb_decisions WHERE max(at, coalesce(expires, quiet_until, at)) < ? "
     f"AND NOT (status IN {state.STOPPING} AND expires IS NULL)"
 )
+_LOOKUP = 500  # ids per query: SQLite takes at most 32,766 parameters
 _INSERT = (
     "INSERT INTO events (id, name, at, received_at, ip, payload) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
@@ -136,16 +137,27 @@ class EventStore:
     def add(
         self, connection: sqlite3.Connection, events: Sequence[Mapping[str, Any]], now: float
     ) -> list[Mapping[str, Any]]:
-        """Keep the events this store has not seen (by id); return those, in order."""
-        new = []
+        """Keep the events this store has not seen (by id); return those, in order. The
+        caller's transaction holds the write lock: no other worker adds one meanwhile."""
+        ids = [event["id"] for event in events]
+        seen: set[str] = set()
+        for start in range(0, len(ids), _LOOKUP):
+            chunk = ids[start : start + _LOOKUP]
+            marks = ",".join("?" * len(chunk))
+            found = connection.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk)
+            seen.update(row[0] for row in found)
+        new, rows = [], []
         for event in events:
+            if event["id"] in seen:
+                continue
+            seen.add(event["id"])  # an id repeated within the batch is new only once
             request = event.get("request")
             ip = request.get("ip") if isinstance(request, dict) else None
             at = parse_time(event["timestamp"]).timestamp()
-            row = (event["id"], event["name"], at, now, ip if isinstance(ip, str) else None,
-                   orjson.dumps(event))  # fmt: skip
-            if connection.execute(_INSERT, row).rowcount:
-                new.append(event)
+            rows.append((event["id"], event["name"], at, now,
+                         ip if isinstance(ip, str) else None, orjson.dumps(event)))  # fmt: skip
+            new.append(event)
+        connection.executemany(_INSERT, rows)
         return new
 
     def prune(self, now: float) -> dict[str, int]:
