@@ -7,6 +7,6 @@ The engine is the same code live (:mod:`sqreen.collector.ingest`) and in replay
 (:mod:`sqreen.collector.replay`); it knows nothing of where its events come from.
 
 May import: ``security`` (the actions it decides, as the agents enforce them), ``request`` (the
-names of its fields), the top-level ``config`` (durations), ``wire`` (event times). Knows
-nothing of delivery or of the spool's storage.
+names of its fields), ``storage.sql`` (helpers on a connection), the top-level ``config``
+(durations), ``wire`` (event times). Knows nothing of delivery or of the spool.
 """
