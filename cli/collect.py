@@ -20,6 +20,7 @@ import typer
 from sqreen.automation.playbooks import Playbooks
 from sqreen.collector.ingest import Ingest
 from sqreen.collector.store import EventStore
+from sqreen.config import parse_duration, parse_size
 from sqreen.errors import SpoolError, UnsafeSpool
 from sqreen.storage.files import open_ours
 from sqreen.urls import is_nats, mask_url, parse_url
@@ -44,8 +45,8 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 
 def _workers(
-    host: str, port: int, workers: int, store: Path, spec: dict[str, Any] | None,
-    out: Path | None, token: str | None,
+    host: str, port: int, workers: int, store: Path, limits: tuple[float, int],
+    spec: dict[str, Any] | None, out: Path | None, token: str | None,
 ) -> None:  # fmt: skip
     try:
         import uvicorn  # noqa: F401
@@ -53,9 +54,9 @@ def _workers(
         fail("--workers needs uvicorn: pip install 'sqreen-spool[collector]'", USAGE)
     from .workers import serve
 
-    EventStore(store).close()  # made (or refused) once, here, not in every worker
+    _ingest(store, None, limits).close()  # made (or refused) once, here, not in every worker
     print(f"listening on http://{host}:{port}/, keeping events in {store}", flush=True)
-    serve(host, port, workers, store, spec, out, token)
+    serve(host, port, workers, store, limits, spec, out, token)
 
 
 def _token(token: str | None, token_file: Path | None, host: str) -> str | None:
@@ -125,6 +126,12 @@ def collect(
         Path | None,
         typer.Option(help="Keep every event, and the playbooks' state, in this event store."),
     ] = None,
+    store_max_age: Annotated[
+        str, typer.Option(help="Drop stored events older than this (30d, 12h).")
+    ] = "30d",
+    store_max_size: Annotated[
+        str, typer.Option(help="Drop the oldest stored events past this size (1GiB, 500MB).")
+    ] = "1GiB",
     playbooks: Annotated[
         Path | None, typer.Option(help="Run the playbooks of this file (TOML) on what comes in.")
     ] = None,
@@ -176,6 +183,10 @@ def collect(
     its events, 503 when it did not (a playbook's state is then per worker process).
     """
     token = _token(token, token_file, host)
+    try:
+        limits = (parse_duration(store_max_age), parse_size(store_max_size))
+    except ValueError as exc:
+        fail(f"--store-max-age, --store-max-size: {exc}", USAGE)
     spec = _spec(playbooks, block_after, block_ip_after, window, block_for)
     book = None if spec is None else read_or_exit(spec)
     if forward is not None:
@@ -188,13 +199,13 @@ def collect(
     if workers > 1:
         if store is None:
             fail("--workers needs --store (the workers share it) or --forward", USAGE)
-        _workers(host, port, workers, store, spec, out, token)
+        _workers(host, port, workers, store, limits, spec, out, token)
         return
     with contextlib.ExitStack() as resources:
         if book is not None and store is None:
             scratch = resources.enter_context(tempfile.TemporaryDirectory(prefix="sqreen-"))
             store = Path(scratch) / "collector.store"
-        ingest = None if store is None else _ingest(store, book)
+        ingest = None if store is None else _ingest(store, book, limits)
         if ingest is not None:
             resources.callback(ingest.close)
         sink, seen = opened_out(out)
@@ -216,9 +227,9 @@ def _spec(
     return shorthand(block_after, block_ip_after, window, block_for)
 
 
-def _ingest(store: Path, playbooks: Playbooks | None) -> Ingest:
+def _ingest(store: Path, playbooks: Playbooks | None, limits: tuple[float, int]) -> Ingest:
     try:
-        return Ingest(EventStore(store), playbooks)
+        return Ingest(EventStore(store, *limits), playbooks)
     except (SpoolError, OSError, sqlite3.Error) as exc:
         fail(f"--store {store}: {getattr(exc, 'strerror', None) or exc}", USAGE)
 

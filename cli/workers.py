@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sqreen.automation.playbooks import read
 from sqreen.collector.ingest import Ingest
 from sqreen.collector.store import EventStore
@@ -18,6 +20,7 @@ from .collect import opened_out, printer
 from .reference import Received, ReferenceCollector
 
 STORE_VARIABLE = "SQREEN_COLLECT_STORE"
+LIMITS_VARIABLE = "SQREEN_COLLECT_STORE_LIMITS"  # max age (s) and max size (bytes)
 OUT_VARIABLE = "SQREEN_COLLECT_OUT"
 
 
@@ -46,20 +49,21 @@ def _headers(headers: dict[str, str]) -> Any:
 def create_app() -> StoreApp:
     """The app of one worker process, from what :func:`serve` put in the environment."""
     spec = playbooks_from_environment()
-    ingest = Ingest(
-        EventStore(Path(os.environ[STORE_VARIABLE])), None if spec is None else read(spec)
-    )
+    age, size = orjson.loads(os.environ[LIMITS_VARIABLE])
+    store = EventStore(Path(os.environ[STORE_VARIABLE]), age, size)
+    ingest = Ingest(store, None if spec is None else read(spec))
     out = os.environ.get(OUT_VARIABLE)
     sink, _ = opened_out(Path(out) if out else None)
     return StoreApp(ReferenceCollector(printer(sink), (), ingest), os.environ.get(TOKEN_VARIABLE))
 
 
 def serve(
-    host: str, port: int, workers: int, store: Path, spec: Any, out: Path | None,
-    token: str | None,
+    host: str, port: int, workers: int, store: Path, limits: tuple[float, int], spec: Any,
+    out: Path | None, token: str | None,
 ) -> None:  # fmt: skip
     """Serve the collector's workers under uvicorn until stopped (SIGTERM, Ctrl-C)."""
     os.environ[STORE_VARIABLE] = str(store.resolve())
+    os.environ[LIMITS_VARIABLE] = orjson.dumps(limits).decode()
     if out is not None:
         os.environ[OUT_VARIABLE] = str(out.resolve())
     run("sqreen.cli.workers:create_app", host, port, workers, spec, token)

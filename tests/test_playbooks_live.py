@@ -28,6 +28,7 @@ from sqreen.automation.playbooks import parse
 from sqreen.cli.reference import Answer, Received, Receiver
 from sqreen.collector.ingest import Ingest
 from sqreen.collector.store import EventStore
+from sqreen.storage.files import file_bytes
 from sqreen.wire import MAX_ANSWER
 
 from .test_actions import QuietHandler, ThreadingWSGIServer
@@ -410,3 +411,32 @@ def test_the_shipped_failed_login_playbook_never_locks_the_victim_out(tmp_path: 
     assert Engine(playbooks).process(connection, [login], time.time()) == []
     assert [row[1] for row in state.stopping(connection, time.time())] == ["203.0.113.66"]
     connection.close()
+
+
+def test_the_store_stays_within_its_bounds_sampled_all_along(tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    collect = Collect(tmp_path / "r.jsonl", "--store", str(store), "--store-max-size", "2MiB",
+                      "--store-max-age", "1d")  # fmt: skip
+    sizes = []
+    try:
+        old = now_event("probe") | {"timestamp": "2020-01-01T00:00:00+00:00"}
+        post(collect.url, old)
+        padding = "p" * 200
+        for _ in range(40):  # about 9 MiB of events, in a burst
+            post(
+                collect.url, *[now_event("probe", properties={"pad": padding}) for _ in range(100)]
+            )
+            sizes.append(file_bytes(store))
+        deadline = time.monotonic() + 20
+        while file_bytes(store) > 2 << 20:
+            assert time.monotonic() < deadline, f"still {file_bytes(store)} bytes"
+            time.sleep(0.2)
+    finally:
+        collect.stop()
+    assert max(sizes) <= 4 << 20, sizes  # between two prunes, a few batches over at most
+    with sqlite3.connect(store) as connection:
+        kept = connection.execute("SELECT count(*) FROM events").fetchone()[0]
+        counters = dict(connection.execute("SELECT name, value FROM pb_counters"))
+        oldest = connection.execute("SELECT min(at) FROM events").fetchone()[0]
+    assert 0 < kept < 4001 and counters["pruned.size"] > 0 and counters["pruned.age"] == 1
+    assert oldest > time.time() - 86400  # the 2020 event went by age

@@ -11,8 +11,11 @@ from typing import Any
 
 from ..automation.engine import Decision, Engine
 from ..automation.playbooks import Playbooks
+from ..storage.files import file_bytes
 from .notify import Notifier, enqueue
 from .store import EventStore
+
+FULL = 0.9
 
 
 @dataclass
@@ -33,9 +36,8 @@ class Ingest:
         self.store = store
         self.playbooks = playbooks
         self._engine = None if playbooks is None else Engine(playbooks)
-        self.notifier = Notifier(store)
-        if playbooks is not None and any(p.notify for p in playbooks.playbooks):
-            self.notifier.start()
+        self.notifier = Notifier(store)  # also keeps the store within its bounds
+        self.notifier.start()
 
     @property
     def urgent(self) -> list[str]:
@@ -57,8 +59,10 @@ class Ingest:
                 queued = enqueue(
                     connection, [(d, by_name[d.playbook]) for d in taken.decisions], now
                 )
-        if queued:
-            self.notifier.wake()
+        # Two stats: past most of its bound, the store is pruned now, not at the next round.
+        full = file_bytes(self.store.path) > self.store.max_bytes * FULL
+        if queued or full:
+            self.notifier.wake(prune=full)
         return taken
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ GIVE_UP_AFTER = 12  # about a day and a half of attempts, with the delays below
 MAX_DELAY = 4 * 3600.0
 TIMEOUT = 10.0
 EVERY = 1.0
+PRUNE_EVERY = 10.0
 
 
 def payload(decision: Decision, now: float) -> bytes:
@@ -67,19 +68,24 @@ def enqueue(
 
 
 class Notifier:
-    """The thread that sends what is queued in one store."""
+    """The collector's background thread: it sends what is queued in one store, and keeps the
+    store within its bounds (every :data:`PRUNE_EVERY` seconds)."""
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pruned_at = 0.0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._thread.start()
 
-    def wake(self) -> None:
+    def wake(self, prune: bool = False) -> None:
+        """Run a round now (``prune``: the store is near its size bound; prune in it too)."""
+        if prune:
+            self._pruned_at = 0.0
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -89,14 +95,17 @@ class Notifier:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        import httpx  # the collector's own dependency: only once it has something to send
+        import httpx  # the collector's own dependency: imported by its thread, not by sqreen
 
         with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
             while not self._stop.is_set():
                 try:
                     self.send_due(client)
-                except sqlite3.Error as exc:  # a busy store: the next round tries again
-                    log.warning("notifications: the store failed (%s)", exc)
+                    if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+                        self._pruned_at = time.monotonic()
+                        self._store.prune(time.time())
+                except (sqlite3.Error, OSError) as exc:  # the next round tries again
+                    log.warning("collector: the event store failed (%s)", exc)
                 self._wake.wait(EVERY)
                 self._wake.clear()
 
