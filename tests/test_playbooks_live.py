@@ -366,7 +366,7 @@ reset_on = { where = {} }
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     expected = [
-        "critical_ips: 'nope' is not an IP address or range",
+        "critical_ips: 'nope' is not an address or CIDR range",
         "allow_private: must be true or false",
         "colour: unknown key",
         "playbook 'a': where.properties.x:",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..request.context import DIMENSIONS as REQUEST_FIELDS
-from ..security.actions import user_key
+from ..security.actions import Malformed, Network, parse_network, user_key
 
 MISSING: Any = object()
 # A regular expression runs on at most this many characters of a value: Python's engine has no
@@ -209,11 +209,9 @@ def _cidr(operand: object) -> Test:
     return inside
 
 
-def network(text: object, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def network(text: object, what: str) -> Network:
     """A range from a playbook file; Invalid naming ``what`` when it is not one."""
-    if not isinstance(text, str):
-        raise Invalid(f"{what}: a range is a string such as 10.0.0.0/8")
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise Invalid(f"{what}: {text!r} is not an IP address or range") from None
+        return parse_network(text, what)
+    except Malformed as exc:
+        raise Invalid(str(exc)) from None
