@@ -41,6 +41,7 @@ bench: $(STAMP) nats-server
 	$(PY) bench/peaks.py
 	$(PY) bench/concurrency.py
 	$(PY) bench/jetstream.py
+	$(PY) bench/playbooks.py
 
 # mypy resolves `sqreen` from a link tree shaped like the installed package, since the
 # editable install maps the folders to it through an import hook mypy cannot follow.
