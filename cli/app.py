@@ -29,7 +29,7 @@ from sqreen.storage.outbox import Outbox
 from sqreen.storage.prune import preview, prune
 from sqreen.storage.store import Store
 
-from . import actions, collect, playbook, show
+from . import actions, collect, explore, playbook, show
 from .common import USAGE, Context, err, fail, plain
 
 app = typer.Typer(
@@ -293,6 +293,7 @@ def _invalid_summary(invalid: int) -> None:
 
 
 app.command()(collect.collect)
+app.command()(explore.explore)
 
 
 def main() -> None:

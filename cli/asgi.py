@@ -101,15 +101,19 @@ def playbooks_from_environment() -> Any:
     return orjson.loads(spec) if spec else None
 
 
-def run(factory: str, host: str, port: int, workers: int, spec: Any, token: str | None) -> None:
-    """Serve ``factory`` (an import string) under uvicorn until stopped (SIGTERM, Ctrl-C)."""
+def run(
+    app: str | Any, host: str, port: int, workers: int = 1, spec: Any = None,
+    token: str | None = None,
+) -> None:  # fmt: skip
+    """Serve ``app`` under uvicorn until stopped (SIGTERM, Ctrl-C): an import string of a
+    factory (each worker process makes its own app), or an app for a single process."""
     if spec is not None:
         os.environ[PLAYBOOKS_VARIABLE] = orjson.dumps(spec).decode()
     if token is not None:
         os.environ[TOKEN_VARIABLE] = token
     uvicorn.run(
-        factory,
-        factory=True,
+        app,
+        factory=isinstance(app, str),
         host=host,
         port=port,
         workers=workers,

@@ -4,7 +4,6 @@ that forwards into NATS JetStream (:mod:`sqreen.cli.forward`)."""
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import signal
 import sqlite3
@@ -25,7 +24,7 @@ from sqreen.errors import SpoolError, UnsafeSpool
 from sqreen.storage.files import open_ours
 from sqreen.urls import is_nats, mask_url, parse_url
 
-from .common import USAGE, fail, plain
+from .common import USAGE, fail, plain, required_token
 from .playbook import decoded, read_or_exit, shorthand
 from .reference import Receiver, ReferenceCollector
 
@@ -47,6 +46,7 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 def _workers(
     host: str, port: int, workers: int, store: Path, limits: tuple[float, int],
     spec: dict[str, Any] | None, out: Path | None, token: str | None,
+    ui: dict[str, Any] | None,
 ) -> None:  # fmt: skip
     try:
         import uvicorn  # noqa: F401
@@ -56,37 +56,9 @@ def _workers(
 
     _ingest(store, None, limits).close()  # made (or refused) once, here, not in every worker
     print(f"listening on http://{host}:{port}/, keeping events in {store}", flush=True)
-    serve(host, port, workers, store, limits, spec, out, token)
-
-
-def _token(token: str | None, token_file: Path | None, host: str) -> str | None:
-    """The token every request must carry; exit with one line when there is none and the
-    collector would listen beyond loopback (anyone there could post events and drive its
-    playbook)."""
-    if token_file is not None:
-        try:
-            lines = token_file.read_text().splitlines()
-        except OSError as exc:
-            fail(f"--token-file {token_file}: {exc.strerror or exc}", USAGE)
-        token = lines[0] if lines else ""  # stripped below, as a token from anywhere
-    if token is not None and not token.strip():
-        fail("the token is empty", USAGE)
-    if token is None and not _loopback(host):
-        fail(
-            f"--host {host} reaches beyond this machine: set --token (or --token-file, or "
-            "SQREEN_COLLECT_TOKEN), which every request must carry",
-            USAGE,
-        )
-    return None if token is None else token.strip()
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    if ui is not None:
+        print(f"the Event Explorer: http://{host}:{port}/ui/", flush=True)
+    serve(host, port, workers, store, limits, spec, out, token, ui)
 
 
 def _forward(
@@ -170,6 +142,20 @@ def collect(
     token_file: Annotated[
         Path | None, typer.Option(help="Read the token from this file (its first line).")
     ] = None,
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Serve the Event Explorer under /ui (needs --store).")
+    ] = False,
+    ui_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SQREEN_UI_TOKEN",
+            show_envvar=True,
+            help="The Event Explorer's token (needed with a --host beyond loopback).",
+        ),
+    ] = None,
+    ui_token_file: Annotated[
+        Path | None, typer.Option(help="Read the explorer's token from this file.")
+    ] = None,
 ) -> None:
     """Run a local reference collector: print each event received, deduplicated by id.
 
@@ -182,7 +168,7 @@ def collect(
     With --forward, it keeps nothing: each batch is answered 2xx once the stream acknowledged
     its events, 503 when it did not (a playbook's state is then per worker process).
     """
-    token = _token(token, token_file, host)
+    token = required_token(token, token_file, host, "--token", "SQREEN_COLLECT_TOKEN")
     try:
         limits = (parse_duration(store_max_age), parse_size(store_max_size))
     except ValueError as exc:
@@ -196,10 +182,18 @@ def collect(
         # The playbooks' state needs a store: beside --out (a restart keeps its actions), else
         # a private one for this run.
         store = out.with_name(out.name + ".store") if out is not None else None
-    if workers > 1:
+    explorer = None
+    if ui:
+        if store is None:
+            fail("--ui needs --store: the Event Explorer shows what the store keeps", USAGE)
+        explorer = {
+            "token": required_token(ui_token, ui_token_file, host, "--ui-token", "SQREEN_UI_TOKEN"),
+            "playbooks": None if playbooks is None else playbooks.read_text(encoding="utf-8"),
+        }
+    if workers > 1 or explorer is not None:
         if store is None:
             fail("--workers needs --store (the workers share it) or --forward", USAGE)
-        _workers(host, port, workers, store, limits, spec, out, token)
+        _workers(host, port, workers, store, limits, spec, out, token, explorer)
         return
     with contextlib.ExitStack() as resources:
         if book is not None and store is None:

@@ -7,6 +7,7 @@ traceback only with ``--verbose``. Exit codes: 1 for a failure, 2 for a usage er
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,38 @@ def shown(text: object) -> Text:
     """``text`` for a Rich table cell: as text, never read as markup (``[/]``, ``[link=...]``
     in a collector's action or a stored event would otherwise crash or inject), escaped."""
     return Text(plain(text))
+
+
+def required_token(
+    token: str | None, token_file: Path | None, host: str, option: str, variable: str
+) -> str | None:
+    """The token every request must carry (``option``, or its ``-file`` twin); exit with one
+    line when it is empty, or missing while ``host`` reaches beyond loopback: anyone there
+    could use the server."""
+    if token_file is not None:
+        try:
+            lines = token_file.read_text().splitlines()
+        except OSError as exc:
+            fail(f"{option}-file {token_file}: {exc.strerror or exc}", USAGE)
+        token = lines[0] if lines else ""  # stripped below, as a token from anywhere
+    if token is not None and not token.strip():
+        fail("the token is empty", USAGE)
+    if token is None and not loopback(host):
+        fail(
+            f"--host {host} reaches beyond this machine: set {option} (or {option}-file, or "
+            f"{variable}), which every request must carry",
+            USAGE,
+        )
+    return None if token is None else token.strip()
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def fail(exc: BaseException | str, code: int = 1) -> NoReturn:

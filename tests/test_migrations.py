@@ -119,6 +119,12 @@ def test_wheel_installs_only_the_sqreen_import_name(wheel: Path) -> None:
     assert "sqreen/migrations/versions/0001_events.py" in names
     assert "sqreen/migrations/script.py.mako" in names
     assert "sqreen/cli/app.py" in names
+    # Every subpackage of the tree is in the wheel (a new one left out of pyproject.toml's list
+    # works in the editable install and is missing once installed), with its data files.
+    for package in (ROOT / "spool").glob("*/__init__.py"):
+        assert f"sqreen/{package.parent.name}/__init__.py" in names, package.parent.name
+    for static in (ROOT / "spool" / "explorer" / "static").iterdir():
+        assert f"sqreen/explorer/static/{static.name}" in names
 
 
 @pytest.mark.slow

@@ -40,21 +40,30 @@ def replay(
     with tempfile.TemporaryDirectory(prefix="sqreen-replay-") as directory:
         work = Path(directory)
         with _events(source, work) as events:
-            connection = sqlite3.connect(work / "state.db", isolation_level=None)
-            try:
-                connection.execute("PRAGMA synchronous=OFF")  # a scratch file
-                state.create(connection)
-                engine = Engine(playbooks)
-                done = 0
-                for chunk in _chunks(events):
-                    connection.execute("BEGIN")
-                    engine.process(connection, chunk, None)
-                    connection.execute("COMMIT")
-                    done += len(chunk)
-                    progress(done)
-                return [Decision.from_row(row) for row in state.decisions(connection)]
-            finally:
-                connection.close()
+            return run(playbooks, events, work, progress)
+
+
+def run(
+    playbooks: Playbooks, events: Iterator[Mapping[str, Any]], work: Path,
+    progress: Callable[[int], None] = lambda n: None,
+) -> list[Decision]:  # fmt: skip
+    """The decisions the playbooks take over ``events`` (in timestamp order), their state in a
+    scratch file in the directory ``work``."""
+    connection = sqlite3.connect(work / "state.db", isolation_level=None)
+    try:
+        connection.execute("PRAGMA synchronous=OFF")  # a scratch file
+        state.create(connection)
+        engine = Engine(playbooks)
+        done = 0
+        for chunk in _chunks(events):
+            connection.execute("BEGIN")
+            engine.process(connection, chunk, None)
+            connection.execute("COMMIT")
+            done += len(chunk)
+            progress(done)
+        return [Decision.from_row(row) for row in state.decisions(connection)]
+    finally:
+        connection.close()
 
 
 def _chunks(events: Iterator[Mapping[str, Any]]) -> Iterator[list[Mapping[str, Any]]]:
@@ -80,8 +89,7 @@ def _events(source: Path, work: Path) -> Iterator[Iterator[Mapping[str, Any]]]:
         store = source
     else:
         store = work / "events.db"
-        with source.open("rb") as file:
-            _load(file, store, source)
+        load_lines(source, store)
     uri = f"{store.resolve().as_uri()}?mode=ro"
     try:
         connection = sqlite3.connect(uri, uri=True)
@@ -94,9 +102,10 @@ def _events(source: Path, work: Path) -> Iterator[Iterator[Mapping[str, Any]]]:
         connection.close()
 
 
-def _load(file: IO[bytes], store: Path, source: Path) -> None:
-    """JSON lines into a scratch store, each line checked as the collector checks an event."""
-    with EventStore(store, max_bytes=1 << 62) as events:
+def load_lines(source: Path, store: Path) -> None:
+    """JSON lines into a scratch store, each line checked as the collector checks an event;
+    BadSource naming the first line that is not one."""
+    with source.open("rb") as file, EventStore(store, max_bytes=1 << 62) as events:
         with events.reading() as connection:
             connection.execute("PRAGMA synchronous=OFF")  # a scratch file
         with events.transaction() as connection:

@@ -43,10 +43,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL, at REAL NOT NULL,
-    received_at REAL NOT NULL, ip TEXT, payload BLOB NOT NULL
+    received_at REAL NOT NULL, ip TEXT, user TEXT, payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_name_at ON events (name, at);
-CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE INDEX IF NOT EXISTS events_at_name ON events (at, name);
 CREATE TABLE IF NOT EXISTS notifications (
     seq INTEGER PRIMARY KEY, url TEXT NOT NULL, body BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT
@@ -60,9 +60,15 @@ _FORGET_DECISIONS = (
 )
 _LOOKUP = 500  # ids per query: SQLite takes at most 32,766 parameters
 _INSERT = (
-    "INSERT INTO events (id, name, at, received_at, ip, payload) VALUES (?, ?, ?, ?, ?, ?) "
+    "INSERT INTO events (id, name, at, received_at, ip, user, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
 )
+
+
+def user_text(identifiers: Mapping[str, Any]) -> str:
+    """A user's identifiers as one comparable text (keys sorted, values as sent)."""
+    return orjson.dumps(identifiers, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class NotAStore(SpoolError):
@@ -154,8 +160,12 @@ class EventStore:
             request = event.get("request")
             ip = request.get("ip") if isinstance(request, dict) else None
             at = parse_time(event["timestamp"]).timestamp()
-            rows.append((event["id"], event["name"], at, now,
-                         ip if isinstance(ip, str) else None, orjson.dumps(event)))  # fmt: skip
+            who = event.get("user_identifiers")
+            ip = ip if isinstance(ip, str) else None
+            who = user_text(who) if who else None
+            rows.append(
+                (event["id"], event["name"], at, now, ip, who, orjson.dumps(event).decode())
+            )
             new.append(event)
         connection.executemany(_INSERT, rows)
         return new
