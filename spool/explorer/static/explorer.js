@@ -8,9 +8,17 @@ let view = new URLSearchParams(location.search);
 let trendChart = null;
 let replayMarks = null;
 
+// Control characters in stored text are shown escaped, as the command line shows them.
+function shown(text) {
+  return String(text).replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+    (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+}
+
+function cut(text, length) { return text.length > length ? text.slice(0, length) + "…" : text; }
+
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (text !== undefined && text !== null) node.textContent = shown(text);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
   return node;
 }
@@ -82,7 +90,7 @@ function chips() {
 }
 
 function sizedChart(target, height, series, data) {
-  const width = Math.max(200, target.clientWidth || 600);
+  const width = height > 80 ? Math.max(400, target.clientWidth || 900) : 260;
   return new uPlot({ width, height, series, legend: { show: height > 80 }, axes: height > 80 ? undefined : [{ show: false }, { show: false }], cursor: { show: height > 80 } }, data, target);
 }
 
@@ -94,7 +102,7 @@ async function renderTrend() {
   clear(target);
   const names = Object.keys(trend.series);
   const data = [trend.buckets, ...names.map((n) => trend.series[n])];
-  const series = [{}, ...names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 2 }))];
+  const series = [{}, ...names.map((n, i) => ({ label: shown(n), stroke: PALETTE[i % PALETTE.length], width: 2 }))];
   if (replayMarks && replayMarks.length === trend.buckets.length) {
     data.push(replayMarks);
     series.push({ label: "draft would fire", stroke: "#000", width: 2, dash: [4, 4] });
@@ -148,7 +156,7 @@ async function renderEvents(before) {
   if (!before) clear(body);
   for (const e of page.events) {
     const row = el("tr", undefined, { "data-id": e.id, "data-seq": e.seq });
-    for (const text of [when(e.at), e.name, e.ip, e.user, JSON.stringify(e.properties)]) row.appendChild(el("td", text));
+    for (const text of [when(e.at), e.name, e.ip, e.user, cut(JSON.stringify(e.properties), 300)]) row.appendChild(el("td", text));
     row.addEventListener("click", () => openEvent(e.id));
     body.appendChild(row);
   }
