@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS events (
     received_at REAL NOT NULL, ip TEXT, user TEXT, payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_name_at ON events (name, at);
-CREATE INDEX IF NOT EXISTS events_at_name ON events (at, name);
+-- Covering for the explorer's trend and its breakdowns by name, IP and user over a time range.
+CREATE INDEX IF NOT EXISTS events_at ON events (at, name, ip, user);
 CREATE TABLE IF NOT EXISTS notifications (
     seq INTEGER PRIMARY KEY, url TEXT NOT NULL, body BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT
