@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo bench lint clean nats-server
+.PHONY: test test-fast demo bench lint clean nats-server chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench,collector]'
 	touch $(STAMP)
 
-test: $(STAMP) nats-server
+test: $(STAMP) nats-server chromium
 	$(PY) -m pytest -q -n 2
 
 # The tests that run no process, signal, NATS server or long wait (those are marked slow).
@@ -28,6 +28,15 @@ nats-server:
 	  { echo "make test needs nats-server: install Debian's nats-server package" \
 	    "(apt-get install nats-server, as root)" >&2; exit 1; }
 
+# The Event Explorer's tests drive Debian's chromium through Playwright (the browser Playwright
+# downloads cannot be fetched here): installed when missing, as nats-server is.
+chromium:
+	@test -x /usr/bin/chromium || \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || \
+	  { echo "make test needs chromium: install Debian's chromium package" \
+	    "(apt-get install chromium, as root)" >&2; exit 1; }
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
@@ -42,6 +51,7 @@ bench: $(STAMP) nats-server
 	$(PY) bench/concurrency.py
 	$(PY) bench/jetstream.py
 	$(PY) bench/playbooks.py
+	$(PY) bench/explorer.py
 
 # mypy resolves `sqreen` from a link tree shaped like the installed package, since the
 # editable install maps the folders to it through an import hook mypy cannot follow.

@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from playwright import sync_api as playwright
 
 import sqreen
 
 from .test_cli_processes import SCRIPT
 
 pytestmark = pytest.mark.slow
-playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
