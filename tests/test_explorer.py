@@ -281,3 +281,30 @@ def test_a_token_beyond_loopback_and_a_csrf_token_on_posts(
             assert client.get("ui/static/..%2F..%2Fapp.py").status_code == 404
     finally:
         server.stop()
+
+
+def test_explore_loads_json_lines_and_refuses_other_files(tmp_path: Path) -> None:
+    lines = tmp_path / "received.jsonl"
+    now = datetime.now(UTC)
+    events = [
+        {"id": f"00000000-0000-4000-8000-{i:012d}", "name": "coupon.invalid",
+         "timestamp": (now - timedelta(minutes=i)).isoformat(), "request": {"ip": "203.0.113.5"}}
+        for i in range(30)
+    ]  # fmt: skip
+    lines.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    server = Server("explore", str(lines))
+    try:
+        found = httpx.get(server.url + "ui/api/breakdown", params={"dimension": "ip"}).json()
+        top = found["values"][0]
+        assert (top["value"], top["count"], sum(top["trend"])) == ("203.0.113.5", 30, 30)
+    finally:
+        server.stop()
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE mine (x)")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    for path, why in ((foreign, "neither an event store nor a spool"), (bad, "line 1")):
+        done = subprocess.run([SCRIPT, "explore", str(path)], capture_output=True, text=True,
+                              timeout=30)  # fmt: skip
+        assert done.returncode == 2 and why in done.stderr, done.stderr
