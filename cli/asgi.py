@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sqreen.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from sqreen.wire import MAX_BODY, TooLarge, decode, parse_batch
 
 from .reference import MAX_CONNECTIONS, READ_DEADLINE, authorized
@@ -25,9 +25,6 @@ from .reference import MAX_CONNECTIONS, READ_DEADLINE, authorized
 PLAYBOOKS_VARIABLE = "SQREEN_COLLECT_PLAYBOOKS"
 TOKEN_VARIABLE = "SQREEN_COLLECT_TOKEN"
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Result = tuple[int, dict[str, Any] | bytes, list[tuple[bytes, bytes]]]
 
 
@@ -62,9 +59,9 @@ class BatchApp:
         if not authorized(self._token, headers.get("authorization")):
             return 401, {"error": "a valid token is required (Authorization: Bearer)"}, []
         try:
-            body = await _body(receive, headers.get("content-length"))
+            body = await read_body(receive, MAX_BODY, headers.get("content-length"))
             batch = parse_batch(decode(headers.get("content-encoding"), body))
-        except TooLarge as exc:
+        except (TooLarge, BodyTooLarge) as exc:
             return 413, {"error": str(exc)}, []
         except ValueError as exc:
             return 400, {"error": str(exc)}, []
@@ -79,20 +76,6 @@ class BatchApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-async def _body(receive: Receive, declared: str | None) -> bytes:
-    """The request's body, refused past MAX_BODY whether declared or streamed."""
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        raise TooLarge(f"a body must be 0 to {MAX_BODY} bytes")
-    body = bytearray()
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise TooLarge(f"a body must be 0 to {MAX_BODY} bytes")
-        if not message.get("more_body", False):
-            return bytes(body)
 
 
 def playbooks_from_environment() -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from sqreen.asgi import Receive, Scope, Send
 from sqreen.automation.playbooks import read
 from sqreen.collector.ingest import Ingest
 from sqreen.collector.store import EventStore
@@ -36,7 +37,7 @@ class StoreApp(BatchApp):
         self._collector = collector
         self._explorer = explorer  # the Event Explorer under /ui, with --ui
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if self._explorer is not None and (path == "/ui" or path.startswith("/ui/")):
             await self._explorer(scope, receive, send)

@@ -20,7 +20,6 @@ import secrets
 import sqlite3
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,12 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from ..asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from ..automation.playbooks import Problems, parse
 from ..collector.replay import run as replay
 from ..collector.store import EventStore
 from . import views
 from .spool import SpoolSide
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 PREFIX = "/ui"
 COOKIE = "sqreen_ui"
@@ -104,8 +100,8 @@ class Explorer:
             if not hmac.compare_digest(headers.get("x-csrf-token", ""), self._csrf):
                 return _json(403, {"error": "a valid CSRF token is required"})
             try:
-                body = await _body(receive)
-            except ValueError as exc:
+                body = await read_body(receive, MAX_POST)
+            except BodyTooLarge as exc:
                 return _json(413, {"error": str(exc)})
             return await asyncio.to_thread(self._post, view, body)
         if scope["method"] != "GET":
@@ -260,14 +256,3 @@ def _static(name: str) -> Result:
 
 def _json(status: int, document: Any) -> Result:
     return status, orjson.dumps(document), "application/json", []
-
-
-async def _body(receive: Receive) -> bytes:
-    body = bytearray()
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if len(body) > MAX_POST:
-            raise ValueError(f"a request body may hold at most {MAX_POST} bytes")
-        if not message.get("more_body", False):
-            return bytes(body)
