@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; every other module is internal.
 
 from __future__ import annotations
 
-from .default import auth_track, configure, flush, identify, signup_track, track
+from .default import auth_track, configure, flush, identify, signup_track, start, track
 from .delivery.result import FlushResult
 from .errors import (
     ConfigError,
@@ -54,5 +54,6 @@ __all__ = [
     "flush",
     "identify",
     "signup_track",
+    "start",
     "track",
 ]

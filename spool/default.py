@@ -3,12 +3,16 @@ made from the environment on first use."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from . import settings_file
+from .config import Settings
 from .delivery.result import FlushResult
 from .errors import ConfigError
 from .spooler import Spooler
@@ -16,6 +20,7 @@ from .spooler import Spooler
 log = logging.getLogger("sqreen.spool")
 
 _default: Spooler | None = None
+_started: Spooler | None = None  # the spooler sqreen.start() made
 _default_lock = threading.Lock()
 # Module-level calls and requests that found the environment's settings malformed (each then
 # does nothing), and when that was last logged: at most once per MISCONFIGURED_LOG_EVERY s.
@@ -61,12 +66,44 @@ def current_spooler() -> Spooler | None:
         return None
 
 
+def start(**settings: Any) -> Spooler:
+    """The one call at boot: resolve the settings (keyword arguments, then the settings file,
+    then the environment), raise :class:`ConfigError` at once on a bad one, open (and if needed
+    migrate) the spool and start the background threads, so that no request pays for any of
+    it. The started spooler is the default one, behind ``sqreen.track()`` and the middlewares.
+
+    Calling it again with the same settings returns the same spooler; with other settings it
+    raises ConfigError (use :func:`configure` to replace the default spooler on purpose).
+    """
+    global _default, _started
+    environ: Mapping[str, str] = os.environ
+    found = settings_file.find(environ)
+    if found is not None:
+        known = [f.metadata["env"] for f in dataclasses.fields(Settings)]
+        environ = {**os.environ, **settings_file.read(found, known)}
+    resolved = Settings.resolve(settings, environ)
+    with _default_lock:
+        if _started is not None:
+            if _started.settings != resolved:
+                raise ConfigError(
+                    "sqreen.start() was already called with other settings "
+                    f"({_started.settings!r}); it is called once, at boot"
+                )
+            return _started
+        spooler = Spooler.from_settings(resolved)
+        previous, _default, _started = _default, spooler, spooler
+    if previous is not None:
+        previous.close()
+    spooler.start()
+    return spooler
+
+
 def configure(**settings: Any) -> Spooler:
     """Replace the default spooler with one built from ``settings``; return it."""
-    global _default
+    global _default, _started
     spooler = Spooler(**settings)
     with _default_lock:
-        previous, _default = _default, spooler
+        previous, _default, _started = _default, spooler, None
     if previous is not None:
         previous.close()
     return spooler

@@ -63,7 +63,17 @@ class Spooler:
         self.close()
 
     def __init__(self, *, sink: Sink | None = None, **settings: Any) -> None:
-        self.settings = Settings.resolve(settings)
+        self._build(Settings.resolve(settings), sink)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, sink: Sink | None = None) -> Spooler:
+        """A spooler of settings already resolved (see :func:`sqreen.start`)."""
+        spooler = cls.__new__(cls)
+        spooler._build(settings, sink)
+        return spooler
+
+    def _build(self, settings: Settings, sink: Sink | None) -> None:
+        self.settings = settings
         self._store = Store(self.settings, self._after_commit)
         self._scrubber = Scrubber(
             self.settings.strip_sensitive_keys,
@@ -214,7 +224,13 @@ class Spooler:
         return check_identifiers(user_identifiers, f"{what}'s user identifiers")
 
     def start(self) -> None:
-        """Start the background threads now (``track()`` starts them on first use)."""
+        """Open (and if needed migrate) the spool, and start the background threads, now:
+        ``track()`` would otherwise do both on first use. Storage trouble is counted and logged,
+        as in ``track()``, never raised: the spool may become usable later."""
+        try:
+            self._store.open()
+        except storage_errors() as exc:
+            self._storage_failed(exc, "start")
         self._upkeep.start()
 
     def _after_commit(self, inserted: int) -> bool:

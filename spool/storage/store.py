@@ -214,6 +214,11 @@ class Store:
         with self.side():
             yield self.connections.reader()
 
+    def open(self) -> None:
+        """Open the spool now (made, migrated or moved aside as needed), not at its first use."""
+        with self.gate():
+            self.connections.writer()
+
     def migrate(self) -> tuple[str | None, str | None]:
         """Apply pending migrations now; return the schema revisions before and after."""
         before = stored_revision(self.path, self.settings, self.wal_limit)
