@@ -98,6 +98,19 @@ def start(**settings: Any) -> Spooler:
     return spooler
 
 
+def stop(timeout: float | None = None) -> None:
+    """Close the spooler :func:`start` made (its pending events delivered within ``timeout``),
+    for a framework's shutdown hook; the next call of the module-level functions makes one from
+    the environment again."""
+    global _default, _started
+    with _default_lock:
+        started, _started = _started, None
+        if started is not None and _default is started:
+            _default = None
+    if started is not None:
+        started.close(timeout)
+
+
 def configure(**settings: Any) -> Spooler:
     """Replace the default spooler with one built from ``settings``; return it."""
     global _default, _started

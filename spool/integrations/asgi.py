@@ -1,8 +1,14 @@
-"""ASGI middleware: ``app = SqreenMiddleware(app)`` (Starlette, FastAPI: ``app.add_middleware``)."""
+"""ASGI middleware: ``app = SqreenMiddleware(app)`` (Starlette, FastAPI: ``app.add_middleware``),
+and ``lifespan(**settings)``, the lifespan (Starlette's ``lifespan=``, FastAPI's) that starts the
+spooler at startup (:func:`sqreen.start`) and closes it at shutdown.
+
+``block_page`` (a callable taking the action and the request's ``Accept``, returning a status,
+headers and a body) answers blocked requests instead of our page."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..errors import UserBlocked
@@ -15,6 +21,23 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+BlockPage = Callable[[Any, str | None], tuple[int, list[tuple[str, str]], bytes]]
+
+
+def lifespan(**settings: Any) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """A lifespan that calls ``sqreen.start(**settings)`` at startup (so that no request pays
+    for opening the spool) and closes the spooler at shutdown."""
+    from ..default import start, stop
+
+    @contextlib.asynccontextmanager
+    async def span(app: Any) -> AsyncIterator[None]:
+        start(**settings)
+        try:
+            yield
+        finally:
+            stop()
+
+    return span
 
 
 class SqreenMiddleware:
@@ -26,10 +49,12 @@ class SqreenMiddleware:
         app: ASGIApp,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         spooler: Spooler | None = None,
+        block_page: BlockPage | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.spooler = spooler  # None: the process's default spooler
+        self.block_page = block_page or answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,7 +87,10 @@ class SqreenMiddleware:
             )
         )
         try:
-            await enforced(self.app, scope, receive, send, headers.get("accept"), self.spooler)
+            await enforced(
+                self.app, scope, receive, send, headers.get("accept"), self.spooler,
+                self.block_page,
+            )  # fmt: skip
         finally:
             leave(token)
 
@@ -74,6 +102,7 @@ async def enforced(
     send: Send,
     accept: str | None,
     spooler: Spooler | None = None,
+    page: BlockPage = answer,
 ) -> None:
     """Run ``app`` for the current request unless a security response stops it: a blocked IP
     before the application runs; a blocked user when ``identify()`` raised UserBlocked, or the
@@ -81,7 +110,7 @@ async def enforced(
     request = current()
     assert request is not None
     if screened(request, spooler):
-        await _answer(request, send, accept)
+        await _answer(request, send, accept, page)
         return
     state = {"started": False, "replaced": False}
 
@@ -90,7 +119,7 @@ async def enforced(
             return  # the application's own response, after ours: dropped
         if message["type"] == "http.response.start" and request.blocked is not None:
             state["replaced"] = state["started"] = True
-            await _answer(request, send, accept)
+            await _answer(request, send, accept, page)
             return
         if message["type"] == "http.response.start":
             state["started"] = True
@@ -102,11 +131,11 @@ async def enforced(
         if state["started"] and not state["replaced"]:
             raise  # the response had begun: nothing can be replaced
     if request.blocked is not None and not state["started"]:
-        await _answer(request, send, accept)
+        await _answer(request, send, accept, page)
 
 
-async def _answer(request: RequestContext, send: Send, accept: str | None) -> None:
-    status, headers, body = answer(request.blocked, accept)
+async def _answer(request: RequestContext, send: Send, accept: str | None, page: BlockPage) -> None:
+    status, headers, body = page(request.blocked, accept)
     raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,9 @@
-"""Django middleware: add ``"sqreen.integrations.django.SqreenMiddleware"`` to ``MIDDLEWARE``."""
+"""Django: the app ``"sqreen.integrations.django.SqreenConfig"`` in ``INSTALLED_APPS`` starts
+the spooler when Django is ready (``sqreen.start(**settings.SQREEN)``), and
+``"sqreen.integrations.django.SqreenMiddleware"`` in ``MIDDLEWARE`` makes each request current.
+
+``settings.SQREEN`` holds the settings by name (``{"path": ..., "url": ...}``), and
+``block_template``: a template rendered (with ``action``) as the block page instead of ours."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ class SqreenMiddleware:
         self.get_response = get_response
         # settings.SQREEN_SPOOLER: a Spooler of the project's; the process's default if unset.
         self.spooler: Spooler | None = getattr(settings, "SQREEN_SPOOLER", None)
+        self.template: str | None = getattr(settings, "SQREEN", {}).get(BLOCK_TEMPLATE)
 
     def __call__(self, request: Any) -> Any:
         meta = request.META
@@ -43,23 +49,59 @@ class SqreenMiddleware:
             context = current()
             assert context is not None
             if screened(context, self.spooler):
-                return _answer(context, meta)
+                return _answer(context, meta, self.template)
             response = self.get_response(request)
             # Django turned a UserBlocked into a 500 (after process_exception), or the view
             # swallowed it: either way the request is marked, and its response replaced.
-            return _answer(context, meta) if context.blocked is not None else response
+            blocked = context.blocked is not None
+            return _answer(context, meta, self.template) if blocked else response
         finally:
             leave(token)
 
     def process_exception(self, request: Any, exception: Exception) -> Any:
         context = current()
         if isinstance(exception, UserBlocked) and context is not None:
-            return _answer(context, request.META)
+            return _answer(context, request.META, self.template)
         return None
 
 
-def _answer(context: RequestContext, meta: Any) -> Any:
+def _answer(context: RequestContext, meta: Any, template: str | None) -> Any:
     from django.http import HttpResponse  # type: ignore[import-untyped]
 
-    status, headers, body = answer(context.blocked, meta.get("HTTP_ACCEPT"))
+    action = context.blocked
+    if template is not None and action.url is None:
+        from django.template.loader import render_to_string  # type: ignore[import-untyped]
+
+        return HttpResponse(render_to_string(template, {"action": action}), status=403)
+    status, headers, body = answer(action, meta.get("HTTP_ACCEPT"))
     return HttpResponse(body, status=status, headers=dict(headers))
+
+
+BLOCK_TEMPLATE = "block_template"
+_config: type | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # The AppConfig class is made on first use: this module is importable without Django.
+    global _config
+    if name != "SqreenConfig":
+        raise AttributeError(name)
+    if _config is None:
+        from django.apps import AppConfig  # type: ignore[import-untyped]
+
+        class SqreenConfig(AppConfig):  # type: ignore[misc]
+            name = "sqreen.integrations.django"
+            label = "sqreen"
+            verbose_name = "sqreen-spool"
+
+            def ready(self) -> None:
+                from django.conf import settings
+
+                from ..default import start
+
+                chosen = dict(getattr(settings, "SQREEN", {}))
+                chosen.pop(BLOCK_TEMPLATE, None)
+                start(**chosen)
+
+        _config = SqreenConfig
+    return _config

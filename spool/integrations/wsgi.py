@@ -23,17 +23,20 @@ class SqreenMiddleware:
         app: WSGIApp,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         spooler: Spooler | None = None,
+        screen: bool = True,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.spooler = spooler  # None: the process's default spooler
+        # False: the framework screens blocked IPs itself (a hook that renders its own page).
+        self.screen = screen
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         token = enter(capture(environ, *read_body(environ, self.max_body_bytes)))
         try:
-            return enforced(self.app, environ, start_response, self.spooler)
+            return enforced(self.app, environ, start_response, self.spooler, self.screen)
         finally:
             leave(token)
 
@@ -43,15 +46,17 @@ def enforced(
     environ: dict[str, Any],
     start_response: Callable[..., Any],
     spooler: Spooler | None = None,
+    screen: bool = True,
 ) -> Iterable[bytes]:
     """Run ``app`` for the current request, unless a security response stops it: a blocked IP
-    before the application runs; a blocked user when ``identify()`` raises UserBlocked, or
-    when the application swallowed that exception (the request stays marked, and the
-    application's response is replaced). The application's ``start_response`` waits until it
+    before the application runs (unless ``screen`` is False); a blocked user when
+    ``identify()`` raises UserBlocked, or when the application swallowed that exception (the
+    request stays marked, and the application's response is replaced, unless the framework
+    answered the block itself). The application's ``start_response`` waits until it
     returns, so that its response can still be replaced."""
     request = current()
     assert request is not None
-    if screened(request, spooler):
+    if screen and screened(request, spooler):
         return _answer(request, environ, start_response)
     held: list[tuple[Any, ...]] = []
     returned = False
@@ -76,7 +81,7 @@ def enforced(
             raise
         return _answer(request, environ, start_response)
     returned = True
-    if request.blocked is not None and not writes:
+    if request.blocked is not None and not writes and not request.answered:
         close = getattr(result, "close", None)
         if close is not None:
             close()

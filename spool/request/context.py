@@ -53,6 +53,8 @@ class RequestContext:
     traits: dict[str, Any] | None = None
     # The security response this request is answered with (sqreen.security.actions.Action), if any.
     blocked: Any = None
+    # The framework answered ``blocked`` itself (its own block page): the middleware keeps it.
+    answered: bool = False
     _request_id: str | None = field(default=None, repr=False)
     # The builder (spoolers may differ in settings) and the request object it encoded without
     # and with the body's fields (``collect_body``).
