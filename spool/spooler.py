@@ -35,6 +35,7 @@ from .request.scrub import Scrubber
 from .security.actions import Action
 from .security.enforcer import Enforcer
 from .security.responder import Responder
+from .stats import Stats, read_stats
 from .storage.failures import record_failure, storage_errors
 from .storage.outbox import Outbox
 from .storage.store import Store
@@ -243,6 +244,14 @@ class Spooler:
         An explicit flush does not wait for the backoff stored on failed rows.
         """
         return self._upkeep.flush(timeout, ignore_backoff=True)
+
+    def stats(self) -> Stats:
+        """What the spool holds and has done, for metrics (see :mod:`sqreen.stats`): every
+        process on the spool sees the same. Storage trouble is raised: a metrics scrape should
+        fail visibly."""
+        with contextlib.suppress(*storage_errors()):  # this process's failures, saved first
+            self._upkeep.save_health()
+        return read_stats(self._store)
 
     def health(self) -> HealthReport:
         """Storage and delivery failures counted by kind in this process, and the last error."""

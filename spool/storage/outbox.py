@@ -180,6 +180,7 @@ class Outbox:
                 raw.execute(_SETTLE, {"status": DELIVERED, "now": now, "seqs": as_json(seqs)})
             elif seqs:
                 _delete(raw, seqs)
+            add(raw, "delivered", len(seqs))  # the running total, for stats() and metrics
             for reason, n in reported.items():
                 add(raw, f"reported.{reason}", n)
             if refused:
