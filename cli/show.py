@@ -57,16 +57,28 @@ def summary(
         "oldest pending": _oldest(found.oldest_pending),
         "last attempt": _attempt(found.last_attempt),
         "failures": ", ".join(f"{n} {kind}" for kind, n in found.failures.items()) or "none",
-        "collector": "not set (SQREEN_URL)"
-        if found.url is None
-        else f"{found.url} (token {'set' if found.token_set else 'not set'})",
     }
+
     if found.last_failure is not None:
         lines["last failure"] = f"{found.last_failure['at']} {found.last_failure['error']}"
+    rows = list(lines.items())
+    told = [_process(p) for p in found.processes]
+    told = told or ["none recorded (each records itself every heartbeat)"]
+    rows += [("processes" if not number else "", text) for number, text in enumerate(told)]
     table = Table.grid(padding=(0, 2))
-    for key, value in lines.items():
+    for key, value in rows:
         table.add_row(key, shown(value))
     out.print(table)
+
+
+def _process(process: dict[str, Any]) -> str:
+    """One process's line: who, where it delivers, its last and next delivery."""
+    last = process.get("last_delivery") or {}
+    when = "" if not last else f"; last delivery {report.iso(last['at'])}: {last['outcome']}"
+    upcoming = process.get("next_delivery_at")
+    after = "" if upcoming is None else f"; next at {report.iso(upcoming)}"
+    where = process.get("destination") or "nothing to deliver to (no SQREEN_URL)"
+    return f"{process.get('host')} pid {process.get('pid')}: {where}{when}{after}"
 
 
 @app.command("events")

@@ -13,6 +13,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from . import processes
 from .config import Settings
 from .delivery.result import FlushResult
 from .health import Health
@@ -58,6 +59,8 @@ class Upkeep:
         self._drained_at = 0
         self._warned_no_url = False
         self._security_due = False  # a login or signup waits for an early delivery
+        self._last_delivery: dict[str, object] | None = None  # this process's, for inspect
+        self._next_delivery: float | None = None
         self._delivered_at = -SECURITY_WAKE_EVERY  # when the last delivery began (monotonic)
 
     def after_commit(self, inserted: int) -> bool:
@@ -143,6 +146,8 @@ class Upkeep:
                 log_drops({"age": drop_old(store, settings)})
                 if self._flusher is None:
                     self._warn_no_url()
+                with store.write() as raw:  # what this process is doing, for inspect
+                    processes.record(raw, self._status())
             self.bound.keep()
             self.save_health()
             self._responder.report()
@@ -163,11 +168,25 @@ class Upkeep:
         self._security_due = False
         self._delivered_at = started
         delay = self.settings.heartbeat_delay * _jitter()
+        outcome = "failed"
         try:
-            self._flusher.flush(self.settings.lease * 2)
+            done = self._flusher.flush(self.settings.lease * 2)
+            outcome = f"{done.delivered} delivered, {done.failed} failed, {done.pending} pending"
         except storage_errors() as exc:
             record_failure(self._health, exc, "delivery")
+        self._last_delivery = {"at": time.time(), "outcome": outcome}
+        self._next_delivery = time.time() + delay
         return delay
+
+    def _status(self) -> dict[str, object]:
+        """This process's note (see :mod:`.processes`)."""
+        flusher = self._flusher
+        return {
+            "destination": None if flusher is None else flusher.destination,
+            "heartbeat": self.settings.heartbeat_delay,
+            "last_delivery": self._last_delivery,
+            "next_delivery_at": self._next_delivery,
+        }
 
     def _warn_no_url(self) -> None:
         if not self._warned_no_url:

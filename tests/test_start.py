@@ -129,3 +129,36 @@ def test_gunicorn_workers_boot_with_the_spool_open(tmp_path: Path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_inspect_shows_what_each_process_is_doing(spool_path: Path, tmp_path: Path) -> None:
+    from .test_cli_processes import SCRIPT
+
+    code = (
+        "import sqreen, sys, time\n"
+        f"s = sqreen.Spooler(path={str(spool_path)!r}, url='http://127.0.0.1:9/', "
+        "heartbeat_delay=0.2, retry_attempts=1)\n"
+        "s.track('x'); print('ready', flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20
+        while True:
+            shown = subprocess.run([SCRIPT, "--path", str(spool_path), "inspect"],
+                                   capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+            if f"pid {child.pid}: http://127.0.0.1:9/" in shown and "last delivery" in shown:
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.2)
+        assert "next at" in shown and "not set (SQREEN_URL)" not in shown
+    finally:
+        child.kill()
+        child.wait()
+    time.sleep(0.1)
+    gone = subprocess.run([SCRIPT, "--path", str(spool_path), "inspect", "--json"],
+                          capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+    import orjson
+
+    assert orjson.loads(gone)["processes"] == []  # its pid no longer runs: it drops out

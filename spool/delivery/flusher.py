@@ -33,6 +33,7 @@ from ..security.action_store import (
     replace_urgent,
 )
 from ..storage.outbox import Batch, Outbox, owner_name
+from ..urls import mask_url
 from .result import FlushResult
 from .sink import BISECT_STATUSES, SPLIT_STATUSES, Reply, Sink
 
@@ -59,6 +60,15 @@ class Flusher:
         self.urgent: frozenset[str] = frozenset()
         self._urgent_read = False
         self._retry_wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
+
+    @property
+    def destination(self) -> str:
+        """Where this flusher delivers, for people: the URL masked, or the sink's class."""
+        if self._settings.url is not None and type(self._transport).__module__.startswith(
+            "sqreen.delivery."
+        ):
+            return mask_url(self._settings.url)
+        return type(self._transport).__name__
 
     def flush(
         self,

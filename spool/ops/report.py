@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine
 
+from .. import processes
 from ..errors import SpoolError
 from ..storage.counters import unreported
 from ..storage.revision import check_known, read_revision
@@ -53,8 +54,9 @@ class Summary:
     last_failure: dict[str, Any] | None
     oldest_pending: dict[str, Any] | None
     last_attempt: dict[str, Any] | None
-    url: str | None
+    url: str | None  # the inspecting command's own (--url), not an application's
     token_set: bool
+    processes: list[dict[str, Any]] = field(default_factory=list)  # what each says it does
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +94,7 @@ def summarize(
             for name, value in conn.exec_driver_sql("SELECT name, value FROM notes")
         }
         oldest = conn.exec_driver_sql(_OLDEST, {"pending": PENDING}).first()
+        alive = processes.read(conn, now)
     return Summary(
         path=str(path),
         file_bytes=file_bytes,
@@ -116,6 +119,7 @@ def summarize(
         last_attempt=_with_times(notes.get("last_attempt")),
         url=None if url is None else mask_url(url),
         token_set=token_set,
+        processes=alive,
     )
 
 
