@@ -52,6 +52,7 @@ bench: $(STAMP) nats-server
 	$(PY) bench/jetstream.py
 	$(PY) bench/playbooks.py
 	$(PY) bench/explorer.py
+	$(PY) bench/boot.py
 
 # mypy resolves `sqreen` from a link tree shaped like the installed package, since the
 # editable install maps the folders to it through an import hook mypy cannot follow.

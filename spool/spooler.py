@@ -232,6 +232,7 @@ class Spooler:
             self._store.open()
         except storage_errors() as exc:
             self._storage_failed(exc, "start")
+        build("sqreen.start", None, rules=self._rules)  # the first track()'s one-off costs, now
         self._upkeep.start()
 
     def _after_commit(self, inserted: int) -> bool:

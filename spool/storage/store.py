@@ -215,9 +215,17 @@ class Store:
             yield self.connections.reader()
 
     def open(self) -> None:
-        """Open the spool now (made, migrated or moved aside as needed), not at its first use."""
+        """Open the spool now (made, migrated or moved aside as needed), not at its first use,
+        and prepare the hot path's statement (an insert rolled back): the first ``track()``
+        then costs what the others do."""
         with self.gate():
-            self.connections.writer()
+            raw = self.connections.writer()
+            with self.writers_turn():
+                self._execute(raw, "BEGIN IMMEDIATE")
+                try:
+                    raw.execute(_INSERT, ("", "", 0.0, b""))
+                finally:
+                    raw.execute("ROLLBACK")
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Apply pending migrations now; return the schema revisions before and after."""
