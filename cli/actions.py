@@ -32,7 +32,9 @@ from sqreen.storage.store import Store
 from .common import USAGE, Context, fail, shown
 from .show import out
 
-app = typer.Typer(help="List, add and remove security responses (block or redirect).")
+app = typer.Typer(
+    help="List, add and remove security responses (block or redirect).", rich_markup_mode=None
+)
 
 Duration = Annotated[
     str | None,

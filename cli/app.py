@@ -7,6 +7,7 @@ parses options and prints. See :mod:`sqreen.cli.common` for output and exit-code
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sys
 import tempfile
@@ -30,12 +31,15 @@ from sqreen.storage.prune import preview, prune
 from sqreen.storage.store import Store
 
 from . import actions, collect, explore, playbook, show
-from .common import USAGE, Context, err, fail, plain
+from .common import USAGE, Context, Json, err, fail, plain, said
+from .progress import reading
 
 app = typer.Typer(
     help="Inspect and operate a sqreen-spool event spool.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: flags as flags, values as NAME, no type placeholders or raw markup.
+    rich_markup_mode=None,
 )
 app.add_typer(show.app, name="inspect")
 app.add_typer(actions.app, name="actions")
@@ -79,13 +83,16 @@ def main_options(
 
 
 @app.command()
-def migrate(ctx: typer.Context) -> None:
-    """Create the spool or bring its schema up to date; print the revisions before and after."""
+def migrate(ctx: typer.Context, json: Json = False) -> None:
+    """Create the spool or bring its schema up to date; print the revisions before and after.
+
+    JSON: path, before (null for a new spool), after."""
     context: Context = ctx.obj
     settings = context.settings()
     with context.errors(settings.path), Store(settings) as store:
         before, after = store.migrate()
-    typer.echo(f"{store.path}: {before or '(empty)'} -> {after}")
+    document = {"path": str(store.path), "before": before, "after": after}
+    said(json, document, f"{store.path}: {before or '(empty)'} -> {after}")
 
 
 @app.command()
@@ -95,11 +102,13 @@ def flush(
         float | None, typer.Option(min=0, help="Give up after this many seconds.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Events per POST.")] = None,
+    json: Json = False,
 ) -> None:
     """Deliver every pending event now, ignoring the backoff of failed ones.
 
     Safe while the application runs: rows another flusher holds are left to it. Exit 0 when
-    nothing is left pending, 1 when events remain.
+    nothing is left pending, 1 when events remain. JSON: delivered, rejected, pending,
+    seconds, error.
     """
     context: Context = ctx.obj
     settings = context.existing(batch_size=batch_size)
@@ -112,25 +121,38 @@ def flush(
         try:
             pending = store.count_pending()
             started = time.monotonic()
-            with _progress(pending) as progress:
+            with _progress(pending, quiet=json) as progress:
                 result = flusher.flush(timeout, ignore_backoff=True, progress=progress)
         finally:
             flusher.close()
     elapsed = time.monotonic() - started
-    typer.echo(
+    last_error = health.report().last_error if result.pending else None
+    document = {
+        "delivered": result.delivered,
+        "rejected": result.rejected,
+        "pending": result.pending,
+        "seconds": round(elapsed, 3),
+        "error": last_error,
+    }
+    said(
+        json,
+        document,
         f"delivered {result.delivered}, rejected {result.rejected}, "
-        f"still pending {result.pending} ({elapsed:.1f} s)"
+        f"still pending {result.pending} ({elapsed:.1f} s)",
     )
     if result.pending:
-        last_error = health.report().last_error
         if last_error is not None:
             fail(last_error)
         raise typer.Exit(1)
 
 
 @contextlib.contextmanager
-def _progress(total: int) -> Iterator[Any]:
-    """A progress callback: a Rich bar on a terminal, else one plain line per batch."""
+def _progress(total: int, quiet: bool = False) -> Iterator[Any]:
+    """A progress callback: a Rich bar on a terminal, else one plain line per batch (none
+    with ``quiet``: --json keeps stdout to its one object)."""
+    if quiet:
+        yield lambda done: None
+        return
     if not sys.stdout.isatty():
         yield lambda done: typer.echo(
             f"delivered {done.delivered + done.rejected} of {total} pending"
@@ -152,8 +174,10 @@ def prune_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be dropped; change nothing.")
     ] = False,
+    json: Json = False,
 ) -> None:
-    """Apply the age and size limits now and say what was dropped."""
+    """Apply the age and size limits now and say what was dropped. JSON: dry_run, age,
+    size."""
     context: Context = ctx.obj
     settings = context.existing()
     with context.errors(settings.path):
@@ -163,9 +187,11 @@ def prune_command(
             with Store(settings) as store:
                 dropped = prune(store, settings)
     verb = "would drop" if dry_run else "dropped"
-    typer.echo(
-        f"{verb} {dropped['age']} events older than {show.duration(settings.max_age)} (max_age), "
-        f"{dropped['size']} over {show.size(settings.max_bytes)} (max_bytes)"
+    said(
+        json,
+        {"dry_run": dry_run, "age": dropped["age"], "size": dropped["size"]},
+        f"{verb} {dropped['age']} events older than {show.duration(settings.max_age)} "
+        f"(max_age), {dropped['size']} over {show.size(settings.max_bytes)} (max_bytes)",
     )
 
 
@@ -183,16 +209,21 @@ def _selection(status: str, name: str | None, ids: list[str] | None) -> Selectio
 
 @app.command()
 def requeue(
-    ctx: typer.Context, status: Status = "rejected", name: Name = None, ids: Ids = None
+    ctx: typer.Context,
+    status: Status = "rejected",
+    name: Name = None,
+    ids: Ids = None,
+    json: Json = False,
 ) -> None:
-    """Put rejected (or delivered) events back to pending, e.g. after a collector fix."""
+    """Put rejected (or delivered) events back to pending, e.g. after a collector fix. JSON:
+    requeued, status."""
     context: Context = ctx.obj
     if status not in ("rejected", "delivered"):
         fail("requeue takes --status rejected or --status delivered", USAGE)
     settings = context.existing()
     with context.errors(settings.path), Store(settings) as store:
         moved = admin.requeue(store, _selection(status, name, ids))
-    typer.echo(f"requeued {moved} {status} events")
+    said(json, {"requeued": moved, "status": status}, f"requeued {moved} {status} events")
 
 
 @app.command()
@@ -202,8 +233,10 @@ def purge(
     name: Name = None,
     ids: Ids = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really delete.")] = False,
+    json: Json = False,
 ) -> None:
-    """Delete events for good; undelivered ones are counted as dropped (purged)."""
+    """Delete events for good; undelivered ones are counted as dropped (purged). JSON:
+    purged, status."""
     context: Context = ctx.obj
     selection = _selection(status, name, ids)
     if not yes:
@@ -213,7 +246,7 @@ def purge(
     settings = context.existing()
     with context.errors(settings.path), Store(settings) as store:
         deleted = admin.purge(store, selection)
-    typer.echo(f"purged {deleted} {status} events")
+    said(json, {"purged": deleted, "status": status}, f"purged {deleted} {status} events")
 
 
 @app.command("import")
@@ -223,12 +256,14 @@ def import_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Import nothing if any line is invalid.")
     ] = False,
+    json: Json = False,
 ) -> None:
     """Track past events from JSON lines: {"name", "properties", "user_identifiers",
     "timestamp"} per line, timestamp in ISO-8601 or epoch seconds.
 
     Invalid lines are reported with their numbers and skipped. Exit 0 when every line was
-    imported, 1 when any was invalid.
+    imported, 1 when any was invalid. A progress bar on a terminal, a line per 10% otherwise
+    (on stderr). JSON: imported, invalid, dropped, seconds.
     """
     context: Context = ctx.obj
     settings = context.settings()
@@ -253,10 +288,21 @@ def import_command(
             copy.seek(0)
             source = copy
         with context.errors(settings.path), Store(settings) as store:
-            result = import_lines(store, bounded_lines(source), report, settings.max_bytes)
+            lines = reading(source, bounded_lines(source), quiet=json)
+            result = import_lines(store, stack.enter_context(lines), report, settings.max_bytes)
     elapsed = time.monotonic() - started
     rate = f", {result.valid / elapsed:,.0f} events/s" if result.valid >= 1000 else ""
-    typer.echo(f"imported {result.valid} events into {settings.path} ({elapsed:.2f} s{rate})")
+    document = {
+        "imported": result.valid,
+        "invalid": result.invalid,
+        "dropped": result.dropped,
+        "seconds": round(elapsed, 3),
+    }
+    said(
+        json,
+        document,
+        f"imported {result.valid} events into {settings.path} ({elapsed:.2f} s{rate})",
+    )
     if result.dropped:
         err.print(f"warning: the size limit dropped {result.dropped} of the oldest events")
     if result.invalid:
@@ -296,6 +342,43 @@ app.command()(collect.collect)
 app.command()(explore.explore)
 
 
+# The global options, also accepted after the command's name (``flush --url ...``): each with
+# whether it takes a value.
+GLOBAL_OPTIONS = {"--path": True, "--url": True, "--token": True, "--verbose": False, "-v": False}
+
+
+def hoisted(argv: list[str]) -> list[str]:
+    """``argv`` with the global options found after the command's name moved before it, where
+    Click reads them. ``--`` ends the options; an option's value goes with it."""
+    front: list[str] = []
+    rest: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            rest += [word, *words]
+            break
+        name, equals, _ = word.partition("=")
+        known = name in GLOBAL_OPTIONS
+        target = front if known or (not rest and word.startswith("-")) else rest
+        target.append(word)
+        if known and GLOBAL_OPTIONS[name] and not equals:
+            target.extend(itertools.islice(words, 1))  # its value, when there is one
+    return front + rest
+
+
+def _metavars(command: Any) -> None:
+    """Name every value the way Click's help does (``--status STATUS``, ``FILE``), instead of
+    a type placeholder."""
+    for param in command.params:
+        flag = getattr(param, "is_flag", False)  # Typer's own Click: duck-typed
+        if param.metavar is None and not flag and param.name:
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        _metavars(sub)
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    command = typer.main.get_command(app)
+    _metavars(command)
+    command.main(args=hoisted(sys.argv[1:]), prog_name="sqreen-spool")

@@ -11,8 +11,9 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
+import orjson
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -75,6 +76,16 @@ def loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# Every command that reports takes --json: one JSON object on stdout, its keys documented in
+# docs/cli.md (listings print one object per line).
+Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")]
+
+
+def said(json: bool, document: dict[str, Any], text: str) -> None:
+    """Report a command's outcome: ``document`` as one JSON line with --json, else ``text``."""
+    typer.echo(orjson.dumps(document).decode() if json else text)
 
 
 def fail(exc: BaseException | str, code: int = 1) -> NoReturn:

@@ -18,7 +18,11 @@ from sqreen.collector.replay import BadSource, replay
 
 from .common import USAGE, err, fail, plain
 
-app = typer.Typer(no_args_is_help=True, help="Check a playbook file; replay history through it.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Check a playbook file; replay history through it.",
+    rich_markup_mode=None,
+)
 
 FAILED_LOGIN = {"event": "sqreen.auth_track", "where": {"properties.success": False}}
 

@@ -21,7 +21,7 @@ from sqreen.storage.files import file_bytes
 
 from .common import USAGE, Context, fail, shown
 
-app = typer.Typer(help="Show what is in the spool (changes nothing).")
+app = typer.Typer(help="Show what is in the spool (changes nothing).", rich_markup_mode=None)
 out = Console(highlight=False)
 if not out.is_terminal:
     # Piped or redirected: no terminal width to fit, so do not cut ids short.

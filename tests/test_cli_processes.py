@@ -425,3 +425,46 @@ def test_collect_keeps_a_repeated_id_once_writes_out_0600_and_says_what_is_damag
         assert broken.returncode == 2 and "Traceback" not in broken.stderr
         assert "not an event store" in broken.stderr, broken.stderr
         assert damaged.read_bytes() == content  # refused, never overwritten
+
+
+def test_every_reporting_command_speaks_json_and_takes_global_options_after_its_name(
+    spool_path: Path, tmp_path: Path, collect: Collect
+) -> None:
+    lines = tmp_path / "events.jsonl"
+    lines.write_text("".join(f'{{"name": "e", "properties": {{"i": {i}}}}}\n' for i in range(30)))
+    imported = run("import", str(lines), "--path", str(spool_path), "--json")
+    assert imported.returncode == 0, imported.stderr
+    assert orjson.loads(imported.stdout) | {"seconds": 0} == {
+        "imported": 30, "invalid": 0, "dropped": 0, "seconds": 0}  # fmt: skip
+    migrated = orjson.loads(run("migrate", "--path", str(spool_path), "--json").stdout)
+    assert migrated["before"] == migrated["after"]
+    flushed = run("flush", "--url", collect.url, "--path", str(spool_path), "--json")
+    assert flushed.returncode == 0, flushed.stderr
+    assert orjson.loads(flushed.stdout)["delivered"] == 30  # one object: no progress lines
+    pruned = orjson.loads(run("prune", "--dry-run", "--json", "--path", str(spool_path)).stdout)
+    assert pruned == {"dry_run": True, "age": 0, "size": 0}
+    for command, key in (("requeue", "requeued"), ("purge", "purged")):
+        extra = ("--yes",) if command == "purge" else ()
+        done = run(command, "--status", "rejected", *extra, "--json", "--path", str(spool_path))
+        assert orjson.loads(done.stdout) == {key: 0, "status": "rejected"}, done.stderr
+
+
+def test_help_names_values_and_shows_flags_as_flags() -> None:
+    for command in ("purge", "import", "flush", "collect", "inspect"):
+        shown = run(command, "--help").stdout
+        options = shown.split("Options:")[-1]  # Typer still types its arguments (FILE <str>)
+        assert "<bool>" not in shown and "<list" not in shown and "<str>" not in options, shown
+    assert "--status STATUS" in run("purge", "--help").stdout
+    assert "  --yes " in run("purge", "--help").stdout
+
+
+def test_import_says_how_far_it_is_without_a_terminal(spool_path: Path, tmp_path: Path) -> None:
+    lines = tmp_path / "events.jsonl"
+    lines.write_text(
+        "".join(f'{{"name": "e", "properties": {{"i": {i}}}}}\n' for i in range(20000))
+    )
+    done = run("--path", str(spool_path), "import", str(lines))
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in done.stderr.splitlines() if line.startswith("imported ")]
+    assert 5 <= len(steps) <= 10 and steps[-1] == "imported 100% of the file", steps
+    assert done.stdout.startswith("imported 20000 events")
