@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo bench lint clean nats-server chromium
+.PHONY: test test-fast demo bench lint clean nats-server chromium tmux
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench,collector]'
 	touch $(STAMP)
 
-test: $(STAMP) nats-server chromium
+test: $(STAMP) nats-server chromium tmux
 	$(PY) -m pytest -q -n 2
 
 # The tests that run no process, signal, NATS server or long wait (those are marked slow).
@@ -36,6 +36,12 @@ chromium:
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || \
 	  { echo "make test needs chromium: install Debian's chromium package" \
 	    "(apt-get install chromium, as root)" >&2; exit 1; }
+
+# `sqreen-spool top` is tested in a real terminal: tmux.
+tmux:
+	@command -v tmux >/dev/null || apt-get install -y -q tmux >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q tmux >/dev/null 2>&1) || \
+	  { echo "make test needs tmux: install Debian's tmux package (as root)" >&2; exit 1; }
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

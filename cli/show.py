@@ -62,7 +62,7 @@ def summary(
     if found.last_failure is not None:
         lines["last failure"] = f"{found.last_failure['at']} {found.last_failure['error']}"
     rows = list(lines.items())
-    told = [_process(p) for p in found.processes]
+    told = [process_line(p) for p in found.processes]
     told = told or ["none recorded (each records itself every heartbeat)"]
     rows += [("processes" if not number else "", text) for number, text in enumerate(told)]
     table = Table.grid(padding=(0, 2))
@@ -71,7 +71,7 @@ def summary(
     out.print(table)
 
 
-def _process(process: dict[str, Any]) -> str:
+def process_line(process: dict[str, Any]) -> str:
     """One process's line: who, where it delivers, its last and next delivery."""
     last = process.get("last_delivery") or {}
     when = "" if not last else f"; last delivery {report.iso(last['at'])}: {last['outcome']}"

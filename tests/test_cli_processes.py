@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -468,3 +469,36 @@ def test_import_says_how_far_it_is_without_a_terminal(spool_path: Path, tmp_path
     steps = [line for line in done.stderr.splitlines() if line.startswith("imported ")]
     assert 5 <= len(steps) <= 10 and steps[-1] == "imported 100% of the file", steps
     assert done.stdout.startswith("imported 20000 events")
+
+
+@pytest.mark.slow
+def test_top_in_a_real_terminal(spool_path: Path, tmp_path: Path) -> None:
+    fill(spool_path, 25)
+    session = f"top{os.getpid()}"
+    command = f"{SCRIPT} --path {spool_path} top"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command],
+                   check=True)  # fmt: skip
+
+    def pane() -> str:
+        shown = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+        return shown.stdout
+
+    try:
+        deadline = time.monotonic() + 20
+        while "25 (0 being sent)" not in pane():
+            assert time.monotonic() < deadline, pane()
+            time.sleep(0.2)
+        screen = pane()
+        assert "tracked/s" in screen and "lag" in screen and "q quits" in screen
+        fill(spool_path, 10)  # the view follows the spool
+        while "35 (0 being sent)" not in pane():
+            assert time.monotonic() < deadline, pane()
+            time.sleep(0.2)
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        while subprocess.run(["tmux", "has-session", "-t", session],
+                             capture_output=True).returncode == 0:  # fmt: skip
+            assert time.monotonic() < deadline, "q did not quit"
+            time.sleep(0.1)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -57,6 +57,7 @@ class Summary:
     url: str | None  # the inspecting command's own (--url), not an application's
     token_set: bool
     processes: list[dict[str, Any]] = field(default_factory=list)  # what each says it does
+    delivered_total: int = 0  # every event delivered since the spool was made
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +121,7 @@ def summarize(
         url=None if url is None else mask_url(url),
         token_set=token_set,
         processes=alive,
+        delivered_total=int(counters.get("delivered", 0)),
     )
 
 
