@@ -4,6 +4,7 @@ down or restarted."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -116,18 +117,26 @@ def test_a_missing_stream_is_a_configuration_error_until_it_exists(
     result = spooler.flush(timeout=10)
     assert (result.delivered, result.failed, result.pending) == (0, 20, 20)
     assert "collector_config" in spooler.health().failures
-    assert "no JetStream stream takes subject" in str(spooler.health().last_error)
+    # In NATS terms, not as an HTTP 404.
+    assert "collector_config: NATS: no JetStream stream takes subject" in str(
+        spooler.health().last_error
+    )
     add_stream(server.url)
     assert spooler.flush(timeout=10).pending == 0
     spooler.close()
     assert len(tags(server.url)) == 20
 
 
-def test_the_spooler_creates_the_stream_when_allowed(spool_path: Path, server: NatsServer) -> None:
+def test_the_spooler_creates_the_stream_when_allowed(
+    spool_path: Path, server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
     spooler = filled(spool_path, 20, url=server.url, nats_create_stream=True)
-    assert spooler.flush(timeout=10).delivered == 20
-    spooler.close()
+    with caplog.at_level(logging.WARNING, logger="sqreen.spool"):
+        assert spooler.flush(timeout=10).delivered == 20
+        spooler.close()
     assert len(tags(server.url)) == 20
+    created = [r for r in caplog.records if "created JetStream stream" in r.getMessage()]
+    assert len(created) == 1  # said once, whichever thread made it
 
 
 def test_a_message_over_the_streams_limit_rejects_that_event_only(

@@ -40,6 +40,9 @@ IN_FLIGHT = 256
 # The stream the sink makes, when allowed to (SQREEN_SPOOL_NATS_CREATE_STREAM) and none takes
 # the subject.
 STREAM = "SQREEN_EVENTS"
+# The subjects this process made a stream for: said once, whichever thread made it.
+_created: set[str] = set()
+_created_lock = threading.Lock()
 # A failed connection is retried by the next delivery, not by nats-py in the background, while
 # an established one that drops is reconnected by nats-py, with its pending PubAcks timing out.
 RECONNECT_WAIT = 0.25
@@ -165,10 +168,15 @@ class Publisher:
                     404,
                     f"no JetStream stream takes subject {self.subject!r} (create one, or set "
                     "SQREEN_SPOOL_NATS_CREATE_STREAM=1)",
+                    protocol="NATS",
                 )
             subjects = [self.subject, f"{self.subject}.>"]
             await asyncio.wait_for(js.add_stream(name=STREAM, subjects=subjects), remaining)
-            log.warning("sqreen spool: created JetStream stream %s for %s", STREAM, subjects)
+            with _created_lock:  # two threads of a process may both find it missing: one says so
+                first = self.subject not in _created
+                _created.add(self.subject)
+            if first:
+                log.warning("sqreen spool: created JetStream stream %s for %s", STREAM, subjects)
             return Reply(None, f"created stream {STREAM}")  # retried at once
         except Exception as exc:
             return Reply(None, f"{why}; the stream did not answer ({describe(exc)})")

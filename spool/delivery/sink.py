@@ -42,6 +42,9 @@ class Reply:
     unread: bool = False
     # The event names the collector's playbooks watch, when its answer says: delivered early.
     urgent: list[str] | None = None
+    # What answered, for describe(): "HTTP", or "NATS" (its status is the HTTP one it maps to,
+    # for the flusher's retry and bisection rules).
+    protocol: str = "HTTP"
 
     @property
     def ok(self) -> bool:
@@ -53,7 +56,13 @@ class Reply:
         return self.status is None or self.status in RETRYABLE_STATUSES
 
     def describe(self) -> str:
-        return self.error if self.status is None else f"HTTP {self.status} {self.error}".strip()
+        """For people, in the terms of the sink's protocol (a JetStream answer is no HTTP one,
+        whatever status it maps to)."""
+        if self.status is None:
+            return self.error
+        if self.protocol != "HTTP":
+            return f"{self.protocol}: {self.error}"
+        return f"HTTP {self.status} {self.error}".strip()
 
 
 class Sink(Protocol):
