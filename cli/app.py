@@ -30,7 +30,7 @@ from sqreen.storage.outbox import Outbox
 from sqreen.storage.prune import preview, prune
 from sqreen.storage.store import Store
 
-from . import actions, collect, explore, playbook, show, top
+from . import actions, collect, explore, playbook, show, tail, top
 from .common import USAGE, Context, Json, err, fail, plain, said
 from .progress import reading
 
@@ -341,6 +341,7 @@ def _invalid_summary(invalid: int) -> None:
 app.command()(collect.collect)
 app.command()(explore.explore)
 app.command()(top.top)
+app.command()(tail.tail)
 
 
 # The global options, also accepted after the command's name (``flush --url ...``): each with

@@ -398,3 +398,23 @@ def test_tls_means_tls_or_no_connection(spool_path: Path, caplog: pytest.LogCapt
     shown = CliRunner().invoke(app, ["--path", str(spool_path), "--url", url, "inspect"])
     assert "S3CRET" not in shown.output
     assert not any("S3CRET" in record.getMessage() for record in caplog.records)
+
+
+def test_tail_reads_the_last_events_back_from_the_stream(
+    spool_path: Path, server: NatsServer
+) -> None:
+    import orjson
+
+    from .test_cli_processes import run as command
+
+    add_stream(server.url)
+    spooler = filled(spool_path, 8, url=server.url)
+    assert spooler.flush(timeout=10).pending == 0
+    spooler.close()
+    done = command("--url", server.url, "tail", "-n", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    read = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert [e["properties"]["tag"] for e in read] == ["5", "6", "7"]
+    people = command("tail", "--url", server.url)  # a global option after the command's name
+    assert people.returncode == 0 and len(people.stdout.splitlines()) == 8
+    assert "8 events from stream" in people.stderr

@@ -86,6 +86,18 @@ class Publisher:
         self.client: Any = None
         self._warned_reports = False
 
+    async def last(self, count: int) -> tuple[str, list[tuple[int, str, bytes]]]:
+        """The stream taking this subject, and its last ``count`` messages (sequence, subject,
+        body), oldest first: to read back what was delivered (``sqreen-spool tail``)."""
+        js = await self._jetstream()
+        stream = await js.find_stream_name_by_subject(self.subject)
+        state = (await js.stream_info(stream)).state
+        found = []
+        for seq in range(max(state.first_seq, state.last_seq - count + 1), state.last_seq + 1):
+            message = await js.get_msg(stream, seq)
+            found.append((seq, message.subject, bytes(message.data)))
+        return stream, found
+
     async def publish(
         self,
         batch_id: str,
