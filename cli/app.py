@@ -349,22 +349,31 @@ app.command()(tail.tail)
 GLOBAL_OPTIONS = {"--path": True, "--url": True, "--token": True, "--verbose": False, "-v": False}
 
 
-def hoisted(argv: list[str]) -> list[str]:
+def hoisted(argv: list[str], root: Any) -> list[str]:
     """``argv`` with the global options found after the command's name moved before it, where
-    Click reads them. ``--`` ends the options; an option's value goes with it."""
+    Click reads them, unless that command has an option of the same name (``collect
+    --token`` is the collector's own). ``--`` ends the options; an option's value goes with
+    it."""
     front: list[str] = []
     rest: list[str] = []
+    command, own = root, set[str]()
     words = iter(argv)
     for word in words:
         if word == "--":
             rest += [word, *words]
             break
         name, equals, _ = word.partition("=")
-        known = name in GLOBAL_OPTIONS
-        target = front if known or (not rest and word.startswith("-")) else rest
-        target.append(word)
-        if known and GLOBAL_OPTIONS[name] and not equals:
-            target.extend(itertools.islice(words, 1))  # its value, when there is one
+        moved = name in GLOBAL_OPTIONS and name not in own
+        if moved or (not rest and word.startswith("-")):
+            front.append(word)
+            if moved and GLOBAL_OPTIONS[name] and not equals:
+                front.extend(itertools.islice(words, 1))  # its value, when there is one
+            continue
+        rest.append(word)
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is not None:  # the command (or a group's subcommand) named here
+            command = sub
+            own |= {opt for param in sub.params for opt in getattr(param, "opts", ())}
     return front + rest
 
 
@@ -383,4 +392,4 @@ def main() -> None:
     """Console-script entry point."""
     command = typer.main.get_command(app)
     _metavars(command)
-    command.main(args=hoisted(sys.argv[1:]), prog_name="sqreen-spool")
+    command.main(args=hoisted(sys.argv[1:], command), prog_name="sqreen-spool")

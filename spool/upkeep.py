@@ -141,15 +141,20 @@ class Upkeep:
                     f"there with the {carried} pending events this process still saw",
                     "maintenance",
                 )
-            if now >= self._next_prune:
+            beat = now >= self._next_prune
+            if beat:
                 self._next_prune = now + settings.heartbeat_delay * _jitter()
                 log_drops({"age": drop_old(store, settings)})
                 if self._flusher is None:
                     self._warn_no_url()
-                with store.write() as raw:  # what this process is doing, for inspect
-                    processes.record(raw, self._status())
             self.bound.keep()
             self.save_health()
+            if beat:
+                # What this process is doing, for inspect. Written after the checkpoint: the
+                # first write after one starts the WAL over, and this thread pays for it rather
+                # than the next track().
+                with store.write() as raw:
+                    processes.record(raw, self._status())
             self._responder.report()
         except storage_errors() as exc:
             record_failure(self._health, exc, "maintenance")

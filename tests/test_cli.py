@@ -455,3 +455,17 @@ def test_import_refuses_a_line_too_long_in_bounded_memory(spool_path: Path, tmp_
     assert "line 2: longer than" in result.output
     assert [r["name"] for r in rows(spool_path)] == ["before", "after"]
     assert peak < 20 * 1024 * 1024, peak  # 1 GB before
+
+
+def test_global_options_after_a_command_are_hoisted_unless_the_command_has_its_own() -> None:
+    import typer
+
+    from sqreen.cli.app import hoisted
+
+    root = typer.main.get_command(app)
+    assert hoisted(["flush", "--url", "u", "--timeout", "5"], root) == [
+        "--url", "u", "flush", "--timeout", "5"]  # fmt: skip
+    assert hoisted(["collect", "--token", "t"], root) == ["collect", "--token", "t"]
+    assert hoisted(["inspect", "events", "--path=p", "--json"], root) == [
+        "--path=p", "inspect", "events", "--json"]  # fmt: skip
+    assert hoisted(["import", "--", "--url"], root) == ["import", "--", "--url"]
