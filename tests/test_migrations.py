@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -73,10 +74,18 @@ def test_cli_migrate_reports_revisions(spool_path: Path) -> None:
     assert again.output.strip() == f"{spool_path}: {schema.HEAD} -> {schema.HEAD}"
 
 
+def future(spool_path: Path, revision: str, min_writer: str) -> None:
+    """The spool as a newer release would leave it: a revision this one does not know, and the
+    oldest revision that may still write it."""
+    with sqlite3.connect(spool_path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+        note = f'{{"revision": "{revision}", "min_writer": "{min_writer}"}}'
+        conn.execute("UPDATE notes SET value = ? WHERE name = 'schema'", (note,))
+
+
 def test_cli_migrate_refuses_a_newer_schema(spool_path: Path) -> None:
     sqreen.Spooler(path=spool_path).track("x")
-    with sqlite3.connect(spool_path) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '9999_future'")
+    future(spool_path, "9999_future", "9999_future")  # a breaking migration
     result = CliRunner().invoke(app, ["--path", str(spool_path), "migrate"])
     assert result.exit_code == 1
     assert "newer than this sqreen-spool knows" in result.output
@@ -234,3 +243,43 @@ def test_the_tables_match_what_the_migrations_make(spool_path: Path) -> None:
     # Indexes the migrations make by hand (partial ones) are not the tables' business.
     differences = [d for d in differences if d[0] not in ("add_index", "remove_index")]
     assert differences == []
+
+
+def test_a_newer_additive_schema_stays_writable(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = sqreen.Spooler(path=spool_path)
+    assert first.track("before")
+    first.close()
+    with sqlite3.connect(spool_path) as conn:
+        stored = conn.execute("SELECT value FROM notes WHERE name = 'schema'").fetchone()[0]
+    assert '"min_writer":"0003_claims"' in stored  # the last breaking migration
+    future(spool_path, "9999_additive", "0004_settled")  # a newer release's additive migration
+    with caplog.at_level(logging.WARNING, logger="sqreen.spool"):
+        spooler = sqreen.Spooler(path=spool_path)
+        assert spooler.track("after") and spooler.track("again")
+        assert spooler.health().failures == {}
+        spooler.close()
+    said = [r for r in caplog.records if "migrated by a newer sqreen-spool" in r.getMessage()]
+    assert len(said) == 1
+    assert revision(spool_path) == "9999_additive"  # never migrated back
+    shown = CliRunner().invoke(app, ["--path", str(spool_path), "inspect", "--json"])
+    assert shown.exit_code == 0, shown.output
+    future(spool_path, "9999_breaking", "9999_breaking")
+    refused = sqreen.Spooler(path=spool_path)
+    assert refused.track("refused") is False  # never raises; counted
+    assert "schema_too_new" in refused.health().failures
+    refused.close()
+
+
+def test_every_migration_declares_its_kind() -> None:
+    import importlib.util
+
+    for path in sorted((ROOT / "migrations" / "versions").glob("0*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        kind = getattr(module, "additive", None)
+        assert isinstance(kind, bool), f"{path.name} must declare additive = True or False"
+        assert kind == (module.revision in schema.ADDITIVE), path.name

@@ -9,6 +9,8 @@ from alembic import op
 
 revision = "0001_events"
 down_revision = None
+# Breaking: an older release cannot write a spool migrated past it (docs/storage.md).
+additive = False
 branch_labels = None
 depends_on = None
 

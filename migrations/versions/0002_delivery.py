@@ -13,6 +13,8 @@ from alembic import op
 
 revision = "0002_delivery"
 down_revision = "0001_events"
+# Breaking: an older release cannot write a spool migrated past it (docs/storage.md).
+additive = False
 branch_labels = None
 depends_on = None
 

@@ -15,6 +15,8 @@ from alembic import op
 
 revision = "0003_claims"
 down_revision = "0002_delivery"
+# Breaking: an older release cannot write a spool migrated past it (docs/storage.md).
+additive = False
 branch_labels = None
 depends_on = None
 

@@ -12,6 +12,8 @@ from alembic import op
 
 revision = "0004_settled"
 down_revision = "0003_claims"
+# Additive: a release that knows the revision before can keep writing (docs/storage.md).
+additive = True
 branch_labels = None
 depends_on = None
 

@@ -14,6 +14,8 @@ from alembic import op
 
 revision = "0005_actions"
 down_revision = "0004_settled"
+# Additive: a release that knows the revision before can keep writing (docs/storage.md).
+additive = True
 branch_labels = None
 depends_on = None
 

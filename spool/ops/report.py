@@ -20,8 +20,8 @@ from sqlalchemy import Connection, Engine
 from .. import processes
 from ..errors import SpoolError
 from ..storage.counters import unreported
-from ..storage.revision import check_known, read_revision
-from ..storage.schema import HEAD, PENDING, STATUS_NAMES
+from ..storage.revision import check_known, min_writer, read_revision
+from ..storage.schema import HEAD, PENDING, REVISIONS, STATUS_NAMES
 from ..storage.sql import driver
 from ..urls import mask_url
 from ..wire import DROP_REASONS
@@ -66,10 +66,10 @@ class Summary:
 def check_readable(conn: Connection) -> str:
     """The spool's schema revision, if this code can read it; else SpoolError saying why."""
     revision = read_revision(driver(conn))
-    check_known(revision)
+    check_known(revision, min_writer(driver(conn)))  # a newer, additive schema reads too
     if revision is None:
         raise SpoolError("the file has no spool schema yet")
-    if revision != HEAD:
+    if revision in REVISIONS and revision != HEAD:
         raise SpoolError(
             f"the spool's schema revision {revision!r} is older than this sqreen-spool reads "
             f"({HEAD!r}); run `sqreen-spool migrate` first"

@@ -11,6 +11,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine
 
+from . import schema
+from .counters import note
 from .revision import check_known, read_revision
 from .sql import driver
 
@@ -29,6 +31,10 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
         after = read_revision(driver(conn))
+        assert after is not None
+        # The oldest release that may still write it: the last breaking migration's.
+        compat = {"revision": after, "min_writer": schema.min_writer(after)}
+        note(driver(conn), schema.COMPAT_NOTE, compat)
     return before, after
 
 

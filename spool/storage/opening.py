@@ -21,7 +21,7 @@ from ..config import Settings
 from . import schema
 from .failures import CORRUPT_CODES, describe, sqlite_code
 from .files import prepare_path, quarantine
-from .revision import check_known, read_revision
+from .revision import check_known, min_writer, read_revision
 from .sql import pragma
 
 if TYPE_CHECKING:  # SQLAlchemy is imported to migrate, not to open a current spool
@@ -114,6 +114,21 @@ def stored_revision(path: Path, settings: Settings, wal_limit: int) -> str | Non
         return None
 
 
+_told: set[str] = set()
+
+
+def _newer_once(path: Path, revision: str) -> None:
+    """Say once per spool and process that a newer release migrated it (compatibly)."""
+    if str(path) not in _told:
+        _told.add(str(path))
+        log.warning(
+            "sqreen spool: %s was migrated by a newer sqreen-spool (schema %s); this release "
+            "still writes it (the migration is additive)",
+            path,
+            revision,
+        )
+
+
 def _checked(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connection:
     """A connection to a spool of the schema this code knows: one query when it is current.
 
@@ -122,8 +137,11 @@ def _checked(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connecti
     connection = connect(path, settings, wal_limit)
     try:
         revision = read_revision(connection)
-        if revision != schema.HEAD:
-            check_known(revision)
+        if revision is not None and revision not in schema.REVISIONS:
+            oldest = min_writer(connection)
+            check_known(revision, oldest)  # a newer release's spool: writable if additive
+            _newer_once(path, revision)
+        elif revision != schema.HEAD:
             from .migrate import upgrade
 
             engine = create_engine(path, settings, wal_limit)
