@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo bench lint clean nats-server chromium tmux
+.PHONY: test test-fast demo bench lint clean nats-server chromium tmux model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ test: $(STAMP) nats-server chromium tmux
 # The tests that run no process, signal, NATS server or long wait (those are marked slow).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"
+
+# The spool against its model over 100,000 random steps (make test runs a few hundred).
+model: $(STAMP)
+	MODEL_STEPS=100000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_model.py
 
 # The JetStream tests and bench run a real nats-server: Debian's package, installed when missing
 # (CI runs as root).

@@ -1,0 +1,177 @@
+"""A model-based test of the spool (Hypothesis's RuleBasedStateMachine): random sequences of
+tracks (valid and invalid), flushes against a collector told what to answer next, requeues,
+purges and crashes (a spooler abandoned without close(), the file reopened by a new one), on a
+real SQLite file. After every step, every acknowledged event is exactly one of pending,
+delivered (at the collector), rejected or purged; nothing is delivered that was never
+acknowledged; the spool's own stats agree; SQLite's integrity check passes.
+
+``make test`` runs a few hundred steps; ``MODEL_STEPS=100000 pytest tests/test_model.py`` runs
+more (see docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+import sqreen
+from sqreen.delivery.sink import MemorySink, Reply
+from sqreen.ops.admin import purge, requeue
+from sqreen.ops.selection import Selection
+from sqreen.storage.schema import DELIVERED, PENDING, REJECTED
+
+STEPS = int(os.environ.get("MODEL_STEPS", "400"))
+HITS: Counter[str] = Counter()  # the rules run, for the coverage check and the report
+ANSWERS = ("accept", "reject_some", "server_error", "too_large", "bad_request", "no_response")
+
+
+class Collector:
+    """What the test's collector answers next, and what it accepted (ids, deduplicated)."""
+
+    def __init__(self) -> None:
+        self.mode = "accept"
+        self.accepted: set[str] = set()
+        self.refused: set[str] = set()
+        self.posts = 0
+
+    def answer(self, batch: dict[str, Any]) -> Reply:
+        self.posts += 1
+        ids = [event["id"] for event in batch["events"]]
+        if self.mode == "server_error":
+            return Reply(503, "unavailable")
+        if self.mode == "too_large":
+            return Reply(413, "too large")
+        if self.mode == "bad_request":
+            return Reply(400, "bad request")
+        if self.mode == "no_response":
+            return Reply(None, "connection refused")
+        refused = {i: "refused" for i in ids if self.mode == "reject_some" and int(i[-1], 16) < 5}
+        self.refused |= set(refused)
+        self.accepted |= set(ids) - set(refused)
+        return Reply(200, rejected=refused)
+
+
+class SpoolModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = tempfile.TemporaryDirectory(prefix="sqreen-model-")
+        self.path = Path(self.directory.name) / "spool.db"
+        self.collector = Collector()
+        self.sink = MemorySink(self.collector.answer)
+        self.acked: set[str] = set()
+        self.purged: set[str] = set()
+        self.counter = 0
+        self.abandoned: list[sqreen.Spooler] = []
+        self._open()
+
+    def _open(self) -> None:
+        # The tracker has nothing to deliver to (no delivery thread racing the model); the
+        # shipper never tracks: its flushes are the rules'. Delivered rows are kept, to be
+        # told apart from purged ones.
+        common = {"path": self.path, "keep_delivered": 86400 * 30, "heartbeat_delay": 3600}
+        self.tracker = sqreen.Spooler(**common)
+        self.tracker.start()  # the file exists from the first step
+        self.shipper = sqreen.Spooler(sink=self.sink, retry_attempts=1, **common)
+
+    def rows(self) -> dict[str, int]:
+        with sqlite3.connect(self.path) as connection:
+            return dict(connection.execute("SELECT id, status FROM events").fetchall())
+
+    @rule(n=st.integers(1, 30))
+    def track(self, n: int) -> None:
+        HITS["track"] += 1
+        for _ in range(n):
+            self.counter += 1
+            assert self.tracker.track("model", {"properties": {"n": self.counter}})
+        self.acked |= set(self.rows()) - self.acked - self.purged
+
+    @rule(bad=st.sampled_from([{"properties": {"x": {1, 2}}}, {"properties": "no"}, 3]))
+    def track_invalid(self, bad: Any) -> None:
+        HITS["track_invalid"] += 1
+        before = self.rows()
+        with pytest.raises(sqreen.InvalidEvent):
+            self.tracker.track("model", bad)
+        assert self.rows() == before  # nothing changed
+
+    @rule(mode=st.sampled_from(ANSWERS))
+    def flush(self, mode: str) -> None:
+        HITS["flush"] += 1
+        HITS[f"flush:{mode}"] += 1
+        self.collector.mode = mode
+        self.shipper.flush(timeout=30)
+
+    @rule()
+    def requeue_rejected(self) -> None:
+        HITS["requeue_rejected"] += 1
+        requeue(self.shipper._store, Selection.of("rejected"))
+
+    @rule(status=st.sampled_from(["pending", "rejected"]))
+    def purge_some(self, status: str) -> None:
+        HITS["purge_some"] += 1
+        code = {"pending": PENDING, "rejected": REJECTED}[status]
+        before = {i for i, s in self.rows().items() if s == code}
+        purge(self.shipper._store, Selection.of(status))
+        self.purged |= before
+
+    @precondition(lambda self: len(self.abandoned) < 5)
+    @rule()
+    def crash(self) -> None:
+        HITS["crash"] += 1
+        # The spoolers are dropped without close(): their threads and connections linger, as
+        # in a process that died with its files half-used; new ones reopen the file.
+        self.abandoned += [self.tracker, self.shipper]
+        self._open()
+
+    @invariant()
+    def every_acknowledged_event_is_somewhere_once(self) -> None:
+        rows = self.rows()
+        pending = {i for i, s in rows.items() if s == PENDING}
+        rejected = {i for i, s in rows.items() if s == REJECTED}
+        delivered = {i for i, s in rows.items() if s == DELIVERED}
+        assert pending | rejected | delivered | self.purged == self.acked
+        assert not (self.purged & set(rows))
+        assert delivered == self.collector.accepted - self.purged  # nothing delivered unseen
+        assert self.collector.accepted <= self.acked  # nothing delivered never acknowledged
+        stats = self.shipper.stats()
+        assert (stats.pending, stats.rejected) == (len(pending), len(rejected))
+
+    @invariant()
+    def integrity(self) -> None:
+        with sqlite3.connect(self.path) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def teardown(self) -> None:
+        for spooler in (*self.abandoned, self.tracker, self.shipper):
+            spooler.close(timeout=1)
+        self.directory.cleanup()
+
+
+def test_the_spool_against_its_model() -> None:
+    HITS.clear()
+    run_state_machine_as_test(
+        SpoolModel,
+        settings=settings(
+            max_examples=max(1, STEPS // 25),
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+    rules = {"track", "track_invalid", "flush", "requeue_rejected", "purge_some", "crash"}
+    assert set(HITS) >= rules | {f"flush:{mode}" for mode in ANSWERS}, HITS  # all were run
+    print(f"{sum(v for k, v in HITS.items() if ':' not in k)} steps: {dict(sorted(HITS.items()))}")
