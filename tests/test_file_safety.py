@@ -197,3 +197,23 @@ def test_an_empty_database_becomes_a_spool(tmp_path: Path) -> None:
     spooler = sqreen.Spooler(path=path)
     assert spooler.track("e")
     spooler.close()
+
+
+def test_a_closed_spooler_keeps_no_file_open(tmp_path: Path) -> None:
+    """Found by the model test (tests/test_model.py), after thousands of spoolers: close() left
+    the lock files' descriptors open, until a process ran out of them."""
+    import os
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    warm = sqreen.Spooler(path=tmp_path / "warm.db")  # the first spooler's one-off opens
+    warm.track("x")
+    warm.close()
+    before = descriptors()
+    for i in range(20):
+        spooler = sqreen.Spooler(path=tmp_path / f"s{i % 3}.db", heartbeat_delay=3600)
+        assert spooler.track("x")
+        spooler._store.checkpoint()
+        spooler.close()
+    assert descriptors() <= before + 2

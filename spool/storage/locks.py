@@ -85,10 +85,14 @@ class _LockFile:
     def reopen(self) -> None:
         """Open the file anew (it was deleted, with the spool): closing the old descriptor
         releases a lock held on it."""
+        self.close()  # a refusal below leaves it to be opened at the next use
+        self.opened()
+
+    def close(self) -> None:
+        """Close this process's descriptor (the store closed: the next use opens it again)."""
         if self.fd >= 0 and self._pid == os.getpid():
             os.close(self.fd)
-        self.fd, self._pid = -1, 0  # a refusal below leaves it to be opened at the next use
-        self.opened()
+        self.fd, self._pid = -1, 0
 
 
 class FileLock:
@@ -132,6 +136,10 @@ class FileLock:
         :meth:`held`: closing the old file releases its lock, and the next holder locks the
         new one."""
         self._file.reopen()
+
+    def close(self) -> None:
+        """Close the file (the store closed); the next use opens it again."""
+        self._file.close()
 
 
 class Turn:
@@ -187,6 +195,12 @@ class Turn:
         """Open the file anew; see :meth:`FileLock.reset`."""
         self._file.reopen()
         self._present()
+
+    def close(self) -> None:
+        """Close the file (the store closed: its process is no longer present through it);
+        the next :meth:`open` opens it again."""
+        self._file.close()
+        self._depth, self._holding = 0, False
 
     def _others(self) -> bool:
         """Whether another process may write the spool (looked at every PRESENCE_LOOK s)."""

@@ -286,8 +286,11 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Close every connection this process opened; the next use reopens."""
-        self.connections.close()
+        """Close every connection and lock file this process opened; the next use reopens."""
+        with self.side(), self.gate():
+            self.connections.close_locked()
+            self.checkpointer.close()
+            self.turn.close()
 
     # -- the connections -------------------------------------------------------------------------
 
