@@ -33,7 +33,9 @@ def _fresh_default_spooler() -> Iterator[None]:
     import sqreen.default
 
     yield
-    spooler, sqreen.default._default = sqreen.default._default, None
+    with sqreen.default._default_lock:  # and the one sqreen.start() made
+        spooler, sqreen.default._default = sqreen.default._default, None
+        sqreen.default._started = None
     if spooler is not None:
         spooler.close()
 

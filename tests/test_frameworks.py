@@ -14,7 +14,6 @@ from pathlib import Path
 
 import flask
 import httpx
-import pytest
 
 import sqreen
 from sqreen import default
@@ -23,15 +22,6 @@ from sqreen.security.action_store import add_operator_action
 from sqreen.security.actions import read_action
 
 from .test_actions import QuietHandler, ThreadingWSGIServer
-
-
-@pytest.fixture(autouse=True)
-def fresh_default() -> Iterator[None]:
-    yield
-    with default._default_lock:
-        started, default._default, default._started = default._default, None, None
-    if started is not None:
-        started.close()
 
 
 def block(spooler: sqreen.Spooler, document: dict[str, object]) -> None:

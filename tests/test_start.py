@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,15 +16,6 @@ import sqreen
 from sqreen import default
 
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_default() -> Iterator[None]:
-    yield
-    with default._default_lock:
-        started, default._default, default._started = default._default, None, None
-    if started is not None:
-        started.close()
 
 
 def test_start_opens_the_spool_and_starts_the_threads_before_any_track(spool_path: Path) -> None:
