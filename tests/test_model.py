@@ -37,7 +37,10 @@ from sqreen.storage.schema import DELIVERED, PENDING, REJECTED
 
 STEPS = int(os.environ.get("MODEL_STEPS", "400"))
 HITS: Counter[str] = Counter()  # the rules run, for the coverage check and the report
-ANSWERS = ("accept", "reject_some", "server_error", "too_large", "bad_request", "no_response")
+ANSWERS = (
+    *("accept", "reject_some", "server_error", "too_large", "bad_request", "no_response"),
+    *("rate_limited", "timeout", "unreadable"),
+)
 
 
 class Collector:
@@ -60,6 +63,12 @@ class Collector:
             return Reply(400, "bad request")
         if self.mode == "no_response":
             return Reply(None, "connection refused")
+        if self.mode == "rate_limited":
+            return Reply(429, "slow down", retry_after=0.01)
+        if self.mode == "timeout":
+            return Reply(None, "timeout: no whole answer within 5 s")
+        if self.mode == "unreadable":  # an answer too large or undecodable: not read whole
+            return Reply(None, "the answer is over 1048576 bytes: not read whole", unread=True)
         refused = {i: "refused" for i in ids if self.mode == "reject_some" and int(i[-1], 16) < 5}
         self.refused |= set(refused)
         self.accepted |= set(ids) - set(refused)
@@ -128,6 +137,30 @@ class SpoolModel(RuleBasedStateMachine):
         purge(self.shipper._store, Selection.of(status))
         self.purged |= before
 
+    @rule(n=st.integers(1, 10))
+    def fork_and_track(self, n: int) -> None:
+        HITS["fork_and_track"] += 1
+        # A child of this process tracks through the tracker it inherited (its connections are
+        # reopened in the child), and exits without closing it.
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.close(read)
+            code = 0
+            try:
+                for i in range(n):
+                    code |= not self.tracker.track("forked", {"properties": {"i": i}})
+            except BaseException:
+                code = 1
+            os.write(write, bytes([code]))
+            os._exit(0)
+        os.close(write)
+        status = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert status == b"\x00", "the child's track() failed"
+        self.acked |= set(self.rows()) - self.acked - self.purged
+
     @precondition(lambda self: len(self.abandoned) < 5)
     @rule()
     def crash(self) -> None:
@@ -169,9 +202,13 @@ def test_the_spool_against_its_model() -> None:
             max_examples=max(1, STEPS // 25),
             stateful_step_count=25,
             deadline=None,
+            # make test's few hundred steps are the same each run (their coverage is checked);
+            # make model's are new each time.
+            derandomize=STEPS <= 1000,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
-    rules = {"track", "track_invalid", "flush", "requeue_rejected", "purge_some", "crash"}
+    rules = {"track", "track_invalid", "flush", "requeue_rejected", "purge_some", "crash",
+             "fork_and_track"}  # fmt: skip
     assert set(HITS) >= rules | {f"flush:{mode}" for mode in ANSWERS}, HITS  # all were run
     print(f"{sum(v for k, v in HITS.items() if ':' not in k)} steps: {dict(sorted(HITS.items()))}")
