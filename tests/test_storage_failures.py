@@ -136,8 +136,10 @@ def test_lock_timeout(spool_path: Path) -> None:
 def test_spool_from_a_newer_version(spool_path: Path) -> None:
     sqreen.Spooler(path=spool_path).close()
     sqreen.Spooler(path=spool_path).track("x")
-    with sqlite3.connect(spool_path) as conn:
+    with sqlite3.connect(spool_path) as conn:  # migrated past a breaking revision
         conn.execute("UPDATE alembic_version SET version_num = '9999_future'")
+        note = '{"revision": "9999_future", "min_writer": "9999_future"}'
+        conn.execute("UPDATE notes SET value = ? WHERE name = 'schema'", (note,))
     spooler = sqreen.Spooler(path=spool_path)
     assert spooler.track("refused") is False
     assert spooler.health().failures == {"schema_too_new": 1}
