@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import clock
 from .forks import at_fork
 
 log = logging.getLogger("sqreen.spool")
@@ -64,7 +65,7 @@ class Health:
         with self._lock:
             self._failures[kind] += 1
             self._last_error = f"{kind}: {error}"
-            self._last_error_at = time.time()
+            self._last_error_at = clock.now()
             repeats = self._due(("failed", kind))
         if repeats is not None:
             log.error("sqreen spool: %s failed (%s): %s%s", what, kind, error, _more(repeats))

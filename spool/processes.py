@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import time
 from typing import Any
 
 import orjson
 
+from . import clock
 from .storage.counters import note
 
 PREFIX = "process."
@@ -29,7 +29,7 @@ def name() -> str:
 
 def record(connection: sqlite3.Connection, status: dict[str, Any]) -> None:
     """Write this process's note (in the caller's transaction), and forget processes gone."""
-    now = time.time()
+    now = clock.now()
     note(connection, name(), {**status, "host": socket.gethostname(), "pid": os.getpid(),
                                "seen_at": now})  # fmt: skip
     gone = [found["_name"] for found in _all(connection) if not _alive(found, now, FORGET_AFTER)]
@@ -39,7 +39,7 @@ def record(connection: sqlite3.Connection, status: dict[str, Any]) -> None:
 def read(connection: Any, now: float | None = None) -> list[dict[str, Any]]:
     """The processes alive on the spool, by host and pid (``connection``: sqlite3's, or
     SQLAlchemy's, whose ``exec_driver_sql`` it uses)."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     found = [p for p in _all(connection) if _alive(p, now)]
     for process in found:
         del process["_name"]

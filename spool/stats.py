@@ -9,12 +9,12 @@ Prometheus and OpenTelemetry are in :mod:`sqreen.metrics`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from . import clock
 from .storage.schema import PENDING, REJECTED
 from .storage.store import Store
 from .wire import DROP_REASONS
@@ -46,7 +46,7 @@ class Stats:
 
 def read_stats(store: Store) -> Stats:
     """The spool's stats now."""
-    now = time.time()
+    now = clock.now()
     with store.reading() as connection:
         counts = {status: (n, leased) for status, n, leased in connection.execute(_COUNTS, (now,))}
         oldest = connection.execute(_OLDEST, (PENDING,)).fetchone()[0]

@@ -13,7 +13,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from . import processes
+from . import clock, processes
 from .config import Settings
 from .delivery.result import FlushResult
 from .health import Health
@@ -179,8 +179,8 @@ class Upkeep:
             outcome = f"{done.delivered} delivered, {done.failed} failed, {done.pending} pending"
         except storage_errors() as exc:
             record_failure(self._health, exc, "delivery")
-        self._last_delivery = {"at": time.time(), "outcome": outcome}
-        self._next_delivery = time.time() + delay
+        self._last_delivery = {"at": clock.now(), "outcome": outcome}
+        self._next_delivery = clock.now() + delay
         return delay
 
     def _status(self) -> dict[str, object]:

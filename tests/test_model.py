@@ -30,12 +30,14 @@ from hypothesis.stateful import (
 )
 
 import sqreen
+from sqreen import clock
 from sqreen.delivery.sink import MemorySink, Reply
 from sqreen.ops.admin import purge, requeue
 from sqreen.ops.selection import Selection
+from sqreen.storage.prune import drop_old
 from sqreen.storage.schema import DELIVERED, PENDING, REJECTED
 
-STEPS = int(os.environ.get("MODEL_STEPS", "400"))
+STEPS = int(os.environ.get("MODEL_STEPS", "800"))
 HITS: Counter[str] = Counter()  # the rules run, for the coverage check and the report
 ANSWERS = (
     *("accept", "reject_some", "server_error", "too_large", "bad_request", "no_response"),
@@ -84,6 +86,9 @@ class SpoolModel(RuleBasedStateMachine):
         self.sink = MemorySink(self.collector.answer)
         self.acked: set[str] = set()
         self.purged: set[str] = set()
+        self.aged: set[str] = set()  # pending events the age limit dropped (counted)
+        self.expired: set[str] = set()  # settled ones past their keeping time (not counted)
+        self.dropped_age = 0
         self.counter = 0
         self.abandoned: list[sqreen.Spooler] = []
         self._open()
@@ -161,6 +166,29 @@ class SpoolModel(RuleBasedStateMachine):
         assert status == b"\x00", "the child's track() failed"
         self.acked |= set(self.rows()) - self.acked - self.purged
 
+    @rule(hours=st.sampled_from([1, 12, 24 * 2, 24 * 4]))
+    def prune_later(self, hours: int) -> None:
+        """The clock moves forward, then the heartbeat's prune runs: pending events older than
+        max_age are dropped (and counted), settled ones past their keeping time deleted."""
+        HITS["prune_later"] += 1
+        clock.advance(hours * 3600)
+        now, settings = clock.now(), self.tracker.settings
+        with sqlite3.connect(self.path) as connection:
+            rows = connection.execute("SELECT id, status, enqueued_at, settled_at FROM events")
+            before = {i: (s, enqueued, settled) for i, s, enqueued, settled in rows}
+        drop_old(self.tracker._store, settings)
+        left = self.rows()
+        for event_id, (status, enqueued, settled) in before.items():
+            if status == PENDING:
+                should_go = enqueued < now - settings.max_age
+            else:
+                keep = settings.keep_delivered if status == DELIVERED else settings.max_age
+                should_go = settled is not None and settled < now - keep
+            assert (event_id not in left) == should_go, (event_id, status)
+            if should_go:
+                (self.aged if status == PENDING else self.expired).add(event_id)
+                self.dropped_age += status == PENDING
+
     @precondition(lambda self: len(self.abandoned) < 5)
     @rule()
     def crash(self) -> None:
@@ -176,12 +204,14 @@ class SpoolModel(RuleBasedStateMachine):
         pending = {i for i, s in rows.items() if s == PENDING}
         rejected = {i for i, s in rows.items() if s == REJECTED}
         delivered = {i for i, s in rows.items() if s == DELIVERED}
-        assert pending | rejected | delivered | self.purged == self.acked
-        assert not (self.purged & set(rows))
-        assert delivered == self.collector.accepted - self.purged  # nothing delivered unseen
+        gone = self.purged | self.aged | self.expired
+        assert pending | rejected | delivered | gone == self.acked
+        assert not (gone & set(rows))
+        assert delivered == self.collector.accepted - gone  # nothing delivered unseen
         assert self.collector.accepted <= self.acked  # nothing delivered never acknowledged
         stats = self.shipper.stats()
         assert (stats.pending, stats.rejected) == (len(pending), len(rejected))
+        assert stats.dropped["age"] == self.dropped_age  # the counter equals the model's
 
     @invariant()
     def integrity(self) -> None:
@@ -209,6 +239,6 @@ def test_the_spool_against_its_model() -> None:
         ),
     )
     rules = {"track", "track_invalid", "flush", "requeue_rejected", "purge_some", "crash",
-             "fork_and_track"}  # fmt: skip
+             "fork_and_track", "prune_later"}  # fmt: skip
     assert set(HITS) >= rules | {f"flush:{mode}" for mode in ANSWERS}, HITS  # all were run
     print(f"{sum(v for k, v in HITS.items() if ':' not in k)} steps: {dict(sorted(HITS.items()))}")

@@ -4,11 +4,11 @@ answers once it is committed."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import clock
 from ..automation.engine import Decision, Engine
 from ..automation.playbooks import Playbooks
 from ..storage.files import file_bytes
@@ -46,7 +46,7 @@ class Ingest:
 
     def take(self, events: Sequence[Mapping[str, Any]], budget: int) -> Taken:
         """Keep, decide, answer; ``budget`` bytes for the actions' JSON."""
-        now = time.time()
+        now = clock.now()
         queued = 0
         with self.store.transaction() as connection:
             taken = Taken(self.store.add(connection, events, now))

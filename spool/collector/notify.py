@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from .. import clock
 from ..automation import state
 from ..automation.engine import Decision
 from .store import EventStore
@@ -103,7 +104,7 @@ class Notifier:
                     self.send_due(client)
                     if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
                         self._pruned_at = time.monotonic()
-                        self._store.prune(time.time())
+                        self._store.prune(clock.now())
                 except (sqlite3.Error, OSError) as exc:  # the next round tries again
                     log.warning("collector: the event store failed (%s)", exc)
                 self._wake.wait(EVERY)
@@ -111,7 +112,7 @@ class Notifier:
 
     def send_due(self, client: Any) -> int:
         """Send what is due now; how many were delivered."""
-        now = time.time()
+        now = clock.now()
         with self._store.transaction() as connection:
             due = connection.execute(
                 "SELECT seq, url, body, attempts FROM notifications WHERE next_at <= ? "
@@ -150,7 +151,7 @@ class Notifier:
         delay = min(MAX_DELAY, 5.0 * 2**attempts)
         connection.execute(
             "UPDATE notifications SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
-            (attempts, time.time() + delay, error, seq),
+            (attempts, clock.now() + delay, error, seq),
         )
         log.warning("notification to %s failed (%s); again in %.0f s", host, error, delay)
 

@@ -22,6 +22,7 @@ from tenacity import (
     wait_random,
 )
 
+from .. import clock
 from ..config import Settings
 from ..event import new_id
 from ..health import Health
@@ -85,7 +86,7 @@ class Flusher:
             self.urgent, self._urgent_read = load_urgent(self._outbox.store), True
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         owner = owner_name()
-        self._outbox.release_dead(time.time())
+        self._outbox.release_dead(clock.now())
         total = FlushResult()
         claimed = False
         try:
@@ -99,7 +100,7 @@ class Flusher:
                     settings.batch_size,
                     settings.max_batch_bytes,
                     settings.lease,
-                    time.time(),
+                    clock.now(),
                     ignore_backoff,
                 )
                 if not batch:
@@ -135,7 +136,7 @@ class Flusher:
         if time.monotonic() >= until:
             return FlushResult(timed_out=True)  # the rows stay pending, the claim is released
         reply = self._post(batch, dropped, until)
-        now = time.time()
+        now = clock.now()
         attempt = {
             "at": now,
             "events": len(batch),

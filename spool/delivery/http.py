@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import threading
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from .. import clock
 from ..config import Settings
 from ..errors import ConfigError
 from ..urls import mask_url
@@ -214,7 +214,7 @@ def retry_after(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - clock.now()
         except (TypeError, ValueError, OverflowError, IndexError):
             return None
     if math.isnan(seconds):

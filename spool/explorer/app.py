@@ -19,7 +19,6 @@ import html
 import secrets
 import sqlite3
 import tempfile
-import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from .. import clock
 from ..asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from ..automation.playbooks import Problems, parse
 from ..collector.replay import run as replay
@@ -151,7 +151,7 @@ class Explorer:
             return {"dimensions": views.dimensions(connection)}
         if view == "decisions":
             return {
-                "decisions": views.decisions(connection, time.time(), _one(query, "all") != "1")
+                "decisions": views.decisions(connection, clock.now(), _one(query, "all") != "1")
             }
         if view == "event":
             found = views.event(connection, _one(query, "id") or "")
@@ -189,7 +189,7 @@ class Explorer:
         if self._writer is None:
             self._writer = EventStore(self._store)
         with self._writer.transaction() as connection:
-            removed = views.remove_decision(connection, decision_id, time.time())
+            removed = views.remove_decision(connection, decision_id, clock.now())
         return _json(200 if removed else 404, {"removed": removed})
 
     def _replay(self, document: dict[str, Any]) -> Result:
@@ -232,7 +232,7 @@ def _one(query: dict[str, list[str]], key: str) -> str | None:
 
 def _selection(query: dict[str, list[str]]) -> views.Selection:
     try:
-        end = float(_one(query, "to") or time.time())
+        end = float(_one(query, "to") or clock.now())
         start = float(_one(query, "from") or end - 86400)
         bucket = float(_one(query, "bucket") or max(60.0, (end - start) / 96))
     except ValueError:

@@ -7,7 +7,6 @@ large the spool, and no long read transaction holds back the application's check
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine
 
-from .. import processes
+from .. import clock, processes
 from ..errors import SpoolError
 from ..storage.counters import unreported
 from ..storage.revision import check_known, min_writer, read_revision
@@ -81,7 +80,7 @@ def summarize(
     engine: Engine, path: Path, file_bytes: int, url: str | None, token_set: bool
 ) -> Summary:
     """Summarize the spool behind ``engine`` (a read-only engine)."""
-    now = time.time()
+    now = clock.now()
     with engine.connect() as conn:
         revision = check_readable(conn)
         counts = {"pending": 0, "leased": 0, "rejected": 0, "delivered": 0}
@@ -181,9 +180,9 @@ def _record(row: Any) -> dict[str, Any]:
         record["attempts"] = row.attempts
     if row.last_error:
         record["last_error"] = row.last_error
-    if row.status == PENDING and row.next_attempt_at > time.time():
+    if row.status == PENDING and row.next_attempt_at > clock.now():
         record["next_attempt_at"] = iso(row.next_attempt_at)  # why it waits: its backoff
-    if row.status == PENDING and row.lease_expires > time.time():
+    if row.status == PENDING and row.lease_expires > clock.now():
         record["leased_until"] = iso(row.lease_expires)
     return record
 

@@ -6,13 +6,13 @@ shows exactly the rows a ``purge`` with the same options would delete.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from .. import clock
 from ..config import parse_duration
 from ..storage.schema import STATUSES
 from ..wire import OutOfRange, parse_time
@@ -80,4 +80,4 @@ def parse_since(value: str, now: float | None = None) -> float:
         raise ValueError(
             f"{value!r} is neither an ISO-8601 time nor a duration such as 90s, 15m, 2h, 3d, 1w"
         ) from None
-    return (time.time() if now is None else now) - seconds
+    return (clock.now() if now is None else now) - seconds

@@ -9,12 +9,12 @@ plain sqlite3 connection (see :mod:`sqreen.security.enforcer`).
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import orjson
 
+from .. import clock
 from ..config import MAX_SECONDS
 from ..storage.counters import add, note
 from ..storage.store import Store
@@ -120,7 +120,7 @@ def clear_actions(store: Store) -> int:
 
 def load_actions(conn: sqlite3.Connection) -> list[Action]:
     """Every stored action (expired ones included: callers check ``live``)."""
-    found, now = [], time.time()
+    found, now = [], clock.now()
     for row in conn.execute(_SELECT):
         source, action_id, name, parameters, send_response, expires_at, received_at = row
         if expires_at is not None and received_at > now:

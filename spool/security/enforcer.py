@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import clock
 from ..forks import at_fork
 from ..storage.files import identity
 from .action_store import actions_version, load_actions
@@ -136,7 +137,7 @@ class Enforcer:
         if conn is None:
             return False
         data_version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        expired = time.time() >= self._set.expires_next
+        expired = clock.now() >= self._set.expires_next
         if data_version == self._data_version and self._version is not None and not expired:
             return False
         self._data_version = data_version
@@ -149,7 +150,7 @@ class Enforcer:
             self._loaded = True
             return
         version = actions_version(conn)
-        self._set = ActionSet(load_actions(conn), time.time())
+        self._set = ActionSet(load_actions(conn), clock.now())
         self._version, self._loaded = version, True
 
     def _failed(self, exc: sqlite3.Error) -> None:

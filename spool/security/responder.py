@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from .. import clock
 from ..errors import UserBlocked
 from ..request.context import RequestContext
 from .actions import Action
@@ -37,7 +38,7 @@ class Responder:
         if not actions.has_ip:
             return None  # the usual case: one clock read, in current()
         address = ip()
-        action = actions.for_ip(address, time.time())
+        action = actions.for_ip(address, clock.now())
         if action is not None:
             self._stop(request, action, {"ip_address": address})
         return action
@@ -45,7 +46,7 @@ class Responder:
     def check_user(self, request: RequestContext, identifiers: dict[str, str | int]) -> None:
         """Raise UserBlocked when a security response names the user the request just
         identified."""
-        action = self.enforcer.current().for_user(identifiers, time.time())
+        action = self.enforcer.current().for_user(identifiers, clock.now())
         if action is not None:
             self._stop(request, action, {"user": identifiers})
             raise UserBlocked(action.action_id, action.url)

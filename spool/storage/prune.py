@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sqlite3
-import time
 from pathlib import Path
 
+from .. import clock
 from ..config import Settings
 from .bound import enforce_size
 from .counters import add
@@ -36,7 +36,7 @@ def prune(store: Store, settings: Settings) -> dict[str, int]:
 def drop_old(store: Store, settings: Settings) -> int:
     """Apply the age limits: drop pending events older than ``max_age`` (returning how many),
     delete settled ones past their keeping time."""
-    now = time.time()
+    now = clock.now()
     with store.write() as conn:
         aged = _delete(conn, _DROP_OLD, PENDING, now - settings.max_age)
         add(conn, "dropped.age", aged)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import clock
 from ..config import Settings
 from ..event import Event
 from . import schema
@@ -108,7 +109,7 @@ class Store:
             raw = connections.writer()
             turn.take(self.settings.lock_timeout)
             try:
-                self._execute(raw, _INSERT, (event.id, event.name, time.time(), event.payload))
+                self._execute(raw, _INSERT, (event.id, event.name, clock.now(), event.payload))
             except sqlite3.DatabaseError as exc:
                 if sqlite_code(exc) in CORRUPT_CODES:
                     connections.close_locked()  # the next call reopens, and quarantines the file
@@ -136,7 +137,7 @@ class Store:
                     # The threads that the previous commit just released are about to queue
                     # their next events: one switch lets them join this commit, not the next.
                     time.sleep(0)
-                now = time.time()
+                now = clock.now()
                 events = take()
                 raw.executemany(_INSERT, [(e.id, e.name, now, e.payload) for e in events])
                 raw.execute("COMMIT")
@@ -200,7 +201,7 @@ class Store:
 
     def insert_many(self, events: Sequence[Event]) -> None:
         """Commit many events in one transaction (imports): one commit, not one per event."""
-        now = time.time()
+        now = clock.now()
         with self.write() as conn:
             conn.executemany(_INSERT, [(e.id, e.name, now, e.payload) for e in events])
         self.inserted += len(events)
