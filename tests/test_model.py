@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -28,12 +29,16 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from typer.testing import CliRunner
 
 import sqreen
 from sqreen import clock
+from sqreen.cli.app import app
 from sqreen.delivery.sink import MemorySink, Reply
+from sqreen.integrations.wsgi import SqreenMiddleware
 from sqreen.ops.admin import purge, requeue
 from sqreen.ops.selection import Selection
+from sqreen.storage.bound import enforce_size
 from sqreen.storage.prune import drop_old
 from sqreen.storage.schema import DELIVERED, PENDING, REJECTED
 
@@ -88,7 +93,8 @@ class SpoolModel(RuleBasedStateMachine):
         self.purged: set[str] = set()
         self.aged: set[str] = set()  # pending events the age limit dropped (counted)
         self.expired: set[str] = set()  # settled ones past their keeping time (not counted)
-        self.dropped_age = 0
+        self.sized: set[str] = set()  # pending events the size bound dropped (counted)
+        self.dropped_age = self.dropped_size = 0
         self.counter = 0
         self.abandoned: list[sqreen.Spooler] = []
         self._open()
@@ -122,7 +128,6 @@ class SpoolModel(RuleBasedStateMachine):
             self.tracker.track("model", bad)
         assert self.rows() == before  # nothing changed
 
-    @rule(mode=st.sampled_from(ANSWERS))
     def flush(self, mode: str) -> None:
         HITS["flush"] += 1
         HITS[f"flush:{mode}"] += 1
@@ -189,6 +194,63 @@ class SpoolModel(RuleBasedStateMachine):
                 (self.aged if status == PENDING else self.expired).add(event_id)
                 self.dropped_age += status == PENDING
 
+    @rule(share=st.sampled_from([0.3, 0.6, 0.9]))
+    def shrink_bound(self, share: float) -> None:
+        """The size bound lowered below the files: settled rows go first, then the oldest
+        pending ones, each of those counted as dropped by size."""
+        HITS["shrink_bound"] += 1
+        store = self.tracker._store
+        with sqlite3.connect(self.path) as connection:
+            order = [i for (i,) in connection.execute(
+                f"SELECT id FROM events WHERE status = {PENDING} ORDER BY seq")]  # fmt: skip
+        settled = {i for i, status in self.rows().items() if status != PENDING}
+        dropped = enforce_size(store, max(4096, int(store.file_bytes() * share)))
+        left = self.rows()
+        gone = [i for i in order if i not in left]
+        assert gone == order[: len(gone)] and len(gone) == dropped  # the oldest, counted
+        if gone:
+            assert not settled & set(left)  # settled rows went first
+        self.sized |= set(gone)
+        self.dropped_size += dropped
+        self.expired |= settled - set(left)
+
+    @rule()
+    def track_in_a_request(self) -> None:
+        """identify() inside a real WSGI request, then track(): the event carries the user."""
+        HITS["track_in_a_request"] += 1
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            sqreen.identify({"email": "ada@example.com"})
+            assert self.tracker.track("in.request")
+            start_response("200 OK", [])
+            return [b""]
+
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "192.0.2.1",
+                   "wsgi.input": None, "wsgi.url_scheme": "http"}  # fmt: skip
+        SqreenMiddleware(app, spooler=self.tracker)(environ, lambda *args: None)
+        new = set(self.rows()) - self.acked - self.purged
+        assert len(new) == 1
+        with sqlite3.connect(self.path) as connection:
+            (payload,) = connection.execute(
+                "SELECT payload FROM events WHERE id = ?", (next(iter(new)),)
+            ).fetchone()
+        assert b'"ada@example.com"' in payload and b'"192.0.2.1"' in payload
+        self.acked |= new
+
+    @rule()
+    def inspect_agrees(self) -> None:
+        """``sqreen-spool inspect --json`` says what the model says."""
+        HITS["inspect_agrees"] += 1
+        shown = CliRunner().invoke(app, ["--path", str(self.path), "inspect", "--json"])
+        assert shown.exit_code == 0, shown.output
+        summary = orjson.loads(shown.stdout)
+        statuses = Counter(self.rows().values())
+        assert summary["counts"]["pending"] == statuses[PENDING]
+        assert summary["counts"]["rejected"] == statuses[REJECTED]
+        assert summary["counts"]["delivered"] == statuses[DELIVERED]
+        assert summary["dropped"]["age"] == self.dropped_age
+        assert summary["dropped"]["size"] == self.dropped_size
+
     @precondition(lambda self: len(self.abandoned) < 5)
     @rule()
     def crash(self) -> None:
@@ -204,7 +266,7 @@ class SpoolModel(RuleBasedStateMachine):
         pending = {i for i, s in rows.items() if s == PENDING}
         rejected = {i for i, s in rows.items() if s == REJECTED}
         delivered = {i for i, s in rows.items() if s == DELIVERED}
-        gone = self.purged | self.aged | self.expired
+        gone = self.purged | self.aged | self.expired | self.sized
         assert pending | rejected | delivered | gone == self.acked
         assert not (gone & set(rows))
         assert delivered == self.collector.accepted - gone  # nothing delivered unseen
@@ -224,6 +286,19 @@ class SpoolModel(RuleBasedStateMachine):
         self.directory.cleanup()
 
 
+def _flush_rule(mode: str) -> Any:
+    def flush(self: SpoolModel) -> None:
+        self.flush(mode)
+
+    return rule()(flush)
+
+
+# A rule per answer (not one rule drawing the answer): each kind of answer is as likely as any
+# other rule, so that a few hundred steps try them all.
+for _mode in ANSWERS:
+    setattr(SpoolModel, f"flush_{_mode}", _flush_rule(_mode))
+
+
 def test_the_spool_against_its_model() -> None:
     HITS.clear()
     run_state_machine_as_test(
@@ -239,6 +314,7 @@ def test_the_spool_against_its_model() -> None:
         ),
     )
     rules = {"track", "track_invalid", "flush", "requeue_rejected", "purge_some", "crash",
-             "fork_and_track", "prune_later"}  # fmt: skip
+             "fork_and_track", "prune_later", "shrink_bound", "track_in_a_request",
+             "inspect_agrees"}  # fmt: skip
     assert set(HITS) >= rules | {f"flush:{mode}" for mode in ANSWERS}, HITS  # all were run
     print(f"{sum(v for k, v in HITS.items() if ':' not in k)} steps: {dict(sorted(HITS.items()))}")
