@@ -12,9 +12,10 @@ import orjson
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
-from sqreen.automation.engine import Decision, iso
+from sqreen.automation.engine import Decision
 from sqreen.automation.playbooks import Playbooks, Problems, document, read
 from sqreen.collector.replay import BadSource, replay
+from sqreen.wire import iso
 
 from .common import USAGE, err, fail, plain
 

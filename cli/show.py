@@ -18,6 +18,7 @@ from rich.table import Table
 from sqreen.ops import report
 from sqreen.ops.selection import Selection, parse_since, status_choices
 from sqreen.storage.files import file_bytes
+from sqreen.wire import iso
 
 from .common import USAGE, Context, fail, shown
 
@@ -74,9 +75,9 @@ def summary(
 def process_line(process: dict[str, Any]) -> str:
     """One process's line: who, where it delivers, its last and next delivery."""
     last = process.get("last_delivery") or {}
-    when = "" if not last else f"; last delivery {report.iso(last['at'])}: {last['outcome']}"
+    when = "" if not last else f"; last delivery {iso(last['at'])}: {last['outcome']}"
     upcoming = process.get("next_delivery_at")
-    after = "" if upcoming is None else f"; next at {report.iso(upcoming)}"
+    after = "" if upcoming is None else f"; next at {iso(upcoming)}"
     where = process.get("destination") or "nothing to deliver to (no SQREEN_URL)"
     return f"{process.get('host')} pid {process.get('pid')}: {where}{when}{after}"
 

@@ -72,6 +72,11 @@ def parse_time(value: str) -> datetime:
         raise OutOfRange(f"{value!r} is out of range once converted to UTC") from None
 
 
+def iso(seconds: float) -> str:
+    """Unix seconds as the ISO-8601 UTC time the wire format and the tools show."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
 def encode_batch(batch_id: str, payloads: Sequence[bytes], dropped: Mapping[str, int]) -> bytes:
     sent_at = datetime.now(UTC).isoformat()
     head = b'{"batch_id":"%s","sent_at":"%s","events":[' % (batch_id.encode(), sent_at.encode())

@@ -20,13 +20,12 @@ import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from ..config import MAX_SECONDS
-from ..wire import parse_time
+from ..wire import iso, parse_time
 from . import state
 from .conditions import MISSING, Dimension, client_ip, user
 from .playbooks import Playbook, Playbooks
@@ -87,10 +86,6 @@ class Decision:
             "expires": None if self.expires is None else iso(self.expires),
             "id": self.id,
         }
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
 
 
 class Engine:

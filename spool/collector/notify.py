@@ -18,7 +18,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +26,7 @@ import orjson
 from .. import clock
 from ..automation import state
 from ..automation.engine import Decision
+from ..wire import iso
 from .store import EventStore
 
 log = logging.getLogger("sqreen.collector")
@@ -50,7 +50,7 @@ def payload(decision: Decision, now: float) -> bytes:
     return orjson.dumps(
         {
             "sqreen_payload_type": "security_response",
-            "date_created": datetime.fromtimestamp(now, UTC).isoformat(),
+            "date_created": iso(now),
             "properties": properties,
             "playbook": {"name": decision.playbook, "id": decision.playbook},
             "decision": decision.to_json(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from ..storage.revision import check_known, min_writer, read_revision
 from ..storage.schema import HEAD, PENDING, REVISIONS, STATUS_NAMES
 from ..storage.sql import driver
 from ..urls import mask_url
-from ..wire import DROP_REASONS
+from ..wire import DROP_REASONS, iso
 from .selection import Selection
 
 PAGE = 500
@@ -164,10 +163,6 @@ def stored_bytes(engine: Engine, event_id: str) -> bytes | None:
     with engine.connect() as conn:
         row = conn.exec_driver_sql("SELECT payload FROM events WHERE id = ?", (event_id,)).first()
     return None if row is None else bytes(row[0])
-
-
-def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 def _record(row: Any) -> dict[str, Any]:
