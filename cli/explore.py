@@ -3,6 +3,7 @@ with no collector running (``collect --store FILE --ui`` serves the same page)."
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated
 import typer
 
 from sqreen.collector.replay import SQLITE_HEADER, BadSource, load_lines
+from sqreen.storage.files import read_only
 
 from .common import USAGE, fail, required_token
 
@@ -74,9 +76,8 @@ def _source(file: Path, scratch: Path, spool: Path | None) -> tuple[Path | None,
         except BadSource as exc:
             fail(str(exc), USAGE)
         return scratch / "events.db", spool
-    uri = f"{file.resolve().as_uri()}?mode=ro"
     try:
-        with sqlite3.connect(uri, uri=True) as connection:
+        with contextlib.closing(read_only(file)) as connection:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     except sqlite3.Error as exc:
         fail(f"{file}: {exc}", USAGE)

@@ -21,6 +21,7 @@ import orjson
 from ..automation import state
 from ..automation.engine import Decision, Engine
 from ..automation.playbooks import Playbooks
+from ..storage.files import read_only
 from ..wire import check_event
 from .store import EventStore
 
@@ -90,9 +91,8 @@ def _events(source: Path, work: Path) -> Iterator[Iterator[Mapping[str, Any]]]:
     else:
         store = work / "events.db"
         load_lines(source, store)
-    uri = f"{store.resolve().as_uri()}?mode=ro"
     try:
-        connection = sqlite3.connect(uri, uri=True)
+        connection = read_only(store)
         rows = connection.execute("SELECT payload FROM events ORDER BY at, seq")
     except sqlite3.Error as exc:
         raise BadSource(f"{source}: not an event store ({exc})") from None

@@ -14,6 +14,7 @@ Content-Security-Policy allows scripts, styles and connections to its own origin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import html
 import secrets
@@ -31,6 +32,7 @@ from ..asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from ..automation.playbooks import Problems, parse
 from ..collector.replay import run as replay
 from ..collector.store import EventStore
+from ..storage.files import read_only
 from . import views
 from .spool import SpoolSide
 
@@ -207,22 +209,10 @@ class Explorer:
         result = views.replayed(found, selection)
         return _json(200, result.__dict__)
 
-    def _reading(self) -> Any:
+    def _reading(self) -> contextlib.closing[sqlite3.Connection]:
         if self._store is None:
             raise LookupError
-        uri = f"{self._store.resolve().as_uri()}?mode=ro"
-        return _Closing(sqlite3.connect(uri, uri=True, timeout=5))
-
-
-class _Closing:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self.connection = connection
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.connection
-
-    def __exit__(self, *exc: object) -> None:
-        self.connection.close()
+        return contextlib.closing(read_only(self._store))
 
 
 def _one(query: dict[str, list[str]], key: str) -> str | None:

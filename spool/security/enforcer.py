@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import clock
 from ..forks import at_fork
-from ..storage.files import identity
+from ..storage.files import identity, read_only
 from .action_store import actions_version, load_actions
 from .actions import ActionSet
 
@@ -170,12 +170,7 @@ class Enforcer:
             self._close()
             self._version = None
         if self._conn is None:
-            self._conn = sqlite3.connect(
-                f"{self._path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                check_same_thread=False,
-                timeout=0.5,
-            )
+            self._conn = read_only(self._path, timeout=0.5, threads=True)
             self._identity = found
         return self._conn
 

@@ -78,6 +78,15 @@ def read_only_engine(path: Path, lock_timeout: float) -> Engine:
     return engine
 
 
+def read_only(path: Path, timeout: float = 5.0, threads: bool = False) -> sqlite3.Connection:
+    """A plain sqlite3 connection to ``path`` that can only read it (and creates nothing when
+    the file is missing: it fails instead); ``threads`` lets other threads use it."""
+    return sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout,
+        check_same_thread=not threads,
+    )  # fmt: skip
+
+
 def prepare_path(
     path: Path, tables: frozenset[str] | None = None, setting: str = "SQREEN_SPOOL_PATH"
 ) -> None:
