@@ -25,7 +25,7 @@ from sqreen.automation.engine import Engine
 from sqreen.automation.playbooks import read
 from sqreen.config import Settings
 from sqreen.delivery.jetstream import Publisher
-from sqreen.wire import MAX_ANSWER, check_batch
+from sqreen.wire import add_actions, check_batch, room_for_actions
 
 from .asgi import TOKEN_VARIABLE, BatchApp, Result, playbooks_from_environment, run
 
@@ -66,8 +66,9 @@ class Forwarder(BatchApp):
         if rejected:
             answer["rejected"] = [{"id": i, "reason": why} for i, why in rejected.items()]
         if self._decider is not None:
-            budget = MAX_ANSWER - len(orjson.dumps(answer)) - 4096
-            answer |= self._decider.answer([e for e in events if e["id"] not in rejected], budget)
+            answer["urgent"] = self._decider.urgent
+            kept = [e for e in events if e["id"] not in rejected]
+            add_actions(answer, *self._decider.decide(kept, room_for_actions(answer)))
         answer["accepted"] = len(events) - len(reply.rejected)
         return 200, answer, []
 
@@ -87,15 +88,18 @@ class _Decider:
         )
         state.create(self._connection)
 
-    def answer(self, events: list[dict[str, Any]], budget: int) -> dict[str, Any]:
+    @property
+    def urgent(self) -> list[str]:
+        return self._engine.playbooks.watched
+
+    def decide(self, events: list[dict[str, Any]], budget: int) -> tuple[list[Any], int]:
+        """Run the playbooks over a batch's events; the actions in force that fit ``budget``
+        bytes, and how many did not."""
         with self._lock:
             self._connection.execute("BEGIN")
             _, actions, omitted = self._engine.answer(self._connection, events, time.time(), budget)
             self._connection.execute("COMMIT")
-        found: dict[str, Any] = {"actions": actions, "urgent": self._engine.playbooks.watched}
-        if omitted:
-            found["actions_omitted"] = omitted
-        return found
+        return actions, omitted
 
 
 def create_app() -> Forwarder:

@@ -22,7 +22,15 @@ from typing import Any
 import orjson
 
 from sqreen.collector.ingest import Ingest
-from sqreen.wire import MAX_ANSWER, MAX_BODY, TooLarge, check_batch, decode, parse_batch
+from sqreen.wire import (
+    MAX_BODY,
+    TooLarge,
+    add_actions,
+    check_batch,
+    decode,
+    parse_batch,
+    room_for_actions,
+)
 
 
 @dataclass
@@ -250,16 +258,14 @@ class ReferenceCollector:
         if self.ingest is None:
             new = self._remembered(accepted)
         else:
+            answer["urgent"] = self.ingest.urgent
             try:
-                taken = self.ingest.take(accepted, MAX_ANSWER - len(orjson.dumps(answer)) - 4096)
+                taken = self.ingest.take(accepted, room_for_actions(answer))
             except (sqlite3.Error, OSError) as exc:  # the events are not kept: the app retries
                 return Answer(503, orjson.dumps({"error": f"the store failed: {exc}"}),
                               {"Retry-After": "1"})  # fmt: skip
             new = taken.new
-            answer["actions"] = taken.actions
-            if taken.omitted:
-                answer["actions_omitted"] = taken.omitted
-            answer["urgent"] = self.ingest.urgent
+            add_actions(answer, taken.actions, taken.omitted)
         with self._lock:
             self.batches += 1
             self.events += len(new)

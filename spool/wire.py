@@ -181,6 +181,24 @@ def check_event(event: dict[str, Any]) -> str | None:
     return None
 
 
+# What an answer keeps free beyond its actions and what it held before them: the counts (and
+# "actions_omitted") written after the actions.
+ANSWER_MARGIN = 4096
+
+
+def room_for_actions(answer: Mapping[str, Any]) -> int:
+    """How many bytes of JSON a collector's actions may take in ``answer``, which holds all
+    else it will say but the counts, for the whole to stay within MAX_ANSWER."""
+    return MAX_ANSWER - len(orjson.dumps(answer)) - ANSWER_MARGIN
+
+
+def add_actions(answer: dict[str, Any], actions: list[Any], omitted: int) -> None:
+    """Put the actions that fit into ``answer``, and how many did not."""
+    answer["actions"] = actions
+    if omitted:
+        answer["actions_omitted"] = omitted
+
+
 def read_answer(content: bytes) -> tuple[dict[str, str], list[Any] | None, list[str] | None]:
     """From a 2xx body: the per-event refusals ``{"rejected": [{"id", "reason"}]}`` by id,
     the security responses ``{"actions": [...]}`` and the names to deliver early
