@@ -103,10 +103,13 @@ class Connections:
             and identity(self.path) != self._identity
         )
 
-    def close(self) -> None:
-        """Close every connection this process opened; the next use reopens."""
+    def close(self, *also: Callable[[], None]) -> None:
+        """Close every connection this process opened, and run ``also`` (the store's lock files
+        closing) under the same two locks; the next use reopens them all."""
         with self._side, self.lock:
             self.close_locked()
+            for close in also:
+                close()
 
     def close_locked(self) -> None:
         """Close them, for a caller holding both locks (or the gate, on the hot path)."""

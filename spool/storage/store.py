@@ -288,10 +288,7 @@ class Store:
 
     def close(self) -> None:
         """Close every connection and lock file this process opened; the next use reopens."""
-        with self.side(), self.gate():
-            self.connections.close_locked()
-            self.checkpointer.close()
-            self.turn.close()
+        self.connections.close(self.checkpointer.close, self.turn.close)
 
     # -- the connections -------------------------------------------------------------------------
 
