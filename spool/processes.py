@@ -36,9 +36,8 @@ def record(connection: sqlite3.Connection, status: dict[str, Any]) -> None:
     connection.executemany("DELETE FROM notes WHERE name = ?", [(n,) for n in gone])
 
 
-def read(connection: Any, now: float | None = None) -> list[dict[str, Any]]:
-    """The processes alive on the spool, by host and pid (``connection``: sqlite3's, or
-    SQLAlchemy's, whose ``exec_driver_sql`` it uses)."""
+def read(connection: sqlite3.Connection, now: float | None = None) -> list[dict[str, Any]]:
+    """The processes alive on the spool, by host and pid."""
     now = clock.now() if now is None else now
     found = [p for p in _all(connection) if _alive(p, now)]
     for process in found:
@@ -46,10 +45,9 @@ def read(connection: Any, now: float | None = None) -> list[dict[str, Any]]:
     return sorted(found, key=lambda p: (p.get("host", ""), p.get("pid", 0)))
 
 
-def _all(connection: Any) -> list[dict[str, Any]]:
+def _all(connection: sqlite3.Connection) -> list[dict[str, Any]]:
     query = "SELECT name, value FROM notes WHERE name LIKE 'process.%'"
-    run = getattr(connection, "exec_driver_sql", None) or connection.execute
-    return [{**orjson.loads(value), "_name": key} for key, value in run(query)]
+    return [{**orjson.loads(value), "_name": key} for key, value in connection.execute(query)]
 
 
 def _alive(process: dict[str, Any], now: float, within: float | None = None) -> bool:

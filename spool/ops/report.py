@@ -93,7 +93,7 @@ def summarize(
             for name, value in conn.exec_driver_sql("SELECT name, value FROM notes")
         }
         oldest = conn.exec_driver_sql(_OLDEST, {"pending": PENDING}).first()
-        alive = processes.read(conn, now)
+        alive = processes.read(driver(conn), now)
     return Summary(
         path=str(path),
         file_bytes=file_bytes,
