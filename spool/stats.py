@@ -15,12 +15,14 @@ from typing import Any
 import orjson
 
 from . import clock
+from .storage.counters import dropped, failures
 from .storage.schema import PENDING, REJECTED
 from .storage.store import Store
-from .wire import DROP_REASONS
 
-_COUNTS = (
-    "SELECT status, count(*), coalesce(sum(lease_expires > ?), 0) FROM event_state GROUP BY status"
+# Events by state, and how many pending ones a flusher holds now (also what inspect shows).
+COUNTS = (
+    "SELECT status, count(*), coalesce(sum(lease_expires > :now), 0) FROM event_state "
+    "GROUP BY status"
 )
 _OLDEST = "SELECT min(enqueued_at) FROM events WHERE status = ?"
 
@@ -48,7 +50,9 @@ def read_stats(store: Store) -> Stats:
     """The spool's stats now."""
     now = clock.now()
     with store.reading() as connection:
-        counts = {status: (n, leased) for status, n, leased in connection.execute(_COUNTS, (now,))}
+        counts = {
+            status: (n, leased) for status, n, leased in connection.execute(COUNTS, {"now": now})
+        }
         oldest = connection.execute(_OLDEST, (PENDING,)).fetchone()[0]
         counters = dict(connection.execute("SELECT name, value FROM counters").fetchall())
         note = connection.execute("SELECT value FROM notes WHERE name = 'last_attempt'").fetchone()
@@ -59,12 +63,8 @@ def read_stats(store: Store) -> Stats:
         rejected=counts.get(REJECTED, (0, 0))[0],
         oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
         delivered=int(counters.get("delivered", 0)),
-        dropped={reason: int(counters.get(f"dropped.{reason}", 0)) for reason in DROP_REASONS},
-        failures={
-            name.removeprefix("failed."): int(n)
-            for name, n in sorted(counters.items())
-            if name.startswith("failed.")
-        },
+        dropped=dropped(counters),
+        failures=failures(counters),
         last_delivery=None if note is None else orjson.loads(note[0]),
         file_bytes=store.file_bytes(),
         max_bytes=store.settings.max_bytes,

@@ -17,20 +17,17 @@ from sqlalchemy import Connection, Engine
 
 from .. import clock, processes
 from ..errors import SpoolError
-from ..storage.counters import unreported
+from ..stats import COUNTS
+from ..storage.counters import dropped, failures, unreported
 from ..storage.revision import check_known, min_writer, read_revision
 from ..storage.schema import HEAD, PENDING, REVISIONS, STATUS_NAMES
 from ..storage.sql import driver
 from ..urls import mask_url
-from ..wire import DROP_REASONS, iso
+from ..wire import iso
 from .selection import Selection
 
 PAGE = 500
 
-_COUNTS = (
-    "SELECT status, count(*), coalesce(sum(lease_expires > :now), 0) FROM event_state "
-    "GROUP BY status"
-)
 _OLDEST = "SELECT id, name, enqueued_at FROM events WHERE status = :pending ORDER BY seq LIMIT 1"
 _EVENTS = (
     "SELECT seq, payload, status, enqueued_at, settled_at, attempts, last_error, lease_expires, "
@@ -83,7 +80,7 @@ def summarize(
     with engine.connect() as conn:
         revision = check_readable(conn)
         counts = {"pending": 0, "leased": 0, "rejected": 0, "delivered": 0}
-        for status, n, leased in conn.exec_driver_sql(_COUNTS, {"now": now}):
+        for status, n, leased in conn.exec_driver_sql(COUNTS, {"now": now}):
             counts[STATUS_NAMES.get(status, str(status))] = n
             if status == PENDING:
                 counts["leased"] = leased
@@ -99,13 +96,9 @@ def summarize(
         file_bytes=file_bytes,
         schema_revision=revision,
         counts=counts,
-        dropped={reason: counters.get(f"dropped.{reason}", 0) for reason in DROP_REASONS},
+        dropped=dropped(counters),
         dropped_unreported=unreported(counters),
-        failures={
-            name.removeprefix("failed."): n
-            for name, n in sorted(counters.items())
-            if name.startswith("failed.")
-        },
+        failures=failures(counters),
         last_failure=_with_times(notes.get("last_failure")),
         oldest_pending=None
         if oldest is None

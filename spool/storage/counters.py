@@ -40,6 +40,20 @@ def unreported_drops(raw: sqlite3.Connection) -> dict[str, int]:
     return unreported(dict(raw.execute("SELECT name, value FROM counters").fetchall()))
 
 
+def dropped(values: Mapping[str, int]) -> dict[str, int]:
+    """The pending events dropped, by reason (every reason, zeros too), from the counters."""
+    return {reason: int(values.get(f"dropped.{reason}", 0)) for reason in DROP_REASONS}
+
+
+def failures(values: Mapping[str, int]) -> dict[str, int]:
+    """The failures saved by every process, by kind, from the counters."""
+    return {
+        name.removeprefix("failed."): int(n)
+        for name, n in sorted(values.items())
+        if name.startswith("failed.")
+    }
+
+
 def unreported(values: Mapping[str, int]) -> dict[str, int]:
     """The drops not yet reported, by reason, from the spool's counters."""
     owed = {
