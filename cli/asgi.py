@@ -8,6 +8,7 @@ each worker process making its app from an import string and the environment.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 from typing import Any
@@ -28,16 +29,17 @@ TOKEN_VARIABLE = "SQREEN_COLLECT_TOKEN"
 Result = tuple[int, dict[str, Any] | bytes, list[tuple[bytes, bytes]]]
 
 
-class BatchApp:
+class BatchApp(abc.ABC):
     """An ASGI app taking the wire format's batches, POSTed to any path."""
 
     def __init__(self, token: str | None) -> None:
         self._token = token
 
+    @abc.abstractmethod
     async def handle(self, batch: Any, headers: dict[str, str], path: str) -> Result:
-        raise NotImplementedError
+        """The answer to a parsed batch (into JetStream, or into the event store)."""
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> None:  # noqa: B027 (a hook: most apps hold nothing)
         """Release what the app holds, when its worker stops."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
