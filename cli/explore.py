@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from sqreen.collector.replay import SQLITE_HEADER, BadSource, load_lines
-from sqreen.storage.files import read_only
+from sqreen.collector.replay import BadSource, load_lines
+from sqreen.storage.files import is_sqlite, read_only
 
 from .common import USAGE, fail, required_token
 
@@ -66,11 +66,10 @@ def _playbooks(path: Path | None) -> str | None:
 def _source(file: Path, scratch: Path, spool: Path | None) -> tuple[Path | None, Path | None]:
     """The store to show (JSON lines loaded into a scratch one), and the spool."""
     try:
-        with file.open("rb") as opened:
-            head = opened.read(len(SQLITE_HEADER))
+        sqlite = is_sqlite(file)
     except OSError as exc:
         fail(f"{file}: {exc.strerror or exc}", USAGE)
-    if head != SQLITE_HEADER:
+    if not sqlite:
         try:
             load_lines(file, scratch / "events.db")
         except BadSource as exc:

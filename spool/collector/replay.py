@@ -21,11 +21,10 @@ import orjson
 from ..automation import state
 from ..automation.engine import Decision, Engine
 from ..automation.playbooks import Playbooks
-from ..storage.files import read_only
+from ..storage.files import is_sqlite, read_only
 from ..wire import check_event
 from .store import EventStore
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Events run through the engine per transaction of the private state file.
 CHUNK = 5000
 
@@ -82,11 +81,10 @@ def _chunks(events: Iterator[Mapping[str, Any]]) -> Iterator[list[Mapping[str, A
 def _events(source: Path, work: Path) -> Iterator[Iterator[Mapping[str, Any]]]:
     """The events of a store or a JSON-lines file, in timestamp order."""
     try:
-        with source.open("rb") as file:
-            head = file.read(len(SQLITE_HEADER))
+        sqlite = is_sqlite(source)
     except OSError as exc:
         raise BadSource(f"{source}: {exc.strerror or exc}") from None
-    if head == SQLITE_HEADER:
+    if sqlite:
         store = source
     else:
         store = work / "events.db"

@@ -130,6 +130,13 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 SPOOL_TABLES = frozenset({"alembic_version", "events"})
 
 
+def is_sqlite(path: Path) -> bool:
+    """Whether the file at ``path`` starts as an SQLite database does (OSError when it cannot
+    be read)."""
+    with path.open("rb") as file:
+        return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
 def refuse_foreign(
     path: Path, expected: frozenset[str] = SPOOL_TABLES, setting: str = "SQREEN_SPOOL_PATH"
 ) -> None:
