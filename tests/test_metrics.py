@@ -18,15 +18,18 @@ from sqreen.metrics import PrometheusCollector, observe
 
 
 def filled(spool_path: Path) -> sqreen.Spooler:
-    """5 events delivered, then 3 pending (tracked by a process with nothing to deliver to)."""
-    spooler = sqreen.Spooler(path=spool_path, sink=MemorySink(), heartbeat_delay=3600)
-    for i in range(5):
-        assert spooler.track("delivered", {"properties": {"i": i}})
-    while spooler.flush().pending:  # flush(), or the delivery thread's first run
-        pass
-    with sqreen.Spooler(path=spool_path) as other:
-        for i in range(3):
-            assert other.track("waiting", {"properties": {"i": i}})
+    """5 events delivered, then 3 pending, tracked by a process with nothing to deliver to.
+
+    The shipper is closed before the 3 are tracked: its delivery thread's first run could
+    otherwise still be under way and ship one of them."""
+    with sqreen.Spooler(path=spool_path, sink=MemorySink(), heartbeat_delay=3600) as shipper:
+        for i in range(5):
+            assert shipper.track("delivered", {"properties": {"i": i}})
+        while shipper.flush().pending:
+            pass
+    spooler = sqreen.Spooler(path=spool_path)
+    for i in range(3):
+        assert spooler.track("waiting", {"properties": {"i": i}})
     return spooler
 
 
