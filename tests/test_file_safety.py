@@ -217,3 +217,35 @@ def test_a_closed_spooler_keeps_no_file_open(tmp_path: Path) -> None:
         spooler._store.checkpoint()
         spooler.close()
     assert descriptors() <= before + 2
+
+
+LAST_CLOSER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("SELECT count(*) FROM events").fetchone()
+connection.close()  # the last connection on the host would checkpoint and delete the WAL
+"""
+
+
+def test_opening_a_spool_again_keeps_this_process_s_sqlite_locks(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's among them. Opening the spool a second time in a process (another spooler, a
+    command run in-process) checks the files by their paths alone: another process closing the
+    spool must still see this one on it, and keep its WAL, or it would delete the WAL this
+    process still writes (commits lost) and truncate the shared memory it still maps."""
+    path = tmp_path / "spool.db"
+    first = sqreen.Spooler(path=path)
+    assert first.track("before")
+    second = sqreen.Spooler(path=path)
+    assert second.track("by.the.second")  # opens the same files again, in this process
+    subprocess.run([sys.executable, "-c", LAST_CLOSER, str(path)], check=True, timeout=60)
+    assert Path(f"{path}-wal").exists(), "another process took this one's locks for gone"
+    assert first.track("after")
+    counted = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1])"
+         ".execute('SELECT count(*) FROM events').fetchone()[0])", str(path)],
+        check=True, timeout=60, capture_output=True, text=True,
+    )  # fmt: skip
+    assert int(counted.stdout) == 3 == first.stats().pending
+    second.close()
+    first.close()

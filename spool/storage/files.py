@@ -118,23 +118,66 @@ def prepare_path(
             f"another user could replace the file; choose another {setting}"
         )
     refuse_foreign(path, tables or SPOOL_TABLES, setting)
-    os.close(open_ours(str(path), os.O_RDWR | os.O_CREAT))
+    if not check_ours(str(path)):
+        try:  # a file made here and now: no connection of this process can hold locks on it
+            os.close(_no_follow(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            check_ours(str(path))  # made meanwhile by another process
     for suffix in SIDE_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            os.close(open_ours(f"{path}{suffix}", os.O_RDONLY))
+        check_ours(f"{path}{suffix}")
 
 
-# The first bytes of every SQLite database file.
-SQLITE_HEADER = b"SQLite format 3\x00"
+def check_ours(name: str) -> bool:
+    """Refuse (:class:`UnsafeSpool`) a symbolic link or a file of another user at ``name``,
+    make ours 0600, and say whether there is a file; by its path alone.
+
+    Never by opening it: closing any descriptor of a file drops every POSIX lock this process
+    holds on it, SQLite's among them, and this process may already have the spool open (a
+    second spooler, a command run in-process). Another process would then take the spool for
+    unused, delete the WAL this one still writes (its commits lost) and truncate the shared
+    memory it still maps. Checking by path is safe here: in a directory that is ours, or
+    shared with the sticky bit, no other user can swap the file between the look and the
+    chmod."""
+    try:
+        info = os.lstat(name)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeSpool(f"{name} is a symbolic link; refusing to follow it")
+    if _too_open(name, info):
+        os.chmod(name, 0o600)
+    return True
+
+
+def _too_open(name: str, info: os.stat_result) -> bool:
+    """Refuse a file of another user; say whether ours is open to others."""
+    if info.st_uid != os.geteuid():
+        raise UnsafeSpool(
+            f"{name} belongs to another user (uid {info.st_uid}); refusing to open the spool"
+        )
+    return bool(info.st_mode & 0o077)
+
+
 # Every spool has these tables; a database with tables but not these is another application's.
 SPOOL_TABLES = frozenset({"alembic_version", "events"})
 
 
 def is_sqlite(path: Path) -> bool:
-    """Whether the file at ``path`` starts as an SQLite database does (OSError when it cannot
-    be read)."""
-    with path.open("rb") as file:
-        return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    """Whether the file at ``path`` is an SQLite database (OSError when it cannot be read).
+
+    Asked of SQLite, not read with ``open()``: this process may have the file open through
+    SQLite (the explorer replays the store it serves), and closing a descriptor of our own
+    would drop SQLite's locks on it (see :func:`check_ours`)."""
+    if os.stat(path).st_size == 0:
+        return False
+    try:
+        with contextlib.closing(read_only(path)) as connection:
+            connection.execute("PRAGMA schema_version").close()
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+            return False
+        raise OSError(errno.EIO, f"not readable as SQLite ({exc})") from exc
+    return True
 
 
 def refuse_foreign(
@@ -145,15 +188,17 @@ def refuse_foreign(
     mode and add the spool's tables).
 
     Read-only, and immutable when no process has it open in WAL mode, so the look itself
-    creates no file. Bytes that are not an SQLite database at all are a damaged spool's
-    business (the store moves them aside); so is a database that cannot be read here.
+    creates no file; through SQLite, which shares this process's locks on the file with its
+    other connections (see :func:`check_ours`). Bytes that are not an SQLite database at all
+    are a damaged spool's business (the store moves them aside); so is a database that cannot
+    be read here.
     """
     try:
-        with open(path, "rb", opener=_no_follow) as file:
-            if file.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-                return
-    except (FileNotFoundError, UnsafeSpool):
-        return  # nothing there yet, or a link: open_ours refuses it
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            return  # prepare_path refuses it
+    except FileNotFoundError:
+        return  # nothing there yet
+    # Through SQLite, never open(): see check_ours. Bytes that are no database fail to open.
     query = "mode=ro" if os.path.exists(f"{path}{WAL}") else "mode=ro&immutable=1"
     try:
         with contextlib.closing(
@@ -190,12 +235,7 @@ def open_ours(name: str, flags: int) -> int:
     FileNotFoundError when it does not exist and ``flags`` has no ``O_CREAT``."""
     fd = _no_follow(name, flags)
     try:
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            raise UnsafeSpool(
-                f"{name} belongs to another user (uid {info.st_uid}); refusing to open the spool"
-            )
-        if info.st_mode & 0o077:
+        if _too_open(name, os.fstat(fd)):
             os.fchmod(fd, 0o600)
     except BaseException:
         os.close(fd)
