@@ -55,6 +55,9 @@ def summary(
         f"{counts['rejected']} rejected, {counts['delivered']} delivered (kept)",
         "dropped": ", ".join(f"{n} {reason}" for reason, n in dropped.items())
         + _unreported(found.dropped_unreported),
+        "security dropped": ", ".join(
+            f"{n} {reason}" for reason, n in found.dropped_security.items()
+        ),
         "oldest pending": _oldest(found.oldest_pending),
         "last attempt": _attempt(found.last_attempt),
         "failures": ", ".join(f"{n} {kind}" for kind, n in found.failures.items()) or "none",

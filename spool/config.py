@@ -316,6 +316,9 @@ class Settings:
         DEFAULT_MAX_AGE,
     )
     max_bytes: int = _setting("SQREEN_SPOOL_MAX_BYTES", parse_size, DEFAULT_MAX_BYTES)
+    # Event names (or fnmatch patterns) of the security class, beside the library's own and the
+    # collector's urgent ones: kept longest and sent first (see sqreen.priority).
+    security_events: tuple[str, ...] = _setting("SQREEN_SPOOL_SECURITY_EVENTS", parse_keys, ())
     ip_header: str | None = _setting("SQREEN_IP_HEADER", parse_header, None)
     # Who wrote ip_header: the client is the address the nearest untrusted hop was seen from.
     trusted_proxies: int | tuple[str, ...] = _setting(

@@ -52,6 +52,7 @@ class Event(NamedTuple):
     id: str
     name: str
     payload: bytes
+    security: bool = False  # its class (see sqreen.priority), decided by the spooler
 
 
 def build(

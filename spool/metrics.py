@@ -10,9 +10,10 @@ OpenTelemetry (``pip install 'sqreen-spool[opentelemetry]'``)::
 
 Both read the stats when scraped or collected (one look at the spool each time). The names
 follow each library's conventions: ``sqreen_spool_events`` (gauge, by ``state``),
-``sqreen_spool_oldest_pending_age_seconds``, ``sqreen_spool_delivered_events_total`` and
-``sqreen_spool_dropped_events_total`` (by ``reason``), ``sqreen_spool_failures_total`` (by
-``kind``), ``sqreen_spool_file_bytes`` and ``sqreen_spool_max_bytes``,
+``sqreen_spool_oldest_pending_age_seconds``, ``sqreen_spool_delivered_events_total``,
+``sqreen_spool_dropped_events_total`` and ``sqreen_spool_dropped_security_events_total`` (by
+``reason``), ``sqreen_spool_failures_total`` (by ``kind``), ``sqreen_spool_file_bytes`` and
+``sqreen_spool_max_bytes``,
 ``sqreen_spool_last_delivery_timestamp_seconds``; OpenTelemetry's are dotted
 (``sqreen.spool.events``, ...) with units.
 """
@@ -75,6 +76,8 @@ class PrometheusCollector:
 def _by_label(stats: Stats) -> list[tuple[str, str, str, dict[str, int]]]:
     return [
         ("sqreen_spool_dropped_events", "Events dropped, by reason.", "reason", stats.dropped),
+        ("sqreen_spool_dropped_security_events", "Security events among the drops, by reason.",
+         "reason", stats.dropped_security),
         ("sqreen_spool_failures", "Storage and delivery failures, by kind.", "kind",
          stats.failures),
     ]  # fmt: skip
@@ -106,6 +109,7 @@ def observe(spooler: Spooler, meter: Any) -> None:
     )  # fmt: skip
     for name, label, unit, text in (
         ("dropped", "reason", "{event}", "Events dropped, by reason."),
+        ("dropped_security", "reason", "{event}", "Security events among the drops, by reason."),
         ("failures", "kind", "{failure}", "Failures, by kind."),
     ):
         meter.create_observable_counter(

@@ -29,6 +29,7 @@ from .event import (
     relax,
 )
 from .health import Health, HealthReport
+from .priority import NO_NAMES, Classes
 from .request.context import RequestBuilder, RequestContext
 from .request.context import current as current_request
 from .request.scrub import Scrubber
@@ -89,6 +90,7 @@ class Spooler:
         )
         self._health = Health()
         self._rules = Strictness(self.settings.strict, self._health.warn)
+        self._classes = Classes(self.settings.security_events)
         self._outbox = Outbox(self._store)
         self._flusher = make_flusher(self.settings, self._outbox, self._health, sink)
         self._responder = Responder(self.settings.path, self._record)
@@ -134,6 +136,11 @@ class Spooler:
         else:
             body = partial(request.request_json, self._requests)
             event = build(event_name, options, request.user, body, rules)
+        flusher = self._flusher
+        urgent = NO_NAMES if flusher is None else flusher.urgent
+        security = self._classes.security(event.name, urgent)
+        if security:
+            event = event._replace(security=True)
         try:
             maintenance_due = self._store.insert(event)
         except storage_errors() as exc:
@@ -143,8 +150,7 @@ class Spooler:
         self._upkeep.start()
         if maintenance_due:
             self._upkeep.wake()
-        flusher = self._flusher
-        if flusher is not None and event.name in flusher.urgent:  # a playbook watches it
+        if security and event.name in urgent:  # a playbook watches it
             self._upkeep.security_event()
         return True
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from . import clock
-from .storage.counters import dropped, failures
+from .storage.counters import dropped, dropped_security, failures
 from .storage.schema import PENDING, REJECTED
 from .storage.store import Store
 
@@ -37,6 +37,7 @@ class Stats:
     oldest_pending_age: float | None = None  # the delivery lag: how long the oldest has waited
     delivered: int = 0  # running totals, since the spool was made
     dropped: dict[str, int] = field(default_factory=dict)
+    dropped_security: dict[str, int] = field(default_factory=dict)  # the security events among them
     failures: dict[str, int] = field(default_factory=dict)
     last_delivery: dict[str, Any] | None = None  # at, events, outcome, status, error
     file_bytes: int = 0
@@ -64,6 +65,7 @@ def read_stats(store: Store) -> Stats:
         oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
         delivered=int(counters.get("delivered", 0)),
         dropped=dropped(counters),
+        dropped_security=dropped_security(counters),
         failures=failures(counters),
         last_delivery=None if note is None else orjson.loads(note[0]),
         file_bytes=store.file_bytes(),

@@ -283,3 +283,25 @@ def test_every_migration_declares_its_kind() -> None:
         kind = getattr(module, "additive", None)
         assert isinstance(kind, bool), f"{path.name} must declare additive = True or False"
         assert kind == (module.revision in schema.ADDITIVE), path.name
+
+
+def test_the_security_class_is_given_to_the_library_s_own_events_at_the_upgrade(
+    spool_path: Path,
+) -> None:
+    spool_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{spool_path}")
+    migrate_to(engine, "0005_actions")
+    with engine.begin() as conn:
+        for name in ("page.view", "sqreen.auth_track", "sqreen.signup_track", "sq.action.block_ip"):
+            conn.exec_driver_sql(
+                "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, x'7b7d')",
+                (name, name, time.time()),
+            )
+    engine.dispose()
+    spooler = sqreen.Spooler(path=spool_path)
+    spooler.start()  # migrates
+    spooler.close()
+    with sqlite3.connect(spool_path) as conn:
+        flags = dict(conn.execute("SELECT name, security FROM events"))
+    assert flags == {"page.view": 0, "sqreen.auth_track": 1, "sqreen.signup_track": 1,
+                     "sq.action.block_ip": 1}  # fmt: skip

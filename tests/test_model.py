@@ -44,7 +44,7 @@ from sqreen.ops.admin import purge, requeue
 from sqreen.ops.selection import Selection
 from sqreen.security.action_store import add_operator_action, clear_actions
 from sqreen.security.actions import read_action
-from sqreen.storage.bound import WAL_BRAKE, enforce_size
+from sqreen.storage.bound import ceiling, enforce_size
 from sqreen.storage.files import WAL, size_of
 from sqreen.storage.prune import drop_old
 from sqreen.storage.schema import DELIVERED, PENDING, REJECTED
@@ -103,6 +103,7 @@ class SpoolModel(RuleBasedStateMachine):
         self.expired: set[str] = set()  # settled ones past their keeping time (not counted)
         self.sized: set[str] = set()  # pending events the size bound dropped (counted)
         self.dropped_age = self.dropped_size = 0
+        self.logins: set[str] = set()  # the security events among the acknowledged
         self.kills = 0
         self.counter = 0
         self.abandoned: list[sqreen.Spooler] = []
@@ -128,6 +129,16 @@ class SpoolModel(RuleBasedStateMachine):
             self.counter += 1
             assert self.tracker.track("model", {"properties": {"n": self.counter}})
         self.acked |= set(self.rows()) - self.acked - self.purged
+
+    @rule(n=st.integers(1, 5))
+    def track_logins(self, n: int) -> None:
+        """Failed logins: security events, which the size bound drops last."""
+        HITS["track_logins"] += 1
+        for _ in range(n):
+            assert self.tracker.auth_track(False, email="mallory@example.com")
+        new = set(self.rows()) - self.acked - self.purged
+        self.logins |= new
+        self.acked |= new
 
     @rule(bad=st.sampled_from([{"properties": {"x": {1, 2}}}, {"properties": "no"}, 3]))
     def track_invalid(self, bad: Any) -> None:
@@ -212,22 +223,25 @@ class SpoolModel(RuleBasedStateMachine):
         HITS["shrink_bound"] += 1
         store = self.tracker._store
         with sqlite3.connect(self.path) as connection:
+            # The cut's order: analytics, oldest first, then security events (logins).
             order = [i for (i,) in connection.execute(
-                f"SELECT id FROM events WHERE status = {PENDING} ORDER BY seq")]  # fmt: skip
+                f"SELECT id FROM events WHERE status = {PENDING} ORDER BY security, seq")]  # fmt: skip
         settled = {i for i, status in self.rows().items() if status != PENDING}
         limit = max(4096, int(store.file_bytes() * share))
         dropped = enforce_size(store, limit)
         # Below a few hundred KiB the schema's own pages are the floor: the bound holds above it.
-        # The WAL keeps the limit of the spool's own bound (a writer killed mid-burst can leave
-        # it there): a bound lowered only for this call cuts the data, not the WAL.
+        # A bound lowered for this call only cuts the data; the WAL is under the spool's own
+        # (a writer killed mid-burst leaves megabytes in it).
         wal = size_of(f"{self.path}{WAL}")
-        assert wal <= WAL_BRAKE * store.wal_limit, "the WAL outgrew its limit"
         assert store.file_bytes() - wal <= max(limit, 256 * 1024), "the data stayed over the bound"
+        assert store.file_bytes() <= ceiling(store.settings.max_bytes)
         left = self.rows()
         gone = [i for i in order if i not in left]
         assert gone == order[: len(gone)] and len(gone) == dropped  # the oldest, counted
         if gone:
             assert not settled & set(left)  # settled rows went first
+        if set(gone) & self.logins:
+            HITS["shrink_bound:logins_dropped"] += 1  # nothing else was left
         self.sized |= set(gone)
         self.dropped_size += dropped
         self.expired |= settled - set(left)
@@ -305,6 +319,8 @@ class SpoolModel(RuleBasedStateMachine):
         stats = self.shipper.stats()
         assert (stats.pending, stats.rejected) == (len(pending), len(rejected))
         assert stats.dropped["age"] == self.dropped_age  # the counter equals the model's
+        security = {"age": len(self.aged & self.logins), "size": len(self.sized & self.logins)}
+        assert {k: stats.dropped_security[k] for k in security} == security
 
     @invariant()
     def integrity(self) -> None:
@@ -384,7 +400,7 @@ def test_the_spool_against_its_model() -> None:
     )
     rules = {"track", "track_invalid", "flush", "requeue_rejected", "purge_some", "crash",
              "fork_and_track", "prune_later", "shrink_bound", "track_in_a_request",
-             "inspect_agrees", "operator_action"}  # fmt: skip
+             "inspect_agrees", "operator_action", "track_logins"}  # fmt: skip
     assert set(HITS) >= rules | {f"flush:{mode}" for mode in ANSWERS}, HITS  # all were run
     print(f"{sum(v for k, v in HITS.items() if ':' not in k)} steps: {dict(sorted(HITS.items()))}")
 

@@ -1,5 +1,5 @@
-"""Rolling deploys with real releases: the previous release that changed the schema, built from
-this repository's history as a wheel, and the current code, on one spool while events flow;
+"""Rolling deploys with real releases: the release before the newest migration, built from this
+repository's history as a wheel, and the current code, on one spool while events flow;
 then a rollback to the old release, then forward again. Nothing acknowledged is lost, nothing
 is stored twice by the collector."""
 
@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 import pytest
+
+from sqreen.storage import schema
 
 from .test_cli_processes import Collect
 
@@ -44,13 +46,16 @@ def git(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def old_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The release that added the newest migration file, installed into a folder of its own."""
+    """The release just before the newest migration (it does not know that revision),
+    installed into a folder of its own; the last commit when the newest migration is not
+    committed yet."""
     if not (ROOT / ".git").exists():
         pytest.fail("the rolling-deploy test builds an older release from the git history")
     newest = sorted((ROOT / "migrations" / "versions").glob("0*.py"))[-1].name
-    commit = git(
+    added = git(
         "log", "--diff-filter=A", "--format=%H", "-1", "--", f"migrations/versions/{newest}"
     )
+    commit = f"{added}^" if added else "HEAD"
     work = tmp_path_factory.mktemp("old-release")
     source = work / "source"
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True,
@@ -88,10 +93,12 @@ def test_old_and_new_side_by_side_then_rollback_then_forward(
     collector = Collect(out)
     try:
         which = subprocess.run(
-            [sys.executable, "-c", "import sqreen, sys; print(sqreen.__file__)"],
+            [sys.executable, "-c", "import sqreen.storage.schema as s; print(s.__file__, s.HEAD)"],
             env={**os.environ, "PYTHONPATH": str(old_release)}, capture_output=True, text=True,
         )  # fmt: skip
-        assert which.stdout.startswith(str(old_release))  # the old release really runs
+        where, head = which.stdout.split()
+        assert where.startswith(str(old_release))  # the old release really runs
+        assert head != schema.HEAD  # and it does not know the newest revision
         sent = acknowledged(  # both at once, on one spool
             release(old_release, spool_path, collector.url, "old", 3),
             release(None, spool_path, collector.url, "new", 3),

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from .. import clock, processes
 from ..errors import SpoolError
 from ..stats import COUNTS
-from ..storage.counters import dropped, failures, unreported
+from ..storage.counters import dropped, dropped_security, failures, unreported
 from ..storage.revision import check_known, min_writer, read_revision
 from ..storage.schema import HEAD, PENDING, REVISIONS, STATUS_NAMES
 from ..storage.sql import driver
@@ -44,6 +44,7 @@ class Summary:
     schema_revision: str
     counts: dict[str, int]
     dropped: dict[str, int]
+    dropped_security: dict[str, int]  # the security events among them
     dropped_unreported: dict[str, int]
     failures: dict[str, int]
     last_failure: dict[str, Any] | None
@@ -97,6 +98,7 @@ def summarize(
         schema_revision=revision,
         counts=counts,
         dropped=dropped(counters),
+        dropped_security=dropped_security(counters),
         dropped_unreported=unreported(counters),
         failures=failures(counters),
         last_failure=_with_times(notes.get("last_failure")),

@@ -10,7 +10,9 @@ Three parts keep it, none of which waits for the network:
 - ``sqreen-spool prune`` and the heartbeat's prune bring a spool that is any amount over the
   bound under it in one call (an old spool, a lowered bound), in bounded memory.
 
-Every pending row removed is counted as ``dropped.size``.
+Every pending row removed is counted as ``dropped.size``, and a security event's also as
+``security_dropped.size``: analytics go first, security events only when nothing else is left
+(see :mod:`sqreen.priority`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sqlite3
 import time
 
 from ..health import Health
-from .counters import add
+from .counters import SECURITY_DROPPED, add
 from .failures import record_failure, storage_errors
 from .files import WAL, size_of
 from .schema import DELIVERED, PENDING, REJECTED
@@ -167,8 +169,9 @@ def log_drops(dropped: dict[str, int]) -> None:
 
 
 def enforce_size(store: Store, max_bytes: int) -> int:
-    """Drop rows, settled ones first, then the oldest pending, until the data fits in
-    :data:`SIZE_TARGET` of the bound; give free pages back when the file itself is too large.
+    """Drop rows, settled ones first, then the oldest pending analytics, then the oldest
+    pending security events, until the data fits in :data:`SIZE_TARGET` of the bound; give
+    free pages back when the file itself is too large.
 
     Returns how many pending events were dropped. Works in steps of :data:`SIZE_CHUNK` of the
     bound, each its own transaction followed by a checkpoint, whatever the excess. Looking
@@ -187,13 +190,15 @@ def enforce_size(store: Store, max_bytes: int) -> int:
     while used > target:
         with store.write() as conn:
             excess, deleted = min(step, used - target), 0
-            for status in (DELIVERED, REJECTED, PENDING):
-                rows = _drop_oldest(conn, status, excess)
+            for kind in _DROP_ORDER:
+                rows = _drop_oldest(conn, kind, excess)
                 if rows:
                     deleted = rows
-                    if status == PENDING:
+                    if kind in (ANALYTICS, SECURITY):
                         add(conn, "dropped.size", rows)
                         dropped += rows
+                    if kind == SECURITY:
+                        add(conn, f"{SECURITY_DROPPED}size", rows)
                     break  # measure what was freed before going on
             used, pages = _used_bytes(conn)
         store.checkpoint()  # a freed page is overwritten (SQLite's secure delete): a WAL frame
@@ -226,27 +231,31 @@ def _used_bytes(conn: sqlite3.Connection) -> tuple[int, int]:
     return (pages - pragma(conn, "freelist_count")) * page_size, pages * page_size
 
 
-# The oldest rows of one status, with their size: pending rows are most of the table, in seq
-# order; settled ones are found through their partial index (see migration 0004_settled).
-_OLDEST_PENDING = f"SELECT seq, length(payload) FROM events WHERE status = {PENDING} ORDER BY seq"
-_OLDEST_SETTLED = (
-    "SELECT seq, length(payload) FROM events WHERE status = :status AND status > 0 ORDER BY seq"
-)
-_DROP_THROUGH = "DELETE FROM events WHERE status = :status AND seq <= :last"
+# The kinds of rows the cut takes, in its order: the settled, then the pending analytics, then
+# the pending security events. Each with the query of its oldest rows and their sizes, and the
+# deletion of those up to the last one taken. Pending analytics are most of the table, in seq
+# order (a few security rows skipped on the way); the others are found through their partial
+# indexes (migrations 0004_settled, 0006_security).
+_ROWS = "SELECT seq, length(payload) FROM events WHERE {} ORDER BY seq LIMIT :n"
+_DROP_THROUGH = "DELETE FROM events WHERE {} AND seq <= :last"
+DELIVERED_ROWS = f"status = {DELIVERED} AND status > 0"
+REJECTED_ROWS = f"status = {REJECTED} AND status > 0"
+ANALYTICS = f"status = {PENDING} AND security = 0"
+SECURITY = f"security = 1 AND status = {PENDING}"
+_DROP_ORDER = (DELIVERED_ROWS, REJECTED_ROWS, ANALYTICS, SECURITY)
 # The least room a row takes, so that a chunk fetches a bounded number of rows.
 ROW_BYTES = 64
 
 
-def _drop_oldest(conn: sqlite3.Connection, status: int, excess: int) -> int:
-    """Delete the oldest rows of ``status`` that free at most about ``excess`` bytes; return
-    how many.
+def _drop_oldest(conn: sqlite3.Connection, kind: str, excess: int) -> int:
+    """Delete the oldest rows of a ``kind`` (of :data:`_DROP_ORDER`) that free at most about
+    ``excess`` bytes; return how many.
 
     A row takes more room in its pages than its bytes, by up to about twice for rows of half a
     page: taking rows whose bytes add up to half the excess never frees more than was asked
     (the caller measures what was freed and asks again)."""
-    query = _OLDEST_PENDING if status == PENDING else _OLDEST_SETTLED
     budget, last, rows = excess // 2, None, 0
-    cursor = conn.execute(f"{query} LIMIT :n", {"status": status, "n": excess // ROW_BYTES + 1})
+    cursor = conn.execute(_ROWS.format(kind), {"n": excess // ROW_BYTES + 1})
     for seq, size in cursor:
         last, rows, budget = seq, rows + 1, budget - size
         if budget <= 0:
@@ -254,4 +263,4 @@ def _drop_oldest(conn: sqlite3.Connection, status: int, excess: int) -> int:
     cursor.close()
     if last is None:
         return 0
-    return int(conn.execute(_DROP_THROUGH, {"status": status, "last": last}).rowcount)
+    return int(conn.execute(_DROP_THROUGH.format(kind), {"last": last}).rowcount)

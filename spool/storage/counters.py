@@ -1,7 +1,8 @@
 """Counts and small notes kept in the spool itself, so that every process and the CLI see
-the same: ``dropped.<reason>`` (pending events a limit removed), ``reported.<reason>`` (drops
-the collector was told of), the delivery thread's failures, and notes such as the last
-delivery attempt. Written inside the caller's transaction."""
+the same: ``dropped.<reason>`` (pending events a limit removed), ``security_dropped.<reason>``
+(the security events among them), ``reported.<reason>`` (drops the collector was told of), the
+delivery thread's failures, and notes such as the last delivery attempt. Written inside the
+caller's transaction."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import orjson
 
 from ..wire import DROP_REASONS
+
+SECURITY_DROPPED = "security_dropped."
 
 _ADD = (
     "INSERT INTO counters (name, value) VALUES (:name, :n) "
@@ -43,6 +46,11 @@ def unreported_drops(raw: sqlite3.Connection) -> dict[str, int]:
 def dropped(values: Mapping[str, int]) -> dict[str, int]:
     """The pending events dropped, by reason (every reason, zeros too), from the counters."""
     return {reason: int(values.get(f"dropped.{reason}", 0)) for reason in DROP_REASONS}
+
+
+def dropped_security(values: Mapping[str, int]) -> dict[str, int]:
+    """The security events among the drops, by reason (every reason, zeros too)."""
+    return {reason: int(values.get(f"{SECURITY_DROPPED}{reason}", 0)) for reason in DROP_REASONS}
 
 
 def failures(values: Mapping[str, int]) -> dict[str, int]:

@@ -43,7 +43,7 @@ _SEQS = "(SELECT value FROM json_each(:seqs))"
 _EXPIRE = "DELETE FROM claims WHERE expires <= :now OR expires > :latest OR owner = :owner"
 _CLAIM = (
     "SELECT events.seq, events.id, events.payload FROM events LEFT JOIN retries USING (seq) "
-    "WHERE events.status = :pending "
+    "WHERE events.status = :pending AND events.security >= :security "
     "AND (coalesce(retries.next_attempt_at, 0) <= :due OR retries.next_attempt_at > :horizon) "
     "AND NOT EXISTS (SELECT 1 FROM claims WHERE events.seq BETWEEN lo AND hi) "
     "ORDER BY events.seq LIMIT :limit"
@@ -51,6 +51,12 @@ _CLAIM = (
 # The usual claim: the oldest pending rows, none of them claimed or backing off. Checking that
 # takes two small probes, where _CLAIM looks at both tables for every row.
 _OLDEST = "SELECT seq, id, payload FROM events WHERE status = :pending ORDER BY seq LIMIT :limit"
+# Security events are claimed first (see sqreen.priority), through their partial index (migration
+# 0006_security): with none pending, one probe of an empty index.
+_OLDEST_SECURITY = (
+    "SELECT seq, id, payload FROM events WHERE security = 1 AND status = :pending "
+    "ORDER BY seq LIMIT :limit"
+)
 _HELD_BACK = (
     "SELECT EXISTS (SELECT 1 FROM claims WHERE lo <= :hi AND hi >= :lo) "
     "OR EXISTS (SELECT 1 FROM retries WHERE seq BETWEEN :lo AND :hi "
@@ -121,8 +127,8 @@ class Outbox:
         now: float,
         ignore_backoff: bool = False,
     ) -> Claim:
-        """Claim up to ``limit`` due pending rows (at most ``max_bytes`` of payload), oldest
-        first, releasing the owner's previous claim.
+        """Claim up to ``limit`` due pending rows (at most ``max_bytes`` of payload), security
+        events first, oldest first, releasing the owner's previous claim.
 
         Rows another flusher claimed are skipped until its claim is released or expires, so two
         flushers never post the same rows at once, and rows of a flusher that died are retried
@@ -133,11 +139,10 @@ class Outbox:
         with self.store.write() as raw:
             raw.execute(_EXPIRE, {"now": now, "latest": now + LEASE_MAX, "owner": owner})
             params = {"pending": PENDING, "due": due, "horizon": horizon, "limit": limit}
-            found = raw.execute(_OLDEST, params).fetchall()
-            if found:
-                span = {"lo": found[0][0], "hi": found[-1][0], "due": due, "horizon": horizon}
-                if raw.execute(_HELD_BACK, span).fetchone()[0]:
-                    found = raw.execute(_CLAIM, params).fetchall()
+            found = self._oldest(raw, _OLDEST_SECURITY, {**params, "security": 1})
+            security = bool(found)  # then more may be due: the analytics behind them
+            if not security:
+                found = self._oldest(raw, _OLDEST, {**params, "security": 0})
             batch = Batch(*zip(*found, strict=True)) if found else Batch()
             sizes = list(accumulate(map(len, batch.payloads)))
             if sizes and sizes[-1] + len(sizes) > max_bytes:  # each event also takes a comma
@@ -146,8 +151,19 @@ class Outbox:
             if batch:
                 hold = {"owner": owner, "lo": batch.seqs[0], "hi": batch.seqs[-1]}
                 raw.execute(_HOLD, {**hold, "until": now + lease})
-            full = len(found) == limit or len(batch) < len(found)
+            full = security or len(found) == limit or len(batch) < len(found)
             return Claim(batch, unreported_drops(raw), full)
+
+    @staticmethod
+    def _oldest(raw: sqlite3.Connection, query: str, params: dict[str, Any]) -> list[Any]:
+        """The oldest due rows that ``query`` selects (with ``params["security"]``, the class
+        that :data:`_CLAIM` keeps when some of them are held back)."""
+        found = raw.execute(query, params).fetchall()
+        if found:
+            span = {"lo": found[0][0], "hi": found[-1][0], **params}
+            if raw.execute(_HELD_BACK, span).fetchone()[0]:
+                found = raw.execute(_CLAIM, params).fetchall()
+        return found
 
     def release_dead(self, now: float) -> None:
         """Release the live claims of flushers that died on this host (killed mid-batch), so

@@ -14,13 +14,17 @@ from pathlib import Path
 from .. import clock
 from ..config import Settings
 from .bound import enforce_size
-from .counters import add
+from .counters import SECURITY_DROPPED, add
 from .files import read_only_engine
 from .schema import DELIVERED, PENDING, REJECTED
-from .sql import driver
+from .sql import driver, scalar
 from .store import Store
 
 _DROP_OLD = "DELETE FROM events WHERE status = :status AND enqueued_at < :before"
+# The security events among them, through their partial index (migration 0006_security).
+_OLD_SECURITY = (
+    f"SELECT count(*) FROM events WHERE security = 1 AND status = {PENDING} AND enqueued_at < ?"
+)
 _EXPIRE_SETTLED = "DELETE FROM events WHERE status = :status AND settled_at < :before"
 
 
@@ -38,6 +42,7 @@ def drop_old(store: Store, settings: Settings) -> int:
     delete settled ones past their keeping time."""
     now = clock.now()
     with store.write() as conn:
+        add(conn, f"{SECURITY_DROPPED}age", scalar(conn, _OLD_SECURITY, now - settings.max_age))
         aged = _delete(conn, _DROP_OLD, PENDING, now - settings.max_age)
         add(conn, "dropped.age", aged)
         _delete(conn, _EXPIRE_SETTLED, REJECTED, now - settings.max_age)  # counted when rejected

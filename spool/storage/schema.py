@@ -7,12 +7,13 @@ Plain constants, for the hot path and everything else: the tables as SQLAlchemy 
 from __future__ import annotations
 
 # Oldest first; the last one is the revision this code reads and writes.
-REVISIONS = ("0001_events", "0002_delivery", "0003_claims", "0004_settled", "0005_actions")
+REVISIONS = ("0001_events", "0002_delivery", "0003_claims", "0004_settled", "0005_actions",
+             "0006_security")  # fmt: skip
 HEAD = REVISIONS[-1]
 # The revisions whose migration is additive (``additive = True`` in its file, which a test
 # checks): a release that knows the revision before one of them can keep writing a spool
 # migrated past it. The others are breaking.
-ADDITIVE = frozenset({"0004_settled", "0005_actions"})
+ADDITIVE = frozenset({"0004_settled", "0005_actions", "0006_security"})
 
 
 def min_writer(revision: str) -> str:

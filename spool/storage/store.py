@@ -61,8 +61,10 @@ WAL_RESTART_BYTES = 16 * 1024 * 1024
 # The writer polls a write lock that another connection holds this often at most (_execute).
 BUSY_POLL = 0.0002
 
-_PENDING_ROWS = f"SELECT id, name, enqueued_at, payload FROM events WHERE status = {schema.PENDING}"
-_INSERT = "INSERT INTO events (id, name, enqueued_at, payload) VALUES (?, ?, ?, ?)"
+_PENDING_ROWS = (
+    f"SELECT id, name, enqueued_at, payload, security FROM events WHERE status = {schema.PENDING}"
+)
+_INSERT = "INSERT INTO events (id, name, enqueued_at, payload, security) VALUES (?, ?, ?, ?, ?)"
 
 
 class Store:
@@ -109,7 +111,9 @@ class Store:
             raw = connections.writer()
             turn.take(self.settings.lock_timeout)
             try:
-                self._execute(raw, _INSERT, (event.id, event.name, clock.now(), event.payload))
+                self._execute(
+                    raw, _INSERT, (event.id, event.name, clock.now(), event.payload, event.security)
+                )
             except sqlite3.DatabaseError as exc:
                 if sqlite_code(exc) in CORRUPT_CODES:
                     connections.close_locked()  # the next call reopens, and quarantines the file
@@ -139,7 +143,9 @@ class Store:
                     time.sleep(0)
                 now = clock.now()
                 events = take()
-                raw.executemany(_INSERT, [(e.id, e.name, now, e.payload) for e in events])
+                raw.executemany(
+                    _INSERT, [(e.id, e.name, now, e.payload, e.security) for e in events]
+                )
                 raw.execute("COMMIT")
             except BaseException as exc:
                 if raw.in_transaction:  # SQLite may have rolled back already (disk full)
@@ -203,7 +209,7 @@ class Store:
         """Commit many events in one transaction (imports): one commit, not one per event."""
         now = clock.now()
         with self.write() as conn:
-            conn.executemany(_INSERT, [(e.id, e.name, now, e.payload) for e in events])
+            conn.executemany(_INSERT, [(e.id, e.name, now, e.payload, e.security) for e in events])
         self.inserted += len(events)
 
     # -- everything else ------------------------------------------------------------------------
@@ -224,7 +230,7 @@ class Store:
             with self.writers_turn():
                 self._execute(raw, "BEGIN IMMEDIATE")
                 try:
-                    raw.execute(_INSERT, ("", "", 0.0, b""))
+                    raw.execute(_INSERT, ("", "", 0.0, b"", False))
                 finally:
                     raw.execute("ROLLBACK")
 

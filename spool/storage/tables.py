@@ -28,6 +28,8 @@ events = Table(
     Column("status", Integer, nullable=False, server_default="0"),
     # When the row became delivered or rejected.
     Column("settled_at", Float),
+    # 1 for a security event (kept longest, sent first; see sqreen.priority), 0 for analytics.
+    Column("security", Integer, nullable=False, server_default="0"),
 )
 
 # A flusher's claim on a batch: no pending row with a seq from ``lo`` to ``hi`` (the batch's
