@@ -224,8 +224,8 @@ class SpoolModel(RuleBasedStateMachine):
         store = self.tracker._store
         with sqlite3.connect(self.path) as connection:
             # The cut's order: analytics, oldest first, then security events (logins).
-            order = [i for (i,) in connection.execute(
-                f"SELECT id FROM events WHERE status = {PENDING} ORDER BY security, seq")]  # fmt: skip
+            query = f"SELECT id FROM events WHERE status = {PENDING} ORDER BY security, seq"
+            order = [i for (i,) in connection.execute(query)]
         settled = {i for i, status in self.rows().items() if status != PENDING}
         limit = max(4096, int(store.file_bytes() * share))
         dropped = enforce_size(store, limit)
