@@ -21,6 +21,7 @@ from .security.responder import Responder
 from .storage.bound import Bound, log_drops
 from .storage.counters import add, note
 from .storage.failures import record_failure, storage_errors
+from .storage.packing import TRAIN_AFTER, keep_packed
 from .storage.prune import drop_old
 from .storage.store import Store
 from .worker import Worker
@@ -54,7 +55,9 @@ class Upkeep:
         name = f"sqreen-spool:{settings.path.name}"
         self._worker = Worker(f"{name}:maintenance", self._maintain)
         self._delivery = None if flusher is None else Worker(f"{name}:delivery", self._deliver)
-        self._wake_at = store.checkpoint_every  # the commit count that wakes maintenance
+        # The commit count that wakes maintenance; first soon enough to train the spool's
+        # dictionary before many rows are stored as sent (see sqreen.storage.packing).
+        self._wake_at = min(store.checkpoint_every, TRAIN_AFTER)
         self._next_prune = 0.0
         self._drained_at = 0
         self._warned_no_url = False
@@ -147,6 +150,7 @@ class Upkeep:
                 log_drops({"age": drop_old(store, settings)})
                 if self._flusher is None:
                     self._warn_no_url()
+            keep_packed(store)  # before the bound: packed rows take a fifth of the room
             self.bound.keep()
             self.save_health()
             if beat:

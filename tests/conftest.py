@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ import orjson
 import pytest
 
 import sqreen
+from sqreen.storage import packing
 
 CHILD = Path(__file__).with_name("child.py")
 
@@ -54,10 +56,17 @@ def spooler(spool_path: Path) -> Iterator[sqreen.Spooler]:
     spooler.close()
 
 
+def readable(path: Path) -> sqlite3.Connection:
+    """A connection to the spool with ``sent_id(id)`` and ``sent_payload(id, payload, packing)``
+    (see sqreen.storage.packing.readable)."""
+    return packing.readable(sqlite3.connect(path))
+
+
 def stored_events(path: Path) -> list[dict[str, Any]]:
     """Every event in the spool, oldest first, decoded from its stored payload."""
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT payload FROM events ORDER BY seq").fetchall()
+    with contextlib.closing(readable(path)) as conn:
+        query = "SELECT sent_payload(id, payload, packing) FROM events ORDER BY seq"
+        rows = conn.execute(query).fetchall()
     return [orjson.loads(payload) for (payload,) in rows]
 
 
@@ -80,11 +89,16 @@ def collector() -> Iterator[Any]:
     server.stop()
 
 
-def rows(path: Path, where: str = "1") -> list[sqlite3.Row]:
-    """The spool's rows (all columns), oldest first."""
-    with sqlite3.connect(path) as conn:
+def rows(path: Path, where: str = "1") -> list[dict[str, Any]]:
+    """The spool's rows (all columns), oldest first, with their id and payload as sent."""
+    with contextlib.closing(readable(path)) as conn:
         conn.row_factory = sqlite3.Row
-        return conn.execute(f"SELECT * FROM event_state WHERE {where} ORDER BY seq").fetchall()
+        query = (
+            "SELECT *, sent_id(id) AS sent_id, sent_payload(id, payload, packing) AS sent "
+            f"FROM event_state WHERE {where} ORDER BY seq"
+        )
+        found = conn.execute(query).fetchall()
+    return [{**dict(row), "id": row["sent_id"], "payload": row["sent"]} for row in found]
 
 
 def counters(path: Path) -> dict[str, int]:

@@ -166,7 +166,7 @@ def test_delivery_drains_what_is_left_once_the_collector_is_back(
             path=spool_path, url=url, max_bytes=max_bytes, heartbeat_delay=0.2, http_timeout=1
         )
         acknowledged = sum(
-            spooler.track("outage", {"properties": {"i": i, "pad": "x" * 900}})
+            spooler.track("outage", {"properties": {"i": i, "pad": os.urandom(450).hex()}})
             for i in range(5 * max_bytes // 1000)
         )
         spooler.close(timeout=1)
@@ -186,7 +186,7 @@ def test_one_prune_brings_a_spool_far_over_the_bound_under_it(tmp_path: Path) ->
     path = tmp_path / "big.db"
     big = sqreen.Spooler(path=path, max_bytes=1024 * MiB)
     for i in range(30_000):  # ~30 MiB
-        assert big.track("old", {"properties": {"i": i, "pad": "x" * 900}})
+        assert big.track("old", {"properties": {"i": i, "pad": os.urandom(900).hex()}})
     big.close()
     max_bytes = 1 * MiB
     assert file_bytes(path) > 25 * max_bytes

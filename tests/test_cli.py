@@ -20,7 +20,7 @@ from sqreen.cli.reference import Answer
 from sqreen.storage import schema
 
 from . import collector as c
-from .conftest import counters, rows
+from .conftest import counters, readable, rows
 
 runner = CliRunner()
 
@@ -51,7 +51,7 @@ def snapshot(spool: Path) -> tuple[str, list[Any]]:
 
 def age(spool: Path, seconds: float, where: str = "1") -> None:
     """Make events look ``seconds`` older in the spool than they are."""
-    with sqlite3.connect(spool) as conn:
+    with readable(spool) as conn:
         conn.execute(f"UPDATE events SET enqueued_at = enqueued_at - ? WHERE {where}", (seconds,))
 
 
@@ -64,8 +64,9 @@ def mixed(spool_path: Path, collector: Any) -> dict[str, list[str]]:
     assert spooler.flush().delivered == 4
     spooler.close()
     pending = track(spool_path, 3, "later", keep_delivered=3600)
-    with sqlite3.connect(spool_path) as conn:
-        seq = conn.execute("SELECT seq FROM events WHERE id = ?", (pending[0],)).fetchone()[0]
+    with readable(spool_path) as conn:
+        query = "SELECT seq FROM events WHERE sent_id(id) = ?"
+        seq = conn.execute(query, (pending[0],)).fetchone()[0]
         conn.execute(
             "INSERT INTO claims (owner, lo, hi, expires) VALUES ('elsewhere', ?, ?, ?)",
             (seq, seq, time.time() + 60),
@@ -223,7 +224,7 @@ def test_purge_needs_yes_and_counts_drops(spool_path: Path, mixed: dict[str, lis
 
 def test_prune_dry_run_changes_nothing_then_prune(spool_path: Path) -> None:
     ids = track(spool_path, 10)
-    age(spool_path, 7200, f"id IN ('{ids[0]}', '{ids[1]}', '{ids[2]}')")
+    age(spool_path, 7200, f"sent_id(id) IN ('{ids[0]}', '{ids[1]}', '{ids[2]}')")
     before = snapshot(spool_path)
     dry = cli(spool_path, "prune", "--dry-run", SQREEN_SPOOL_MAX_AGE="3600")
     assert dry.exit_code == 0, dry.output
@@ -431,8 +432,8 @@ def test_inspecting_a_closed_spool_leaves_no_files_behind(spool_path: Path) -> N
     spooler = sqreen.Spooler(path=spool_path)
     assert spooler.track("e")
     spooler.close()
-    conn = sqlite3.connect(spool_path)
-    ids = [event_id for (event_id,) in conn.execute("SELECT id FROM events")]
+    conn = readable(spool_path)
+    ids = [event_id for (event_id,) in conn.execute("SELECT sent_id(id) FROM events")]
     conn.close()
     side = [Path(f"{spool_path}-wal"), Path(f"{spool_path}-shm")]
     assert not any(f.exists() for f in side)  # the last connection removed them

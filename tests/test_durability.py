@@ -129,7 +129,7 @@ def test_a_reader_on_the_wal_never_holds_inserts_off(spool_path: Path, max_bytes
 
     def burst() -> None:
         for i in range(3000):  # 3 MiB of rows, some 10 MiB of WAL
-            assert spooler.track("burst", {"properties": {"i": i, "pad": "x" * 900}})
+            assert spooler.track("burst", {"properties": {"i": i, "pad": os.urandom(450).hex()}})
         spooler._upkeep._maintain()
         done.set()
 

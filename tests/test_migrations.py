@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from sqreen.cli.app import app
 from sqreen.event import build
 from sqreen.storage import schema
 
-from .conftest import run_child
+from .conftest import readable, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +102,11 @@ def test_cli_version() -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools writes build/ into the source tree, and the other test
+    # worker may be building there at the same time.
+    source = out / "source"
+    skipped = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skipped))
     subprocess.run(
         [
             sys.executable,
@@ -112,7 +118,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--quiet",
             "--wheel-dir",
             str(out),
-            str(ROOT),
+            str(source),
         ],
         check=True,
     )
@@ -209,8 +215,8 @@ def test_leases_live_at_the_upgrade_become_claims(spool_path: Path, collector: A
     assert revision(spool_path) == schema.HEAD
     assert (result.delivered, result.pending) == (3, 1)
     assert [e["id"] for e in collector.accepted_events()] == [events[i].id for i in (0, 2, 3)]
-    with sqlite3.connect(spool_path) as conn:
-        held = conn.execute("SELECT id, lease_owner FROM event_state").fetchall()
+    with readable(spool_path) as conn:
+        held = conn.execute("SELECT sent_id(id), lease_owner FROM event_state").fetchall()
     assert held == [(events[1].id, "elsewhere:1:x")]
 
     # And back: the claim becomes a lease on the row it covers.
@@ -253,8 +259,9 @@ def test_a_newer_additive_schema_stays_writable(
     first.close()
     with sqlite3.connect(spool_path) as conn:
         stored = conn.execute("SELECT value FROM notes WHERE name = 'schema'").fetchone()[0]
-    assert '"min_writer":"0003_claims"' in stored  # the last breaking migration
-    future(spool_path, "9999_additive", "0004_settled")  # a newer release's additive migration
+    oldest = schema.min_writer(schema.HEAD)  # the last breaking migration
+    assert f'"min_writer":"{oldest}"' in stored
+    future(spool_path, "9999_additive", oldest)  # a newer release's additive migration
     with caplog.at_level(logging.WARNING, logger="sqreen.spool"):
         spooler = sqreen.Spooler(path=spool_path)
         assert spooler.track("after") and spooler.track("again")
@@ -305,3 +312,22 @@ def test_the_security_class_is_given_to_the_library_s_own_events_at_the_upgrade(
         flags = dict(conn.execute("SELECT name, security FROM events"))
     assert flags == {"page.view": 0, "sqreen.auth_track": 1, "sqreen.signup_track": 1,
                      "sq.action.block_ip": 1}  # fmt: skip
+
+
+def test_an_upgrade_that_finds_a_newer_additive_spool_leaves_it(spool_path: Path) -> None:
+    """Two releases open a new spool at once: the older one, queued for the write lock while
+    the newer one migrated it, finds a revision it does not know, and keeps writing."""
+    from sqreen.storage.migrate import upgrade
+
+    def engine() -> Any:
+        return create_engine(
+            "sqlite://", creator=lambda: sqlite3.connect(spool_path, isolation_level=None)
+        )
+
+    with sqreen.Spooler(path=spool_path) as spooler:
+        assert spooler.track("made")
+    future(spool_path, "9999_additive", schema.min_writer(schema.HEAD))
+    assert upgrade(engine()) == ("9999_additive", "9999_additive")
+    future(spool_path, "9999_breaking", "9999_breaking")
+    with pytest.raises(sqreen.SchemaTooNew):
+        upgrade(engine())

@@ -11,6 +11,7 @@ more (see docs/storage.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -46,6 +47,7 @@ from sqreen.security.action_store import add_operator_action, clear_actions
 from sqreen.security.actions import read_action
 from sqreen.storage.bound import ceiling, enforce_size
 from sqreen.storage.files import WAL, size_of
+from sqreen.storage.packing import keep_packed, readable
 from sqreen.storage.prune import drop_old
 from sqreen.storage.schema import DELIVERED, PENDING, REJECTED
 
@@ -118,9 +120,13 @@ class SpoolModel(RuleBasedStateMachine):
         self.tracker.start()  # the file exists from the first step
         self.shipper = sqreen.Spooler(sink=self.sink, retry_attempts=1, **common)
 
+    def connect(self) -> contextlib.closing[sqlite3.Connection]:
+        """A connection of the test's own, reading ids and payloads as sent."""
+        return contextlib.closing(readable(sqlite3.connect(self.path)))
+
     def rows(self) -> dict[str, int]:
-        with sqlite3.connect(self.path) as connection:
-            return dict(connection.execute("SELECT id, status FROM events").fetchall())
+        with self.connect() as connection:
+            return dict(connection.execute("SELECT sent_id(id), status FROM events").fetchall())
 
     @rule(n=st.integers(1, 30))
     def track(self, n: int) -> None:
@@ -139,6 +145,15 @@ class SpoolModel(RuleBasedStateMachine):
         new = set(self.rows()) - self.acked - self.purged
         self.logins |= new
         self.acked |= new
+
+    @rule()
+    def pack(self) -> None:
+        """The maintenance thread's packing: a dictionary trained once 20 events are in the
+        spool (500 outside this test), the rows stored as sent repacked."""
+        HITS["pack"] += 1
+        keep_packed(self.tracker._store, train_after=20)
+        if self.tracker._store.packer.ready:
+            HITS["pack:packing"] += 1  # the spool has its dictionary
 
     @rule(bad=st.sampled_from([{"properties": {"x": {1, 2}}}, {"properties": "no"}, 3]))
     def track_invalid(self, bad: Any) -> None:
@@ -198,8 +213,10 @@ class SpoolModel(RuleBasedStateMachine):
         HITS["prune_later"] += 1
         # The rows before the clock moves: a background thread of an abandoned spooler may
         # prune them too, by the same rule, as soon as it has moved.
-        with sqlite3.connect(self.path) as connection:
-            rows = connection.execute("SELECT id, status, enqueued_at, settled_at FROM events")
+        with self.connect() as connection:
+            rows = connection.execute(
+                "SELECT sent_id(id), status, enqueued_at, settled_at FROM events"
+            )
             before = {i: (s, enqueued, settled) for i, s, enqueued, settled in rows}
         clock.advance(hours * 3600)
         now, settings = clock.now(), self.tracker.settings
@@ -222,9 +239,11 @@ class SpoolModel(RuleBasedStateMachine):
         pending ones, each of those counted as dropped by size."""
         HITS["shrink_bound"] += 1
         store = self.tracker._store
-        with sqlite3.connect(self.path) as connection:
+        with self.connect() as connection:
             # The cut's order: analytics, oldest first, then security events (logins).
-            query = f"SELECT id FROM events WHERE status = {PENDING} ORDER BY security, seq"
+            query = (
+                f"SELECT sent_id(id) FROM events WHERE status = {PENDING} ORDER BY security, seq"
+            )
             order = [i for (i,) in connection.execute(query)]
         settled = {i for i, status in self.rows().items() if status != PENDING}
         limit = max(4096, int(store.file_bytes() * share))
@@ -275,9 +294,10 @@ class SpoolModel(RuleBasedStateMachine):
         SqreenMiddleware(app, spooler=self.tracker)(environ, lambda *args: None)
         new = set(self.rows()) - self.acked - self.purged
         assert len(new) == 1
-        with sqlite3.connect(self.path) as connection:
+        with self.connect() as connection:
             (payload,) = connection.execute(
-                "SELECT payload FROM events WHERE id = ?", (next(iter(new)),)
+                "SELECT sent_payload(id, payload, packing) FROM events WHERE sent_id(id) = ?",
+                (next(iter(new)),),
             ).fetchone()
         assert b'"ada@example.com"' in payload and b'"192.0.2.1"' in payload
         self.acked |= new
@@ -324,7 +344,7 @@ class SpoolModel(RuleBasedStateMachine):
 
     @invariant()
     def integrity(self) -> None:
-        with sqlite3.connect(self.path) as connection:
+        with self.connect() as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     def teardown(self) -> None:
@@ -362,8 +382,11 @@ class SpoolModelWithKills(SpoolModel):
         time.sleep(after)
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate(timeout=30)
-        with sqlite3.connect(self.path) as connection:
-            found = connection.execute("SELECT id, payload FROM events WHERE name = ?", (name,))
+        with self.connect() as connection:
+            found = connection.execute(
+                "SELECT sent_id(id), sent_payload(id, payload, packing) FROM events WHERE name = ?",
+                (name,),
+            )
             stored = {event_id: orjson.loads(p)["properties"]["i"] for event_id, p in found}
         acknowledged = {int(line) for line in out.split()}
         assert acknowledged <= set(stored.values()), "an acknowledged event was lost"
@@ -400,7 +423,7 @@ def test_the_spool_against_its_model() -> None:
     )
     rules = {"track", "track_invalid", "flush", "requeue_rejected", "purge_some", "crash",
              "fork_and_track", "prune_later", "shrink_bound", "track_in_a_request",
-             "inspect_agrees", "operator_action", "track_logins"}  # fmt: skip
+             "inspect_agrees", "operator_action", "track_logins", "pack"}  # fmt: skip
     assert set(HITS) >= rules | {f"flush:{mode}" for mode in ANSWERS}, HITS  # all were run
     print(f"{sum(v for k, v in HITS.items() if ':' not in k)} steps: {dict(sorted(HITS.items()))}")
 

@@ -3,6 +3,7 @@ delivery sends security events first; the counters say which class was dropped."
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -62,14 +63,15 @@ def test_an_outage_keeps_every_login(spool_path: Path) -> None:
     with refusing() as url, Sampler(spool_path) as sampler:
         spooler = sqreen.Spooler(path=spool_path, url=url, max_bytes=MiB, heartbeat_delay=0.2)
         for i in range(12_000):
-            properties = {"path": f"/products/{i}", "text": "x" * 300, "i": i}
+            # Random text: packing cannot shrink it, so the burst is several times the bound.
+            properties = {"path": f"/products/{i}", "text": os.urandom(150).hex(), "i": i}
             assert spooler.track("page.view", {"properties": properties})
             if i % 100 == 0:
                 logins += spooler.auth_track(False, email=f"user{i}@example.com")
         spooler.close()
     assert sampler.samples > 10 and sampler.largest <= ceiling(MiB)
     counts = counters(spool_path)
-    assert counts["dropped.size"] > 6000  # the analytics took the cut
+    assert counts["dropped.size"] > 4000  # the analytics took the cut
     assert counts.get("security_dropped.size", 0) == 0
     assert pending_by_name(spool_path)["sqreen.auth_track"] == logins == 120
     # The oldest analytics went first: the ones left are the newest.

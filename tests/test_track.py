@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sqreen
 
-from .conftest import stored_events
+from .conftest import readable, stored_events
 
 
 def test_seed_example_from_the_sqreen_docs(spooler: sqreen.Spooler, spool_path: Path) -> None:
@@ -66,13 +66,12 @@ def test_all_options_and_nested_properties_round_trip(
 def test_each_event_gets_its_own_id_and_enqueue_time(
     spooler: sqreen.Spooler, spool_path: Path
 ) -> None:
-    import sqlite3
 
     start = time.time()
     for _ in range(50):
         spooler.track("many")
-    with sqlite3.connect(spool_path) as conn:
-        rows = conn.execute("SELECT id, enqueued_at, status FROM events").fetchall()
+    with readable(spool_path) as conn:
+        rows = conn.execute("SELECT sent_id(id), enqueued_at, status FROM events").fetchall()
     assert len({row[0] for row in rows}) == 50
     assert all(start <= row[1] <= time.time() and row[2] == 0 for row in rows)
     assert [e["id"] for e in stored_events(spool_path)] == [row[0] for row in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from .. import clock, processes
 from ..errors import SpoolError
 from ..stats import COUNTS
 from ..storage.counters import dropped, dropped_security, failures, unreported
-from ..storage.revision import check_known, min_writer, read_revision
+from ..storage.packing import Packer, id_key, id_text
+from ..storage.revision import check_known, oldest_writer, read_revision
 from ..storage.schema import HEAD, PENDING, REVISIONS, STATUS_NAMES
 from ..storage.sql import driver
 from ..urls import mask_url
@@ -30,8 +32,9 @@ PAGE = 500
 
 _OLDEST = "SELECT id, name, enqueued_at FROM events WHERE status = :pending ORDER BY seq LIMIT 1"
 _EVENTS = (
-    "SELECT seq, payload, status, enqueued_at, settled_at, attempts, last_error, lease_expires, "
-    "next_attempt_at FROM event_state WHERE {where} AND seq > :after ORDER BY seq LIMIT :page"
+    "SELECT seq, id, payload, packing, status, enqueued_at, settled_at, attempts, last_error, "
+    "lease_expires, next_attempt_at FROM event_state WHERE {where} AND seq > :after "
+    "ORDER BY seq LIMIT :page"
 )
 
 
@@ -62,7 +65,7 @@ class Summary:
 def check_readable(conn: Connection) -> str:
     """The spool's schema revision, if this code can read it; else SpoolError saying why."""
     revision = read_revision(driver(conn))
-    check_known(revision, min_writer(driver(conn)))  # a newer, additive schema reads too
+    check_known(revision, oldest_writer(driver(conn)))  # a newer, additive schema reads too
     if revision is None:
         raise SpoolError("the file has no spool schema yet")
     if revision in REVISIONS and revision != HEAD:
@@ -105,7 +108,7 @@ def summarize(
         oldest_pending=None
         if oldest is None
         else {
-            "id": oldest.id,
+            "id": id_text(oldest.id),
             "name": oldest.name,
             "enqueued_at": iso(oldest.enqueued_at),
             "age_seconds": round(now - oldest.enqueued_at, 3),
@@ -124,13 +127,14 @@ def events(
     """The selected events, oldest first: the wire format's fields plus their spool state."""
     where, params = selection.where()
     statement = _EVENTS.format(where=where)
-    after, left = 0, limit
+    after, left, packer = 0, limit, Packer()
     while left is None or left > 0:
         page = PAGE if left is None else min(PAGE, left)
         with engine.connect() as conn:
             rows = conn.exec_driver_sql(statement, {**params, "after": after, "page": page}).all()
-        for row in rows:
-            yield _record(row)
+            unpack = partial(packer.unpack, driver(conn))
+            records = [_record(row, unpack(row.id, row.payload, row.packing)) for row in rows]
+        yield from records
         if len(rows) < page:
             return
         after = rows[-1].seq
@@ -156,12 +160,15 @@ def stored_bytes(engine: Engine, event_id: str) -> bytes | None:
     """One event's stored JSON, byte for byte what a sink sends (a POST's ``events`` item, a
     JetStream message's body)."""
     with engine.connect() as conn:
-        row = conn.exec_driver_sql("SELECT payload FROM events WHERE id = ?", (event_id,)).first()
-    return None if row is None else bytes(row[0])
+        row = conn.exec_driver_sql(
+            "SELECT id, payload, packing FROM events WHERE id IN (?, ?)",
+            (event_id, id_key(event_id)),
+        ).first()
+        return None if row is None else Packer().unpack(driver(conn), *row)
 
 
-def _record(row: Any) -> dict[str, Any]:
-    record: dict[str, Any] = orjson.loads(row.payload)
+def _record(row: Any, payload: bytes) -> dict[str, Any]:
+    record: dict[str, Any] = orjson.loads(payload)
     record["status"] = STATUS_NAMES.get(row.status, str(row.status))
     record["enqueued_at"] = iso(row.enqueued_at)
     if row.settled_at is not None:

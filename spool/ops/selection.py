@@ -53,7 +53,11 @@ class Selection:
             clauses.append("name = :name")
             params["name"] = self.name
         if self.ids:
-            clauses.append("id IN (SELECT value FROM json_each(:ids))")
+            # A row holds a UUID's 16 bytes (or the text, from a release before 0007_packed).
+            clauses.append(
+                "(id IN (SELECT value FROM json_each(:ids)) OR "
+                "hex(id) IN (SELECT upper(replace(value, '-', '')) FROM json_each(:ids)))"
+            )
             params["ids"] = orjson.dumps(self.ids).decode()
         if self.since is not None:
             clauses.append("enqueued_at >= :since")

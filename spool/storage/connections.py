@@ -44,9 +44,11 @@ class Connections:
         wal_limit: int,
         turn: Turn,
         in_child: Callable[[], None] = lambda: None,
+        opened: Callable[[sqlite3.Connection], None] = lambda raw: None,
     ) -> None:
         self.settings = settings
         self._in_child = in_child  # what else a child must forget (the store's group)
+        self._opened = opened  # told of each writer's connection opened (the store's packer)
         self.path = settings.path
         self._wal_limit = wal_limit
         self._turn = turn
@@ -141,6 +143,7 @@ class Connections:
             raise
         self._identity = identity(self.path)  # the file opened, after any quarantine
         raw.execute("PRAGMA busy_timeout = 0").close()  # see Store._execute
+        self._opened(raw)
         self._raw = raw
         return raw
 

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine
 
 from . import schema
 from .counters import note
-from .revision import check_known, read_revision
+from .revision import check_known, oldest_writer, read_revision
 from .sql import driver
 
 
@@ -25,7 +25,11 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     """
     with _write_transaction(engine) as conn:
         before = read_revision(driver(conn))
-        check_known(before)
+        if before is not None and before not in schema.REVISIONS:
+            # Migrated by a newer release while this one waited for the lock (two releases
+            # opening a new spool at once): writable if additive, and not this one's to touch.
+            check_known(before, oldest_writer(driver(conn)))
+            return before, before
         config = Config()
         config.set_main_option("script_location", str(files("sqreen.migrations")))
         config.attributes["connection"] = conn

@@ -21,7 +21,7 @@ from ..config import Settings
 from . import schema
 from .failures import CORRUPT_CODES, describe, sqlite_code
 from .files import prepare_path, quarantine
-from .revision import check_known, min_writer, read_revision
+from .revision import check_known, oldest_writer, read_revision
 from .sql import pragma
 
 if TYPE_CHECKING:  # SQLAlchemy is imported to migrate, not to open a current spool
@@ -138,7 +138,7 @@ def _checked(path: Path, settings: Settings, wal_limit: int) -> sqlite3.Connecti
     try:
         revision = read_revision(connection)
         if revision is not None and revision not in schema.REVISIONS:
-            oldest = min_writer(connection)
+            oldest = oldest_writer(connection)
             check_known(revision, oldest)  # a newer release's spool: writable if additive
             _newer_once(path, revision)
         elif revision != schema.HEAD:

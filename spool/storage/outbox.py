@@ -42,7 +42,8 @@ _SEQS = "(SELECT value FROM json_each(:seqs))"
 # other flushers may have longer ones.
 _EXPIRE = "DELETE FROM claims WHERE expires <= :now OR expires > :latest OR owner = :owner"
 _CLAIM = (
-    "SELECT events.seq, events.id, events.payload FROM events LEFT JOIN retries USING (seq) "
+    "SELECT events.seq, events.id, events.payload, events.packing FROM events "
+    "LEFT JOIN retries USING (seq) "
     "WHERE events.status = :pending AND events.security >= :security "
     "AND (coalesce(retries.next_attempt_at, 0) <= :due OR retries.next_attempt_at > :horizon) "
     "AND NOT EXISTS (SELECT 1 FROM claims WHERE events.seq BETWEEN lo AND hi) "
@@ -50,11 +51,13 @@ _CLAIM = (
 )
 # The usual claim: the oldest pending rows, none of them claimed or backing off. Checking that
 # takes two small probes, where _CLAIM looks at both tables for every row.
-_OLDEST = "SELECT seq, id, payload FROM events WHERE status = :pending ORDER BY seq LIMIT :limit"
+_OLDEST = (
+    "SELECT seq, id, payload, packing FROM events WHERE status = :pending ORDER BY seq LIMIT :limit"
+)
 # Security events are claimed first (see sqreen.priority), through their partial index (migration
 # 0006_security): with none pending, one probe of an empty index.
 _OLDEST_SECURITY = (
-    "SELECT seq, id, payload FROM events WHERE security = 1 AND status = :pending "
+    "SELECT seq, id, payload, packing FROM events WHERE security = 1 AND status = :pending "
     "ORDER BY seq LIMIT :limit"
 )
 _HELD_BACK = (
@@ -143,6 +146,7 @@ class Outbox:
             security = bool(found)  # then more may be due: the analytics behind them
             if not security:
                 found = self._oldest(raw, _OLDEST, {**params, "security": 0})
+            found = self.store.packer.unpack_rows(raw, found)  # the wire bytes, as sent
             batch = Batch(*zip(*found, strict=True)) if found else Batch()
             sizes = list(accumulate(map(len, batch.payloads)))
             if sizes and sizes[-1] + len(sizes) > max_bytes:  # each event also takes a comma

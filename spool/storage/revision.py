@@ -34,7 +34,7 @@ def read_revision(connection: sqlite3.Connection) -> str | None:
     return revision
 
 
-def min_writer(connection: sqlite3.Connection) -> str | None:
+def oldest_writer(connection: sqlite3.Connection) -> str | None:
     """The oldest revision that may still write this spool, as its last migration recorded
     it; None when none did (a spool from before the rule)."""
     try:

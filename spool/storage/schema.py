@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Oldest first; the last one is the revision this code reads and writes.
 REVISIONS = ("0001_events", "0002_delivery", "0003_claims", "0004_settled", "0005_actions",
-             "0006_security")  # fmt: skip
+             "0006_security", "0007_packed")  # fmt: skip
 HEAD = REVISIONS[-1]
 # The revisions whose migration is additive (``additive = True`` in its file, which a test
 # checks): a release that knows the revision before one of them can keep writing a spool

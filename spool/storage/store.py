@@ -33,6 +33,7 @@ from .files import LOCK, TURN, file_bytes
 from .group import Group
 from .locks import FileLock, Turn
 from .opening import stored_revision
+from .packing import Packer, id_key, new_key
 from .revision import read_revision
 from .sql import scalar
 
@@ -62,9 +63,13 @@ WAL_RESTART_BYTES = 16 * 1024 * 1024
 BUSY_POLL = 0.0002
 
 _PENDING_ROWS = (
-    f"SELECT id, name, enqueued_at, payload, security FROM events WHERE status = {schema.PENDING}"
+    "SELECT enqueued_at, name, security, id, payload, packing FROM events "
+    f"WHERE status = {schema.PENDING}"
 )
-_INSERT = "INSERT INTO events (id, name, enqueued_at, payload, security) VALUES (?, ?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO events (enqueued_at, name, security, id, payload, packing) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 class Store:
@@ -86,9 +91,14 @@ class Store:
         self.inserted = 0
         self.after_commit = after_commit
         self.checkpoints = Checkpoints(self)
+        # Payloads are packed under the writer's lock (see .packing): the compressor serves one
+        # thread at a time.
+        self.packer = Packer()
         self._grouped = settings.durability == "power"
         self._group = Group()
-        self.connections = Connections(settings, self.wal_limit, self.turn, self._group.reset)
+        self.connections = Connections(
+            settings, self.wal_limit, self.turn, self._group.reset, self._opened
+        )
 
     # -- hot path -------------------------------------------------------------------------------
 
@@ -111,9 +121,9 @@ class Store:
             raw = connections.writer()
             turn.take(self.settings.lock_timeout)
             try:
-                self._execute(
-                    raw, _INSERT, (event.id, event.name, clock.now(), event.payload, event.security)
-                )
+                payload, packing = self.packer.pack(event.id, event.payload)
+                row = (clock.now(), event.name, event.security, new_key(event.id), payload, packing)
+                self._execute(raw, _INSERT, row)
             except sqlite3.DatabaseError as exc:
                 if sqlite_code(exc) in CORRUPT_CODES:
                     connections.close_locked()  # the next call reopens, and quarantines the file
@@ -143,9 +153,7 @@ class Store:
                     time.sleep(0)
                 now = clock.now()
                 events = take()
-                raw.executemany(
-                    _INSERT, [(e.id, e.name, now, e.payload, e.security) for e in events]
-                )
+                raw.executemany(_INSERT, self._rows(events, now))
                 raw.execute("COMMIT")
             except BaseException as exc:
                 if raw.in_transaction:  # SQLite may have rolled back already (disk full)
@@ -207,10 +215,14 @@ class Store:
 
     def insert_many(self, events: Sequence[Event]) -> None:
         """Commit many events in one transaction (imports): one commit, not one per event."""
-        now = clock.now()
         with self.write() as conn:
-            conn.executemany(_INSERT, [(e.id, e.name, now, e.payload, e.security) for e in events])
+            conn.executemany(_INSERT, self._rows(events, clock.now()))
         self.inserted += len(events)
+
+    def _rows(self, events: Sequence[Event], now: float) -> list[tuple[Any, ...]]:
+        """The rows of events entering the spool at ``now``, for a caller holding the gate."""
+        pack = self.packer.pack
+        return [(now, e.name, e.security, id_key(e.id), *pack(e.id, e.payload)) for e in events]
 
     # -- everything else ------------------------------------------------------------------------
 
@@ -230,7 +242,7 @@ class Store:
             with self.writers_turn():
                 self._execute(raw, "BEGIN IMMEDIATE")
                 try:
-                    raw.execute(_INSERT, ("", "", 0.0, b"", False))
+                    raw.execute(_INSERT, (0.0, "", False, "", b"", None))
                 finally:
                     raw.execute("ROLLBACK")
 
@@ -277,7 +289,10 @@ class Store:
         with self.checkpointer.held(wait), self.side(), self.gate():
             if not connections.replaced():
                 return None  # another thread (maintenance, an explicit call) just did it
-            rows = connections.writer().execute(_PENDING_ROWS).fetchall()
+            # As sent: the fresh spool has no dictionary yet (it is repacked once it has one).
+            old = connections.writer()
+            unpack = self.packer.unpack
+            rows = [(*row[:4], unpack(old, *row[3:]), None) for row in old.execute(_PENDING_ROWS)]
             connections.close_locked()
             connections.writer()  # a fresh spool at the path, its directory made again
             self.checkpointer.reset()  # their files went with the spool's
@@ -297,6 +312,12 @@ class Store:
         self.connections.close(self.checkpointer.close, self.turn.close)
 
     # -- the connections -------------------------------------------------------------------------
+
+    def _opened(self, raw: sqlite3.Connection) -> None:
+        """The writer's connection was opened (first use, a child after fork(), a replaced
+        file): pack with the dictionary of the file now open, if it has one."""
+        self.packer.forget()
+        self.packer.refresh(raw)
 
     def gate(self) -> contextlib.AbstractContextManager[None]:
         """The writer's lock of this process (held by every write, and by opening)."""

@@ -30,6 +30,17 @@ events = Table(
     Column("settled_at", Float),
     # 1 for a security event (kept longest, sent first; see sqreen.priority), 0 for analytics.
     Column("security", Integer, nullable=False, server_default="0"),
+    # The dictionary the payload was packed with; NULL or 0: stored as sent (sqreen's packing).
+    Column("packing", Integer),
+)
+
+# The dictionaries payloads are packed with (see sqreen.storage.packing), never changed.
+dictionaries = Table(
+    "dictionaries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("trained_at", Float, nullable=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
 # A flusher's claim on a batch: no pending row with a seq from ``lo`` to ``hi`` (the batch's
