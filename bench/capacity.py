@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from checkout import importable
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -130,16 +131,8 @@ def measure(against: str | None, calls: list[dict[str, Any]], work: Path, tag: s
     path = str(work / f"{tag}.db")
     if against is None:
         return track_all(path, calls)
-    # Another checkout: its spool/ folder imported as sqreen, in a child process.
-    # Its files linked into a package folder, with its own migrations beside them (installed,
-    # they are sqreen.migrations), so that nothing of this checkout's is imported.
-    source = Path(against).resolve()
-    package = work / f"{tag}-shim" / "sqreen"
-    package.mkdir(parents=True)
-    for entry in source.iterdir():
-        (package / entry.name).symlink_to(entry)
-    (package / "migrations").symlink_to(source.parent / "migrations")
-    shim = package.parent
+    # Another checkout: imported as sqreen, in a child process (see bench/checkout.py).
+    shim = importable(against, work / f"{tag}-shim")
     calls_file = work / "calls.json"
     calls_file.write_bytes(orjson.dumps(calls))
     code = (

@@ -36,7 +36,6 @@ Target (issue 5): under 20 µs added per event (median) for a request with 10 pa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import ipaddress
 import random
@@ -53,6 +52,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
+from checkout import load, make_spool
 from track import INSERT, SCHEMA
 
 import sqreen
@@ -125,19 +125,6 @@ def floor(path: Path) -> Callable[[dict[str, Any] | None], None]:
         conn.commit()
 
     return call
-
-
-def load(folder: str, name: str = "baseline") -> Any:
-    """The library in ``folder`` as the package ``name``, beside this checkout's ``sqreen``."""
-    spec = importlib.util.spec_from_file_location(
-        name, Path(folder) / "__init__.py", submodule_search_locations=[folder]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    importlib.import_module(f"{name}.integrations.wsgi")
-    return module
 
 
 def tracking_app(library: Any, timed: dict[str, float]) -> Callable[..., Any]:
@@ -227,6 +214,7 @@ def main() -> None:
         screens = screening(Path(tmp))
         if args.against:
             baseline = load(args.against)
+            make_spool(args.against, Path(tmp) / "baseline.db")  # with its own migrations
             theirs = baseline.configure(path=Path(tmp) / "baseline.db", ip_header="X-Forwarded-For")
             middleware = sys.modules["baseline.integrations.wsgi"].SqreenMiddleware
             apps["baseline"] = middleware(tracking_app(baseline, timed))

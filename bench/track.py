@@ -159,10 +159,15 @@ def main() -> None:
             "track() power": lambda d: ours(d, "power"),
         }
         if args.against:
-            from request import load  # bench/request.py: a checkout as another package
+            from checkout import load, make_spool
 
             baseline = load(args.against)
-            makers["track() process, against"] = lambda d: ours(d, "process", baseline)
+
+            def against(directory: Path) -> Call:
+                make_spool(args.against, directory / "spool.db")
+                return ours(directory, "process", baseline)
+
+            makers["track() process, against"] = against
         contenders = {}
         for i, (name, make) in enumerate(makers.items()):
             (root / str(i)).mkdir()

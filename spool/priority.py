@@ -27,14 +27,16 @@ class Classes:
 
     def __init__(self, patterns: Sequence[str] = ()) -> None:
         self._patterns = tuple(patterns)
-        self._urgent = NO_NAMES
-        self._known: dict[str, bool] = {}
+        # The collector's urgent names the answers below were given for, and those answers:
+        # read directly by the hot path (Spooler._record) before it calls security().
+        self.urgent = NO_NAMES
+        self.known: dict[str, bool] = {}
 
     def security(self, name: str, urgent: frozenset[str] = NO_NAMES) -> bool:
         """Whether ``name`` is a security event's, given the collector's ``urgent`` names."""
-        if urgent is not self._urgent:  # the collector's list changed: answers may too
-            self._urgent, self._known = urgent, {}
-        known = self._known.get(name)
+        if urgent is not self.urgent:  # the collector's list changed: answers may too
+            self.urgent, self.known = urgent, {}
+        known = self.known.get(name)
         if known is None:
             known = (
                 name in BUILT_IN
@@ -42,7 +44,7 @@ class Classes:
                 or name in urgent
                 or any(fnmatchcase(name, pattern) for pattern in self._patterns)
             )
-            if len(self._known) >= _REMEMBERED:
-                self._known = {}
-            self._known[name] = known
+            if len(self.known) >= _REMEMBERED:
+                self.known = {}
+            self.known[name] = known
         return known

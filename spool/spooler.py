@@ -28,6 +28,7 @@ from .event import (
     read_options,
     relax,
 )
+from .forks import at_fork
 from .health import Health, HealthReport
 from .priority import NO_NAMES, Classes
 from .request.context import RequestBuilder, RequestContext
@@ -100,6 +101,8 @@ class Spooler:
             self.settings, self._store, self._flusher, self._health, self._responder
         )
         self._tracked = False
+        self._running = False  # whether this process started the background threads
+        at_fork(after_in_child=self._forked)
         _live.add(self)
 
     @property
@@ -136,9 +139,12 @@ class Spooler:
         else:
             body = partial(request.request_json, self._requests)
             event = build(event_name, options, request.user, body, rules)
-        flusher = self._flusher
+        flusher, classes = self._flusher, self._classes
         urgent = NO_NAMES if flusher is None else flusher.urgent
-        security = self._classes.security(event.name, urgent)
+        # The class known for the name, without a call (see Classes.security).
+        security = classes.known.get(event.name) if urgent is classes.urgent else None
+        if security is None:
+            security = classes.security(event.name, urgent)
         if security:
             event = event._replace(security=True)
         try:
@@ -147,7 +153,9 @@ class Spooler:
             self._storage_failed(exc, "track")
             return False
         self._tracked = True
-        self._upkeep.start()
+        if not self._running:  # once per process: the threads then run until close()
+            self._running = True
+            self._upkeep.start()
         if maintenance_due:
             self._upkeep.wake()
         if security and event.name in urgent:  # a playbook watches it
@@ -240,6 +248,10 @@ class Spooler:
             self._storage_failed(exc, "start")
         build("sqreen.start", None, rules=self._rules)  # the first track()'s one-off costs, now
         self._upkeep.start()
+
+    def _forked(self) -> None:
+        """In a child after fork(): its first track() starts the threads anew."""
+        self._running = False
 
     def _after_commit(self, inserted: int) -> bool:
         """The store's hook (see :meth:`.upkeep.Upkeep.after_commit`)."""

@@ -20,7 +20,7 @@ from .. import clock, processes
 from ..errors import SpoolError
 from ..stats import COUNTS
 from ..storage.counters import dropped, dropped_security, failures, unreported
-from ..storage.packing import Packer, id_key, id_text
+from ..storage.packing import Packer, Unreadable, id_key, id_text
 from ..storage.revision import check_known, oldest_writer, read_revision
 from ..storage.schema import HEAD, PENDING, REVISIONS, STATUS_NAMES
 from ..storage.sql import driver
@@ -132,8 +132,8 @@ def events(
         page = PAGE if left is None else min(PAGE, left)
         with engine.connect() as conn:
             rows = conn.exec_driver_sql(statement, {**params, "after": after, "page": page}).all()
-            unpack = partial(packer.unpack, driver(conn))
-            records = [_record(row, unpack(row.id, row.payload, row.packing)) for row in rows]
+            unpack = partial(_payload, packer, driver(conn))
+            records = [_record(row, unpack(row)) for row in rows]
         yield from records
         if len(rows) < page:
             return
@@ -165,6 +165,14 @@ def stored_bytes(engine: Engine, event_id: str) -> bytes | None:
             (event_id, id_key(event_id)),
         ).first()
         return None if row is None else Packer().unpack(driver(conn), *row)
+
+
+def _payload(packer: Packer, connection: Any, row: Any) -> bytes:
+    """A row's payload as sent; for a row that cannot be unpacked, its id and why."""
+    try:
+        return packer.unpack(connection, row.id, row.payload, row.packing)
+    except Unreadable as exc:
+        return orjson.dumps({"id": id_text(row.id), "unreadable": str(exc)})
 
 
 def _record(row: Any, payload: bytes) -> dict[str, Any]:

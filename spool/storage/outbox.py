@@ -146,7 +146,9 @@ class Outbox:
             security = bool(found)  # then more may be due: the analytics behind them
             if not security:
                 found = self._oldest(raw, _OLDEST, {**params, "security": 0})
-            found = self.store.packer.unpack_rows(raw, found)  # the wire bytes, as sent
+            found, unreadable = self.store.packer.unpack_rows(raw, found)  # the wire bytes
+            if unreadable:  # never sent: refused here, as a collector would refuse them
+                _refuse(raw, unreadable, now)
             batch = Batch(*zip(*found, strict=True)) if found else Batch()
             sizes = list(accumulate(map(len, batch.payloads)))
             if sizes and sizes[-1] + len(sizes) > max_bytes:  # each event also takes a comma
@@ -203,13 +205,7 @@ class Outbox:
             add(raw, "delivered", len(seqs))  # the running total, for stats() and metrics
             for reason, n in reported.items():
                 add(raw, f"reported.{reason}", n)
-            if refused:
-                rejected = as_json(list(refused))
-                raw.execute(_SETTLE, {"status": REJECTED, "now": now, "seqs": rejected})
-                raw.executemany(
-                    _REASON, [{"seq": s, "error": why[:500]} for s, why in refused.items()]
-                )
-                add(raw, "dropped.rejected", len(refused))
+            _refuse(raw, refused, now)
             note(raw, "last_attempt", attempt)
 
     def failed(
@@ -274,3 +270,11 @@ def _delete(raw: sqlite3.Connection, seqs: Sequence[int]) -> None:
 
 def as_json(seqs: Iterable[int]) -> str:
     return orjson.dumps(seqs if isinstance(seqs, list | tuple) else list(seqs)).decode()
+
+
+def _refuse(raw: sqlite3.Connection, refused: Mapping[int, str], now: float) -> None:
+    """Settle refused rows (seq to reason) as rejected, counted, in the caller's transaction."""
+    if refused:
+        raw.execute(_SETTLE, {"status": REJECTED, "now": now, "seqs": as_json(list(refused))})
+        raw.executemany(_REASON, [{"seq": s, "error": why[:500]} for s, why in refused.items()])
+        add(raw, "dropped.rejected", len(refused))

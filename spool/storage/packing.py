@@ -24,7 +24,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import zstandard
@@ -50,6 +49,8 @@ REPACK_RUNS = 20
 # AS_SENT, stored as sent for good (not the library's encoding); else its dictionary's id.
 AS_SENT = 0
 _HEAD = b'{"id":"'
+# How a payload that sqreen.event.build encoded begins: {"id":"<36 characters>",
+BUILT_HEAD = len(_HEAD) + 36 + 2
 _NEWEST = "SELECT id, data FROM dictionaries ORDER BY trained_at DESC, id LIMIT 1"
 _SAMPLE = "SELECT id, payload, packing FROM events ORDER BY seq DESC LIMIT ?"
 _RAW = "SELECT seq, id, payload FROM events WHERE packing IS NULL ORDER BY seq LIMIT ?"
@@ -73,18 +74,18 @@ def id_key(event_id: str) -> bytes | str:
     return key if len(key) == 16 and id_text(key) == event_id else event_id
 
 
-def new_key(event_id: str) -> bytes:
-    """:func:`id_key` for an id that :func:`sqreen.event.new_id` made (canonical): the hot
-    path's, without the check."""
-    return bytes.fromhex(event_id.replace("-", ""))
-
-
 def id_text(key: bytes | str) -> str:
     """An event id as sent, from its row (rows of releases before 0007_packed hold the text)."""
     if isinstance(key, str):
         return key
     h = key.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class Unreadable(Exception):
+    """A row whose payload cannot be unpacked: its dictionary is missing, or its bytes are not
+    what packing wrote (a damaged page). Such a row is refused, never sent (see
+    :meth:`.outbox.Outbox.claim`)."""
 
 
 class Packer:
@@ -100,6 +101,12 @@ class Packer:
     def ready(self) -> bool:
         """Whether this process packs new rows (it has seen a dictionary)."""
         return self._current is not None
+
+    @property
+    def current(self) -> tuple[int, zstandard.ZstdCompressor] | None:
+        """The newest dictionary's number and compressor, for the hot path (see
+        :meth:`Store.insert`): None until this process has seen one."""
+        return self._current
 
     def pack(self, event_id: str, payload: bytes) -> tuple[bytes, int | None]:
         """The row's payload and packing for an event: packed with the newest dictionary this
@@ -124,14 +131,23 @@ class Packer:
             reader = self._readers.get(packing)
             if reader is None:
                 reader = self._reader(connection, packing)
-            return _head(id_text(key)) + reader.decompress(payload)
+            try:
+                return _head(id_text(key)) + reader.decompress(payload)
+            except zstandard.ZstdError as exc:
+                raise Unreadable(f"its packed payload does not unpack ({exc})") from None
 
     def unpack_rows(
         self, connection: sqlite3.Connection, rows: Iterable[Sequence[Any]]
-    ) -> list[tuple[Any, str, bytes]]:
-        """``(seq, id, payload, packing)`` rows as ``(seq, id as sent, payload as sent)``."""
-        unpack = self.unpack
-        return [(seq, id_text(i), unpack(connection, i, p, packing)) for seq, i, p, packing in rows]
+    ) -> tuple[list[tuple[Any, str, bytes]], dict[Any, str]]:
+        """``(seq, id, payload, packing)`` rows as ``(seq, id as sent, payload as sent)``, and
+        the rows that cannot be unpacked (seq to why)."""
+        readable, unreadable = [], {}
+        for seq, key, payload, packing in rows:
+            try:
+                readable.append((seq, id_text(key), self.unpack(connection, key, payload, packing)))
+            except Unreadable as exc:
+                unreadable[seq] = str(exc)
+        return readable, unreadable
 
     def refresh(self, connection: sqlite3.Connection) -> bool:
         """Take up the spool's newest dictionary, if this process does not pack with it yet;
@@ -158,7 +174,7 @@ class Packer:
         row = connection.execute("SELECT data FROM dictionaries WHERE id = ?", (number,))
         found = row.fetchone()
         if found is None:
-            raise sqlite3.DatabaseError(f"the spool names a dictionary it lacks ({number})")
+            raise Unreadable(f"it was packed with dictionary {number}, which the spool lacks")
         reader = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(found[0]))
         self._readers[number] = reader
         return reader
@@ -166,17 +182,23 @@ class Packer:
 
 def readable(connection: sqlite3.Connection) -> sqlite3.Connection:
     """Give ``connection`` two SQL functions that read a row as it is sent, for scripts, tests
-    and the operator's tools: ``sent_id(id)`` and ``sent_payload(id, payload, packing)``.
+    and the operator's tools: ``sent_id(id)`` and ``sent_payload(id, payload, packing)``
+    (NULL for a row that cannot be unpacked).
 
     The spool's dictionaries are read now: a dictionary trained later is not known to it."""
     packer = Packer()
     for number, data in connection.execute("SELECT id, data FROM dictionaries"):
         dictionary = zstandard.ZstdCompressionDict(bytes(data))
         packer._readers[number] = zstandard.ZstdDecompressor(dict_data=dictionary)
+
+    def sent_payload(key: bytes | str, payload: bytes, packing: int | None) -> bytes | None:
+        try:
+            return packer.unpack(connection, key, payload, packing)
+        except Unreadable:
+            return None  # a damaged row reads as NULL
+
     connection.create_function("sent_id", 1, id_text, deterministic=True)
-    connection.create_function(
-        "sent_payload", 3, partial(packer.unpack, connection), deterministic=True
-    )
+    connection.create_function("sent_payload", 3, sent_payload, deterministic=True)
     return connection
 
 
@@ -217,7 +239,7 @@ def _samples(connection: sqlite3.Connection, packer: Packer, count: int) -> list
     rows = connection.execute(_SAMPLE, (count,)).fetchall()
     if len(rows) < count:
         return []
-    unpacked = packer.unpack_rows(connection, ((None, *row) for row in rows))
+    unpacked, _ = packer.unpack_rows(connection, ((None, *row) for row in rows))
     return [p[len(_head(i)) :] for _, i, p in unpacked if p.startswith(_head(i))]
 
 
