@@ -3,7 +3,9 @@
     make bench                       # or: .venv/bin/python bench/drain.py [--events N]
 
 The ceiling is plain sqlite3 + the same wire work done by hand: select 1000 stored events,
-join them into a batch body, gzip (level 1), POST on one keep-alive connection, delete them.
+unpack them (see sqreen.storage.packing: decompress with the spool's dictionary, put the id
+back), join them into a batch body, gzip (level 1), POST on one keep-alive connection, delete
+them.
 The collector here only reads the body and answers 200, in one write, so the figures measure
 the sender. Also reported: track() latency while a drain runs, next to it without one.
 """
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import sqreen
 
@@ -54,17 +57,50 @@ def ceiling(path: Path, port: int | None) -> float:
     conn.execute("PRAGMA synchronous=NORMAL")
     session = http.client.HTTPConnection("127.0.0.1", port) if port else None
     started, sent = time.perf_counter(), 0
+    readers = unpackers(conn)
+    query = "SELECT seq, payload FROM events ORDER BY seq LIMIT 1000"
+    if readers is not None:
+        query = "SELECT seq, payload, id, packing FROM events ORDER BY seq LIMIT 1000"
     while True:
-        rows = conn.execute("SELECT seq, payload FROM events ORDER BY seq LIMIT 1000").fetchall()
+        rows = conn.execute(query).fetchall()
         if not rows:
             break
-        body = gzip.compress(b'{"events":[' + b",".join(p for _, p in rows) + b"]}", 1)
+        payloads = [p for _, p in rows] if readers is None else unpacked(rows, readers)
+        body = gzip.compress(b'{"events":[' + b",".join(payloads) + b"]}", 1)
         if session is not None:
             session.request("POST", "/", body, {"Content-Encoding": "gzip"})
             session.getresponse().read()
         conn.execute("DELETE FROM events WHERE seq <= ?", (rows[-1][0],))
         sent += len(rows)
     return sent / (time.perf_counter() - started)
+
+
+def unpackers(conn: sqlite3.Connection) -> dict[int, Any] | None:
+    """A spool's dictionaries as decompressors, None for a spool whose payloads are stored as
+    sent (a release before packing)."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if "dictionaries" not in tables:
+        return None
+    import zstandard
+
+    return {
+        number: zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(data))
+        for number, data in conn.execute("SELECT id, data FROM dictionaries")
+    }
+
+
+def unpacked(rows: list[Any], readers: dict[int, Any]) -> list[bytes]:
+    """The wire bytes of packed rows, as little work as any packed spool must do: decompress,
+    and put the id back in front."""
+    out = []
+    for _, payload, key, packing in rows:
+        if not packing:
+            out.append(payload)
+            continue
+        h = key.hex()
+        text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        out.append(b'{"id":"%s",%s' % (text.encode(), readers[packing].decompress(payload)))
+    return out
 
 
 class Copies:

@@ -146,19 +146,25 @@ class Outbox:
             security = bool(found)  # then more may be due: the analytics behind them
             if not security:
                 found = self._oldest(raw, _OLDEST, {**params, "security": 0})
-            found, unreadable = self.store.packer.unpack_rows(raw, found)  # the wire bytes
-            if unreadable:  # never sent: refused here, as a collector would refuse them
-                _refuse(raw, unreadable, now)
-            batch = Batch(*zip(*found, strict=True)) if found else Batch()
-            sizes = list(accumulate(map(len, batch.payloads)))
-            if sizes and sizes[-1] + len(sizes) > max_bytes:  # each event also takes a comma
-                fits = bisect_right([size + i for i, size in enumerate(sizes, 1)], max_bytes)
-                batch = batch[: max(1, fits)]
-            if batch:
-                hold = {"owner": owner, "lo": batch.seqs[0], "hi": batch.seqs[-1]}
+            if found:
+                hold = {"owner": owner, "lo": found[0][0], "hi": found[-1][0]}
                 raw.execute(_HOLD, {**hold, "until": now + lease})
-            full = security or len(found) == limit or len(batch) < len(found)
-            return Claim(batch, unreported_drops(raw), full)
+            dropped = unreported_drops(raw)
+        # Unpacked (see .packing) once the writer's lock is released: a thousand payloads take
+        # a millisecond or two, which this process's track() calls would otherwise wait. Rows
+        # past max_bytes stay held until this owner's next claim, which releases them first.
+        with self.store.reading() as reading:
+            readable, unreadable = self.store.packer.unpack_rows(reading, found)
+        if unreadable:  # never sent: refused, as a collector would refuse them
+            with self.store.write() as raw:
+                _refuse(raw, unreadable, now)
+        batch = Batch(*zip(*readable, strict=True)) if readable else Batch()
+        sizes = list(accumulate(map(len, batch.payloads)))
+        if sizes and sizes[-1] + len(sizes) > max_bytes:  # each event also takes a comma
+            fits = bisect_right([size + i for i, size in enumerate(sizes, 1)], max_bytes)
+            batch = batch[: max(1, fits)]
+        full = security or len(found) == limit or len(batch) < len(readable)
+        return Claim(batch, dropped, full)
 
     @staticmethod
     def _oldest(raw: sqlite3.Connection, query: str, params: dict[str, Any]) -> list[Any]:
