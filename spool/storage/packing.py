@@ -149,11 +149,7 @@ class Packer:
         readers: dict[int, Any] = {}  # the delivery's inner loop: one lookup per dictionary
         with self._lock:
             for seq, key, payload, packing in rows:
-                if type(key) is bytes:  # id_text, inlined: once per event delivered
-                    h = key.hex()
-                    text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-                else:
-                    text = key
+                text = id_text(key)
                 if not packing:
                     readable.append((seq, text, bytes(payload)))
                     continue
