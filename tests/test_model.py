@@ -52,6 +52,7 @@ from sqreen.storage.prune import drop_old
 from sqreen.storage.schema import DELIVERED, PENDING, REJECTED
 
 STEPS = int(os.environ.get("MODEL_STEPS", "800"))
+MODEL_BOUND = 1 << 30  # the spoolers' max_bytes (see SpoolModel._open)
 HITS: Counter[str] = Counter()  # the rules run, for the coverage check and the report
 ANSWERS = (
     *("accept", "reject_some", "server_error", "too_large", "bad_request", "no_response"),
@@ -115,7 +116,10 @@ class SpoolModel(RuleBasedStateMachine):
         # The tracker has nothing to deliver to (no delivery thread racing the model); the
         # shipper never tracks: its flushes are the rules'. Delivered rows are kept, to be
         # told apart from purged ones.
-        common = {"path": self.path, "keep_delivered": 86400 * 30, "heartbeat_delay": 3600}
+        # A bound far above what the steps write: the cut is the shrink_bound rule's, modelled,
+        # never a background thread's (real SIGKILLed children write tens of megabytes).
+        common = {"path": self.path, "keep_delivered": 86400 * 30, "heartbeat_delay": 3600,
+                  "max_bytes": MODEL_BOUND}  # fmt: skip
         self.tracker = sqreen.Spooler(**common)
         self.tracker.start()  # the file exists from the first step
         self.shipper = sqreen.Spooler(sink=self.sink, retry_attempts=1, **common)
@@ -357,7 +361,8 @@ KILLED_CHILD = """
 import sys, sqreen
 from sqreen import clock
 clock.advance(float(sys.argv[3]))
-spooler = sqreen.Spooler(path=sys.argv[1], heartbeat_delay=3600, keep_delivered=86400 * 30)
+spooler = sqreen.Spooler(path=sys.argv[1], heartbeat_delay=3600, keep_delivered=86400 * 30,
+                         max_bytes=int(sys.argv[4]))
 i = 0
 while True:
     i += 1
@@ -377,7 +382,8 @@ class SpoolModelWithKills(SpoolModel):
         # The child reads this process's clock, moved or not: on the real clock, its events
         # would be days old to the spoolers here, and dropped by age behind the model's back.
         ahead = str(clock.now() - time.time())
-        child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(self.path), name, ahead],
+        child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(self.path), name, ahead,
+                                  str(MODEL_BOUND)],
                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
         time.sleep(after)
         child.send_signal(signal.SIGKILL)
