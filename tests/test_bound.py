@@ -8,6 +8,8 @@ as dropped, exactly.
 from __future__ import annotations
 
 import os
+import random
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -25,7 +27,7 @@ from sqreen.storage.bound import BOUND_SLACK, ceiling, enforce_size
 from sqreen.storage.files import file_bytes
 from sqreen.storage.store import Store
 
-from .conftest import counters, run_child
+from .conftest import counters, integrity, run_child
 
 # Real processes, signals, servers and waits: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -226,3 +228,28 @@ def test_relief_backs_off_when_another_process_holds_the_checkpoint_lock(
     spooler.close()
     assert slow > 0, "no relief was ever attempted: the bound was not reached"
     assert slow < 0.3 * elapsed, f"{slow:.1f} s of {elapsed:.1f} s spent waiting for relief"
+
+
+@pytest.mark.parametrize("max_bytes", [1 * MiB, 8 * MiB])
+def test_the_bound_holds_while_writers_are_killed_mid_burst(
+    spool_path: Path, max_bytes: int
+) -> None:
+    """Writers bursting into a 1 MiB spool whose collector refuses every connection, each
+    SIGKILLed at a random moment (in a commit, a checkpoint, a cut), the next one starting on
+    what it left: the files stay under the ceiling at every sample, and the spool is sound."""
+    sqreen.Spooler(path=spool_path).close()
+    rng = random.Random(27)
+    with refusing() as url, Sampler(spool_path) as sampler:
+        for _ in range(12):
+            child = run_child(
+                "track_outage", str(spool_path), url, str(max_bytes), "2", "1000000",
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(rng.uniform(0.2, 0.8))  # a child takes about 0.15 s to start
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+    assert sampler.samples > 50
+    assert sampler.largest <= ceiling(max_bytes), (sampler.largest, ceiling(max_bytes))
+    assert integrity(spool_path) == "ok"
+    tracked = pending(spool_path) + counters(spool_path).get("dropped.size", 0)
+    assert tracked > max_bytes // 2000, tracked  # the writers wrote: a good part of the bound
