@@ -230,11 +230,6 @@ def test_relief_backs_off_when_another_process_holds_the_checkpoint_lock(
     assert slow < 0.3 * elapsed, f"{slow:.1f} s of {elapsed:.1f} s spent waiting for relief"
 
 
-@pytest.mark.skipif(
-    not os.environ.get("BOUND_KILLS"),
-    reason="run by make model: under CI's load it once saw the files at 10,094,160 bytes "
-    "against an 8 MiB spool's ceiling of 9,489,612 (docs/storage.md, an open finding)",
-)
 @pytest.mark.parametrize("max_bytes", [1 * MiB, 8 * MiB])
 def test_the_bound_holds_while_writers_are_killed_mid_burst(
     spool_path: Path, max_bytes: int

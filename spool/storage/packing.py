@@ -14,9 +14,11 @@ lock, and delivery unpacks it (under a microsecond).
   sent). Any process can read any row, whichever process packed it.
 - Until a spool has a dictionary, rows are stored as sent. The maintenance thread trains one
   once :data:`TRAIN_AFTER` events are in the spool (tens of milliseconds, off the hot path),
-  and then repacks the rows stored as sent, :data:`REPACK_STEP` per transaction, so that the
-  writers are never held off for more than a few milliseconds (see :func:`repack`). Other
-  processes take the new dictionary up at their next maintenance run (:meth:`Packer.refresh`).
+  and then repacks the rows stored as sent, a few hundred per transaction (at most
+  :data:`REPACK_STEP`, fewer under a small bound: see :func:`repack_step`), each followed by a
+  checkpoint, so that the WAL stays within its limit and the writers are never held off for
+  more than a few milliseconds (see :func:`keep_packed`). Other processes take the new
+  dictionary up at their next maintenance run (:meth:`Packer.refresh`).
 """
 
 from __future__ import annotations
@@ -241,16 +243,25 @@ def keep_packed(store: Store, steps: int = REPACK_RUNS, train_after: int = TRAIN
                     if connection.execute("SELECT 1 FROM dictionaries").fetchone() is None:
                         connection.execute(_STORE, (clock.now(), data))
                     packer.refresh(connection)
-    repacked = 0
+    repacked, step = 0, repack_step(store)
     for _ in range(steps if packer.ready else 0):
         with store.write() as connection:
-            rows = connection.execute(_RAW, (REPACK_STEP,)).fetchall()
+            rows = connection.execute(_RAW, (step,)).fetchall()
             repacking = [(*packer.pack(id_text(i), p), id_key(id_text(i)), s) for s, i, p in rows]
             connection.executemany(_REPACK, repacking)
         repacked += len(rows)
-        if len(rows) < REPACK_STEP:
+        # Each step rewrites its rows' pages into the WAL: copied out before the next, or a
+        # spool of rows stored as sent would grow the WAL by megabytes past the size bound.
+        store.checkpoint()
+        if len(rows) < step:
             break
     return repacked
+
+
+def repack_step(store: Store) -> int:
+    """Rows repacked per transaction: at most :data:`REPACK_STEP`, and few enough that their
+    pages (a few KiB a row at most) stay within half the store's WAL limit."""
+    return max(16, min(REPACK_STEP, store.wal_limit // 4096))
 
 
 def _samples(connection: sqlite3.Connection, packer: Packer, count: int) -> list[bytes]:
