@@ -90,8 +90,8 @@ class Unreadable(Exception):
     :meth:`.outbox.Outbox.claim`)."""
 
 
-def _damaged(exc: zstandard.ZstdError) -> str:
-    return f"its packed payload does not unpack ({exc})"
+def _decompressor(data: bytes) -> zstandard.ZstdDecompressor:
+    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(bytes(data)))
 
 
 class Packer:
@@ -131,16 +131,8 @@ class Packer:
     ) -> bytes:
         """The event's payload as sent, from its row's id, payload and packing (``connection``
         reads a dictionary this process has not seen yet)."""
-        if not packing:
-            return bytes(payload)
         with self._lock:
-            reader = self._readers.get(packing)
-            if reader is None:
-                reader = self._reader(connection, packing)
-            try:
-                return _head(id_text(key)) + reader.decompress(payload)
-            except zstandard.ZstdError as exc:
-                raise Unreadable(_damaged(exc)) from None
+            return self._unpacked(connection, id_text(key), payload, packing)
 
     def unpack_rows(
         self, connection: sqlite3.Connection, rows: Iterable[Sequence[Any]]
@@ -148,28 +140,32 @@ class Packer:
         """``(seq, id, payload, packing)`` rows as ``(seq, id as sent, payload as sent)``, and
         the rows that cannot be unpacked (seq to why)."""
         readable, unreadable = [], {}
-        readers: dict[int, Any] = {}  # the delivery's inner loop: one lookup per dictionary
-        with self._lock:
+        with self._lock:  # once for the whole batch: the delivery's inner loop
             for seq, key, payload, packing in rows:
                 text = id_text(key)
-                if not packing:
-                    readable.append((seq, text, bytes(payload)))
-                    continue
                 try:
-                    reader = readers.get(packing)
-                    if reader is None:
-                        reader = readers[packing] = self._readers.get(packing) or self._reader(
-                            connection, packing
-                        )
-                    unpacked = reader.decompress(payload)
+                    readable.append((seq, text, self._unpacked(connection, text, payload, packing)))
                 except Unreadable as exc:
                     unreadable[seq] = str(exc)
-                    continue
-                except zstandard.ZstdError as exc:
-                    unreadable[seq] = _damaged(exc)
-                    continue
-                readable.append((seq, text, b'{"id":"%s",%s' % (text.encode(), unpacked)))
         return readable, unreadable
+
+    def read_all(self, connection: sqlite3.Connection) -> None:
+        """Read every dictionary of the spool now (for a caller that cannot query later)."""
+        with self._lock:
+            for number, data in connection.execute("SELECT id, data FROM dictionaries"):
+                self._readers[number] = _decompressor(data)
+
+    def _unpacked(
+        self, connection: sqlite3.Connection, text: str, payload: bytes, packing: int | None
+    ) -> bytes:
+        """One row's payload as sent, for a caller holding the lock (``text``: its id)."""
+        if not packing:
+            return bytes(payload)
+        reader = self._readers.get(packing) or self._reader(connection, packing)
+        try:
+            return _head(text) + reader.decompress(payload)
+        except zstandard.ZstdError as exc:
+            raise Unreadable(f"its packed payload does not unpack ({exc})") from None
 
     def refresh(self, connection: sqlite3.Connection) -> bool:
         """Take up the spool's newest dictionary, if this process does not pack with it yet;
@@ -183,7 +179,7 @@ class Packer:
             level=LEVEL, dict_data=dictionary, write_checksum=False, write_dict_id=False
         )
         with self._lock:
-            self._readers.setdefault(number, zstandard.ZstdDecompressor(dict_data=dictionary))
+            self._readers.setdefault(number, _decompressor(data))
         self._current = number, compressor
         return True
 
@@ -197,8 +193,7 @@ class Packer:
         found = row.fetchone()
         if found is None:
             raise Unreadable(f"it was packed with dictionary {number}, which the spool lacks")
-        reader = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(found[0]))
-        self._readers[number] = reader
+        reader = self._readers[number] = _decompressor(found[0])
         return reader
 
 
@@ -207,11 +202,10 @@ def readable(connection: sqlite3.Connection) -> sqlite3.Connection:
     and the operator's tools: ``sent_id(id)`` and ``sent_payload(id, payload, packing)``
     (NULL for a row that cannot be unpacked).
 
-    The spool's dictionaries are read now: a dictionary trained later is not known to it."""
+    The spool's dictionaries are read now (a SQL function must not query its connection): a
+    dictionary trained later is not known to it."""
     packer = Packer()
-    for number, data in connection.execute("SELECT id, data FROM dictionaries"):
-        dictionary = zstandard.ZstdCompressionDict(bytes(data))
-        packer._readers[number] = zstandard.ZstdDecompressor(dict_data=dictionary)
+    packer.read_all(connection)
 
     def sent_payload(key: bytes | str, payload: bytes, packing: int | None) -> bytes | None:
         try:
