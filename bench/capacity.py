@@ -23,14 +23,12 @@ import argparse
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
-from checkout import importable
+from checkout import run
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -132,20 +130,15 @@ def measure(against: str | None, calls: list[dict[str, Any]], work: Path, tag: s
     if against is None:
         return track_all(path, calls)
     # Another checkout: imported as sqreen, in a child process (see bench/checkout.py).
-    shim = importable(against, work / f"{tag}-shim")
     calls_file = work / "calls.json"
     calls_file.write_bytes(orjson.dumps(calls))
     code = (
-        "import sys, orjson; sys.path.insert(0, sys.argv[1]); import capacity;"
-        "print(orjson.dumps(capacity.track_all(sys.argv[2], orjson.loads(open(sys.argv[3], 'rb')"
+        "import sys, orjson, capacity;"
+        "print(orjson.dumps(capacity.track_all(sys.argv[1], orjson.loads(open(sys.argv[2], 'rb')"
         ".read()))).decode())"
     )
-    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{Path(__file__).parent}"}
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), path, str(calls_file)],
-        capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
-    return orjson.loads(done.stdout.splitlines()[-1])
+    out = run(against, code, path, str(calls_file), path=(str(Path(__file__).parent),))
+    return orjson.loads(out.splitlines()[-1])
 
 
 def hours(bytes_per_event: float, max_bytes: int, rate: float) -> float:
@@ -168,8 +161,8 @@ def main() -> None:
             runs["against"] = measure(args.against, calls, work, "against")
     print(f"{args.events:,} events of the mix (bench/capacity.py); at {args.rate:g} events/s:")
     print(f"{'':>8} {'B/event':>8} {'64 MiB holds':>14} {'1 GiB holds':>13}")
-    for tag, run in runs.items():
-        per = run["bytes_in_use"] / run["events"]
+    for tag, figures in runs.items():
+        per = figures["bytes_in_use"] / figures["events"]
         print(f"{tag:>8} {per:8.0f} {hours(per, 64 * MiB, args.rate):12.2f} h "
               f"{hours(per, GiB, args.rate):11.1f} h")  # fmt: skip
     if "against" in runs:

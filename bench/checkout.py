@@ -44,13 +44,18 @@ def importable(folder: str, work: Path) -> Path:
     return work
 
 
-def make_spool(folder: str, path: Path, **settings: Any) -> None:
-    """Make (and migrate) a spool at ``path`` with the checkout at ``folder``."""
+def run(folder: str, code: str, *args: str, path: tuple[str, ...] = ()) -> str:
+    """Run ``python -c code args`` with the checkout at ``folder`` as ``sqreen`` (and ``path``
+    importable too); its standard output."""
     with tempfile.TemporaryDirectory(prefix="sqreen-checkout-") as work:
         shim = importable(folder, Path(work))
-        code = (
-            "import sys, sqreen; s = sqreen.Spooler(path=sys.argv[1], **eval(sys.argv[2]));"
-            "s.start(); s.close()"
-        )
-        env = {**os.environ, "PYTHONPATH": str(shim)}
-        subprocess.run([sys.executable, "-c", code, str(path), repr(settings)], env=env, check=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(shim), *path))}
+        done = subprocess.run([sys.executable, "-c", code, *args], env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        return done.stdout
+
+
+def make_spool(folder: str, path: Path) -> None:
+    """Make (and migrate) a spool at ``path`` with the checkout at ``folder``."""
+    run(folder, "import sys, sqreen; s = sqreen.Spooler(path=sys.argv[1]); s.start(); s.close()",
+        str(path))  # fmt: skip
