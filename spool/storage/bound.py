@@ -194,10 +194,10 @@ def enforce_size(store: Store, max_bytes: int) -> int:
                 rows = _drop_oldest(conn, kind, excess)
                 if rows:
                     deleted = rows
-                    if kind in (ANALYTICS, SECURITY):
+                    if kind in (_ANALYTICS, _SECURITY):
                         add(conn, "dropped.size", rows)
                         dropped += rows
-                    if kind == SECURITY:
+                    if kind == _SECURITY:
                         add(conn, f"{SECURITY_DROPPED}size", rows)
                     break  # measure what was freed before going on
             used, pages = _used_bytes(conn)
@@ -238,11 +238,11 @@ def _used_bytes(conn: sqlite3.Connection) -> tuple[int, int]:
 # indexes (migrations 0004_settled, 0006_security).
 _ROWS = "SELECT seq, length(payload) FROM events WHERE {} ORDER BY seq LIMIT :n"
 _DROP_THROUGH = "DELETE FROM events WHERE {} AND seq <= :last"
-DELIVERED_ROWS = f"status = {DELIVERED} AND status > 0"
-REJECTED_ROWS = f"status = {REJECTED} AND status > 0"
-ANALYTICS = f"status = {PENDING} AND security = 0"
-SECURITY = f"security = 1 AND status = {PENDING}"
-_DROP_ORDER = (DELIVERED_ROWS, REJECTED_ROWS, ANALYTICS, SECURITY)
+_DELIVERED_ROWS = f"status = {DELIVERED} AND status > 0"
+_REJECTED_ROWS = f"status = {REJECTED} AND status > 0"
+_ANALYTICS = f"status = {PENDING} AND security = 0"
+_SECURITY = f"security = 1 AND status = {PENDING}"
+_DROP_ORDER = (_DELIVERED_ROWS, _REJECTED_ROWS, _ANALYTICS, _SECURITY)
 # The least room a row takes, so that a chunk fetches a bounded number of rows.
 ROW_BYTES = 64
 
